@@ -1,0 +1,239 @@
+"""The experiment configuration: pydantic models, loaded from and written back to YAML.
+
+Every section forbids unknown keys, so a typo is an error that names the key's path and the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jointseg.utils.atomic import atomic_write_text
+
+SCHEMES = ("individual", "transfer", "shared", "mtmd", "mtmd+con", "full")
+Scheme = Literal["individual", "transfer", "shared", "mtmd", "mtmd+con", "full"]
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the keys."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(Section):
+    """One dataset (= one domain and one task)."""
+
+    name: str = Field(description="Domain name used everywhere (e.g. 'knee').")
+    folder: str = Field(description="Dataset folder under --data, e.g. 'Dataset002_Knee'.")
+
+
+class PreprocessingConfig(Section):
+    slice_axis: Literal["auto", 0, 1, 2] = Field(
+        "auto", description="Array axis (z=0, y=1, x=2 of the canonical volume) to slice along; "
+        "'auto' takes the axis with the largest spacing (the acquisition's slice direction)."
+    )
+    target_spacing: float | None = Field(
+        0.8, gt=0, description="In-plane spacing in mm after resampling; null keeps the scan's."
+    )
+    patch_size: tuple[int, int] = Field((128, 128), description="In-plane size after crop/pad.")
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    jobs: int = Field(2, ge=1, description="Parallel worker processes over volumes.")
+
+    @field_validator("patch_size")
+    @classmethod
+    def _divisible(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if any(v % 32 or v <= 0 for v in value):
+            raise ValueError("each patch dimension must be a positive multiple of 32")
+        return value
+
+    @field_validator("clip_percentiles")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 100:
+            raise ValueError("need 0 <= low < high <= 100")
+        return value
+
+
+class AugmentationConfig(Section):
+    enabled: bool = True
+    rotate_degrees: float = Field(15.0, ge=0)
+    scale_range: float = Field(0.15, ge=0, lt=1)
+    translate_fraction: float = Field(0.05, ge=0, lt=1)
+    elastic_probability: float = Field(0.0, ge=0, le=1)
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    noise_std: float = Field(0.05, ge=0)
+    bias_field_coefficient: float = Field(0.2, ge=0)
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    probability: float = Field(0.3, ge=0, le=1, description="Probability of each intensity op.")
+    flip_axes: list[int] = Field(
+        default_factory=list,
+        description="In-plane axes (0=rows, 1=cols) where a flip is anatomically sensible.",
+    )
+
+
+class ModelConfig(Section):
+    encoder: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    width: float = Field(1.0, gt=0, le=4, description="Channel width multiplier (CPU demo: 0.25).")
+    encoder_weights: str = Field("none", description="none | imagenet | path to a state dict.")
+    in_channels: int = Field(1, ge=1)
+    decoder_channels: tuple[int, ...] = Field(
+        (256, 128, 64, 32, 16), description="Decoder widths (before the width multiplier)."
+    )
+    projector_hidden: int = Field(256, ge=1)
+    projector_dim: int = Field(128, ge=1)
+    feature_taps: tuple[str, ...] = Field(
+        ("enc2", "enc3", "enc4", "dec1", "dec2"),
+        description="Scales exposed for the contrastive loss (enc0..enc4, dec0..dec4).",
+    )
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.99, ge=0, lt=1)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_epochs: int = Field(1, ge=0)
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(10, ge=1)
+    iterations_per_epoch: int = Field(50, ge=1)
+    batch_size: int = Field(12, ge=1)
+    sampling: Literal["balanced", "proportional", "sqrt"] = "balanced"
+    foreground_ratio: float = Field(
+        0.2, ge=0, le=1, description="Share of drawn slices kept when they hold no foreground."
+    )
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    gradient_clip: float | None = Field(12.0, gt=0)
+    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
+    validation_every: int = Field(1, ge=1, description="Validate every N epochs.")
+    validation_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of training subjects held out for validation."
+    )
+    num_workers: int = Field(0, ge=0)
+    transfer_pretrain_epochs: int | None = Field(
+        None, ge=1, description="Epochs of the transfer scheme's pre-training (default: epochs)."
+    )
+    seed: int = 0
+
+
+class SupConConfig(Section):
+    lambda_con: float = Field(0.1, ge=0)
+    temperature: float = Field(0.1, gt=0)
+    scales: dict[str, float] = Field(
+        default_factory=lambda: {"enc2": 1.0, "enc3": 1.0, "enc4": 1.0, "dec1": 1.0, "dec2": 1.0},
+        description="Feature tap -> weight; weights are normalized to sum to one.",
+    )
+
+
+class ShapePriorConfig(Section):
+    lambda_shape: float = Field(0.01, ge=0)
+    lambda_adv: float = Field(0.0, ge=0)
+    code_channels: int = Field(16, ge=1)
+    base_channels: int = Field(16, ge=1)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    autoencoder: str | None = Field(
+        None, description="Path to a trained shape auto-encoder to reuse instead of training one."
+    )
+
+
+class RegularizationConfig(Section):
+    contrastive: SupConConfig = Field(default_factory=SupConConfig)
+    shape_prior: ShapePriorConfig = Field(default_factory=ShapePriorConfig)
+
+
+class EvaluationConfig(Section):
+    folds: int = Field(5, ge=2)
+    reference_scheme: str = "full"
+    metrics: tuple[str, ...] = ("dice", "sensitivity", "specificity", "mssd", "hd95", "ravd")
+    tta: bool = False
+
+
+class ExperimentConfig(Section):
+    name: str = "experiment"
+    datasets: list[DatasetConfig]
+    scheme: Scheme = "full"
+    schemes: list[Scheme] = Field(
+        default_factory=lambda: ["individual", "mtmd", "full"],
+        description="The grid `jointseg ablate` trains.",
+    )
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _unique_domains(self) -> ExperimentConfig:
+        names = [d.name for d in self.datasets]
+        if not names:
+            raise ValueError("at least one dataset is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+        return self
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.datasets]
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - {path}: unknown key")
+        else:
+            lines.append(f"  - {path}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> ExperimentConfig:
+    """Validate a plain dict as an :class:`ExperimentConfig`, raising :class:`ConfigError`."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Load and validate a YAML experiment config; ``overrides`` are merged in (dotted keys)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return config_from_dict(data, str(path))
+
+
+def _set_dotted(data: dict, dotted: str, value: object) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The fully resolved config as YAML text (every default written out)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write the fully resolved config atomically."""
+    atomic_write_text(path, dump_config(config))

@@ -1,0 +1,1 @@
+"""jointseg.evaluation."""
