@@ -1,0 +1,203 @@
+"""The ``jointseg`` command line: argument parsing only; every command calls into the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Multi-task, multi-domain segmentation of small pediatric joint MR datasets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML config.")]
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder holding the dataset folders.")]
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from jointseg.config import ConfigError
+    from jointseg.data.io import ScanReadError
+    from jointseg.data.manifest import DatasetError
+    from jointseg.runs import RunError
+
+    return (ConfigError, DatasetError, ScanReadError, RunError, FileNotFoundError, ValueError)
+
+
+def _run(func, *args, **kwargs):
+    try:
+        return func(*args, **kwargs)
+    except _user_errors() as error:
+        _fail(error)
+
+
+@app.command()
+def info() -> None:
+    """Print versions, devices and thread counts."""
+    from jointseg.utils.environment import environment_report
+
+    typer.echo(environment_report())
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write.")],
+    subjects: Annotated[int, typer.Option(help="Training subjects per joint.")] = 15,
+    test_subjects: Annotated[int, typer.Option(help="Held-out subjects per joint.")] = 0,
+    joints: Annotated[str, typer.Option(help="Comma-separated joints.")] = "ankle,knee,shoulder",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    jobs: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
+    preview: Annotated[bool, typer.Option(help="Write preview_<joint>.png pictures.")] = False,
+) -> None:
+    """Synthesize pediatric ankle/knee/shoulder MR datasets with exact bone labels."""
+    from jointseg.synth.generate import synthesize_study
+
+    joint_list = [j.strip() for j in joints.split(",") if j.strip()]
+    _run(synthesize_study, out, subjects, test_subjects, joint_list, seed, jobs, preview)
+
+
+@app.command()
+def check(data: Annotated[Path, typer.Argument(help="A dataset folder or a study folder.")]) -> None:
+    """Validate datasets: geometry, labels, intensities, pairs. Exits non-zero on errors."""
+    from jointseg.data.checks import check_path, format_report
+
+    report = _run(check_path, data)
+    typer.echo(format_report(report))
+    if report.errors:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def preprocess(config: ConfigOpt, data: DataOpt) -> None:
+    """Preprocess every dataset of a config into the slice cache."""
+    from jointseg.config import load_config
+    from jointseg.data.cache import preprocess_study
+
+    cfg = _run(load_config, config)
+    _run(preprocess_study, cfg, data)
+
+
+@app.command()
+def train(
+    config: ConfigOpt,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
+    scheme: Annotated[Optional[str], typer.Option(help="Override the config's scheme.")] = None,
+    fold: Annotated[Optional[int], typer.Option(help="Train on a fold of the splits file.")] = None,
+    splits: Annotated[Optional[Path], typer.Option(help="Splits file (jointseg splits).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    devices: Annotated[int, typer.Option(help="Devices (GPUs, or CPU processes).")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Override the config's seed.")] = None,
+) -> None:
+    """Train one scheme into a run folder."""
+    from jointseg.training.runner import train_from_cli
+
+    _run(train_from_cli, config, data, out, scheme=scheme, fold=fold, splits=splits,
+         resume=resume, devices=devices, seed=seed)
+
+
+@app.command()
+def ablate(
+    config: ConfigOpt,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of one run per scheme.")],
+) -> None:
+    """Train every scheme of the config's grid with identical data, folds and seeds."""
+    from jointseg.training.runner import ablate_from_cli
+
+    _run(ablate_from_cli, config, data, out)
+
+
+@app.command()
+def splits(
+    data: Annotated[Path, typer.Argument(help="Study folder.")],
+    folds: Annotated[int, typer.Option(help="Number of folds (= subjects: leave-one-out).")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Splits file (default DATA/splits.json).")] = None,
+) -> None:
+    """Write a cross-validation splits file (by subject, per dataset)."""
+    from jointseg.evaluation.splits import write_splits
+
+    path = _run(write_splits, data, folds, seed, out)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def cv(
+    config: ConfigOpt,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cross-validation folder.")],
+    scheme: Annotated[Optional[str], typer.Option(help="Override the config's scheme.")] = None,
+    splits: Annotated[Optional[Path], typer.Option(help="Splits file.")] = None,
+) -> None:
+    """Train every fold and predict each held-out subject in its original geometry."""
+    from jointseg.evaluation.cross_validation import run_cross_validation
+
+    _run(run_cross_validation, config, data, out, scheme=scheme, splits=splits)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run folder or a cv folder.")],
+    data: Annotated[Optional[Path], typer.Option(help="Study folder (default: the run's).")] = None,
+) -> None:
+    """Score a run on data it has not trained on; write metrics, summary and report."""
+    from jointseg.evaluation.evaluate import evaluate_run
+
+    path = _run(evaluate_run, run, data=data)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Evaluated run folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    reference: Annotated[Optional[str], typer.Option(help="Reference scheme.")] = None,
+) -> None:
+    """The paper's table: schemes x structures, with paired Wilcoxon tests (Holm)."""
+    from jointseg.evaluation.compare import compare_runs
+
+    path = _run(compare_runs, runs, out, reference=reference)
+    typer.echo(f"comparison: {path}")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Trained run folder.")],
+    input: Annotated[Path, typer.Argument(help="Scan file, DICOM folder, or folder of scans.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    domain: Annotated[str, typer.Option(help="Domain name, or 'auto'.")] = "auto",
+    tta: Annotated[bool, typer.Option(help="Test-time flips (slower).")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads.")] = None,
+    meshes: Annotated[bool, typer.Option(help="Write per-structure meshes.")] = True,
+) -> None:
+    """Predict label maps, per-bone meshes, measurements and previews."""
+    from jointseg.inference.predict import predict_path
+
+    _run(predict_path, run, input, out, domain=domain, tta=tta, device=device,
+         batch_size=batch_size, threads=threads, meshes=meshes)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("demo"),
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/demo.yaml"),
+) -> None:
+    """Synthesize, train, evaluate, compare and predict: the whole product, small, on the CPU."""
+    from jointseg.demo import run_demo
+
+    _run(run_demo, out, config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,30 @@
+"""A short report of the software and hardware jointseg runs on."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def environment_report() -> str:
+    """Versions of jointseg and its main libraries, devices and thread counts."""
+    import monai
+    import SimpleITK as sitk
+    import torch
+
+    import jointseg
+
+    lines = [
+        f"jointseg   {jointseg.__version__}",
+        f"python     {platform.python_version()} ({platform.machine()})",
+        f"torch      {torch.__version__}",
+        f"monai      {monai.__version__}",
+        f"SimpleITK  {sitk.Version_VersionString()}",
+        f"threads    torch {torch.get_num_threads()}, cpus {os.cpu_count()}",
+    ]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            lines.append(f"device     cuda:{index} {torch.cuda.get_device_name(index)}")
+    else:
+        lines.append("device     cpu (no CUDA device found)")
+    return "\n".join(lines)
