@@ -106,8 +106,10 @@ class TrainingConfig(Section):
     iterations_per_epoch: int = Field(50, ge=1)
     batch_size: int = Field(12, ge=1)
     sampling: Literal["balanced", "proportional", "sqrt"] = "balanced"
-    foreground_ratio: float = Field(
-        0.2, ge=0, le=1, description="Share of drawn slices kept when they hold no foreground."
+    empty_slice_keep: float = Field(
+        0.2, ge=0, le=1,
+        description="Probability that a drawn slice without foreground is kept (otherwise a "
+        "slice with foreground of the same domain is drawn instead).",
     )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     gradient_clip: float | None = Field(12.0, gt=0)

@@ -58,6 +58,7 @@ class RunInfo(BaseModel):
     domains: list[DomainEntry]
     models: list[ModelEntry]
     fold: int | None = None
+    data_dir: str | None = Field(None, description="The study folder the run was trained on.")
     validation_cases: dict[str, list[str]] = Field(default_factory=dict)
     training_cases: dict[str, list[str]] = Field(default_factory=dict)
 
