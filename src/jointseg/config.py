@@ -61,6 +61,9 @@ class PreprocessingConfig(Section):
 
 class AugmentationConfig(Section):
     enabled: bool = True
+    affine_probability: float = Field(
+        0.5, ge=0, le=1, description="Probability of the random rotation/scale/translation."
+    )
     rotate_degrees: float = Field(15.0, ge=0)
     scale_range: float = Field(0.15, ge=0, lt=1)
     translate_fraction: float = Field(0.05, ge=0, lt=1)
@@ -74,6 +77,7 @@ class AugmentationConfig(Section):
         default_factory=list,
         description="In-plane axes (0=rows, 1=cols) where a flip is anatomically sensible.",
     )
+    flip_probability: float = Field(0.5, ge=0, le=1, description="Probability of each flip.")
 
 
 class ModelConfig(Section):
