@@ -1,0 +1,48 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both create (or reuse) .venv in the checkout and install jointseg with its dependencies;
+# a second call with nothing changed installs nothing.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+# CPU machines: pin the CPU wheel of torch. GPU users: `make ... CONSTRAINTS=` (no pin).
+CONSTRAINTS ?= constraints-cpu.txt
+PIP_CONSTRAINT_ARGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+DEMO_OUT ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(PIP_CONSTRAINT_ARGS) -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/jointseg demo --out $(DEMO_OUT)
+
+# The whole suite: the fast tests, then the slow end-to-end ones.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS) || test $$? -eq 5  # 5: no slow test selected
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	for b in preprocess synth model train predict; do $(BIN)/python benchmarks/$$b.py --quick; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
