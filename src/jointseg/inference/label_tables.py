@@ -92,7 +92,7 @@ def itksnap_table(entries: list[LabelEntry]) -> str:
         "#    MSH:   Label mesh visibility (0 or 1)",
         "#  LABEL:   Label description ",
         "################################################",
-        f"{0:>5} {0:>5} {0:>4} {0:>4} {0:>8} {0:>2} {0:>2}    \"Clear Label\"",
+        f'{0:>5} {0:>5} {0:>4} {0:>4} {0:>8} {0:>2} {0:>2}    "Clear Label"',
     ]
     for e in entries:
         name = e.name.replace('"', "'")

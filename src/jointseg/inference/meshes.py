@@ -131,7 +131,25 @@ def write_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     return path
 
 
-def display_subset(mesh: trimesh.Trimesh, max_faces: int = 4000) -> np.ndarray:
-    """Triangles [F, 3, 3] of ``mesh``, evenly thinned to at most ``max_faces`` for plotting."""
-    step = max(1, int(np.ceil(len(mesh.faces) / max_faces)))
-    return mesh.vertices[mesh.faces[::step]]
+def display_triangles(mesh: trimesh.Trimesh, max_faces: int = 4000) -> np.ndarray:
+    """Triangles [F, 3, 3] of ``mesh`` decimated by vertex clustering to about ``max_faces``.
+
+    Vertices are snapped to a grid whose cell is sized from the surface area, each cell's
+    vertices merge into their mean, and collapsed triangles are dropped: coarse, hole-free and
+    cheap, which is all a thumbnail needs.
+    """
+    if len(mesh.faces) <= max_faces:
+        return mesh.vertices[mesh.faces]
+    cell = float(np.sqrt(2.0 * mesh.area / max_faces))
+    keys = np.floor(mesh.vertices / cell).astype(np.int64)
+    _, cluster, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    cluster = cluster.ravel()
+    centres = np.zeros((len(counts), 3))
+    np.add.at(centres, cluster, mesh.vertices)
+    centres /= counts[:, None]
+    faces = cluster[mesh.faces]
+    keep = (
+        (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+    )
+    faces = np.unique(faces[keep], axis=0)
+    return centres[faces]
