@@ -1,0 +1,245 @@
+"""Batches that mix domains: how many slices of each dataset go into every batch, and which.
+
+A batch of ``batch_size`` slices is split between domains by a policy over the number of
+training *subjects* per domain (``balanced``, ``proportional`` or ``sqrt``). The split is drawn
+per batch so that every domain's expected share equals its policy probability exactly, while
+every domain present in a batch holds at least ``min_per_domain`` slices (the supervised
+contrastive loss needs a positive for each anchor):
+
+- a domain whose expected count ``batch_size * p`` is below the minimum is either absent or
+  present with exactly ``min_per_domain`` slices, with the probability that keeps its mean;
+- the slots left are shared by the other domains in proportion to their probabilities, rounded
+  by systematic sampling so that means are kept and the total is exact.
+
+Within a domain, slices are drawn uniformly from its training rows; a slice without foreground
+is kept with probability ``empty_slice_keep``, otherwise it is replaced by a slice with
+foreground of the same domain. Every draw comes from a numpy Generator seeded from
+``(seed, epoch, rank)``: an epoch is reproducible, epochs differ, and DDP ranks draw
+independent batches that each (and so together) follow the policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+POLICIES = ("balanced", "proportional", "sqrt")
+
+
+def domain_probabilities(sizes: Sequence[int], policy: str) -> np.ndarray:
+    """Probability of drawing each domain, from its number of training subjects.
+
+    ``balanced``: equal for every non-empty domain; ``proportional``: size / total;
+    ``sqrt``: sqrt(size) / sum of sqrt(size). A domain of size 0 gets probability 0.
+    """
+    values = np.asarray(sizes, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"sizes must be a non-empty list of counts, got {list(sizes)}")
+    if np.any(values < 0):
+        raise ValueError(f"sizes must be non-negative, got {list(sizes)}")
+    if policy == "balanced":
+        weights = (values > 0).astype(np.float64)
+    elif policy == "proportional":
+        weights = values
+    elif policy == "sqrt":
+        weights = np.sqrt(values)
+    else:
+        raise ValueError(f"unknown sampling policy {policy!r}; choose one of {POLICIES}")
+    total = weights.sum()
+    if total <= 0:
+        raise ValueError(f"every domain is empty (sizes {list(sizes)})")
+    return weights / total
+
+
+def _systematic_pick(
+    weights: np.ndarray, rng: np.random.Generator, points: int | None = None
+) -> np.ndarray:
+    """Systematic sampling: indices hit by marks ``u, u+1, ...`` over the cumulated weights.
+
+    With weights in [0, 1], item ``i`` is hit with probability ``weights[i]`` and at most once;
+    the number of hits is ``floor`` or ``ceil`` of the total weight. ``points`` forces the
+    number of marks (used when the weights sum to that integer).
+    """
+    if weights.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = rng.permutation(weights.size)
+    cumulative = np.cumsum(weights[order])
+    offset = rng.random()
+    if points is None:
+        marks = offset + np.arange(int(np.ceil(cumulative[-1])))
+        marks = marks[marks < cumulative[-1]]
+    else:
+        marks = offset + np.arange(points)
+    hits = np.searchsorted(cumulative, marks, side="right")
+    return order[np.minimum(hits, weights.size - 1)]
+
+
+def _round_keeping_sum(targets: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Integers summing to ``total`` whose means equal ``targets`` (which sum to ``total``)."""
+    floors = np.floor(targets)
+    counts = floors.astype(np.int64)
+    extra = int(total - counts.sum())
+    if extra > 0:
+        fractions = targets - floors
+        fractions *= extra / fractions.sum()
+        np.add.at(counts, _systematic_pick(fractions, rng, extra), 1)
+    return counts
+
+
+def allocate_counts(
+    probabilities: np.ndarray, batch_size: int, min_per_domain: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Slices per domain for one batch: sums to ``batch_size``; each count is 0 or >= minimum.
+
+    The mean count of domain ``d`` over many batches is ``batch_size * probabilities[d]``,
+    except in corner cases (batches too small for the minimum) where a repair shifts slots.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    minimum = max(1, min(min_per_domain, batch_size))
+    targets = batch_size * probabilities
+    counts = np.zeros(targets.size, dtype=np.int64)
+    small = np.flatnonzero((targets > 0) & (targets < minimum))
+    large = np.flatnonzero(targets >= minimum)
+    picked = small[_systematic_pick(targets[small] / minimum, rng)]
+    if large.size == 0:  # only small domains: as many as fit, the rest of the slots to them
+        picked = picked[: batch_size // minimum]
+    counts[picked] = minimum
+    receivers = large if large.size else picked
+    left = batch_size - int(counts.sum())
+    if left > 0 and receivers.size:
+        share = targets[receivers] * (left / targets[receivers].sum())
+        counts[receivers] += _round_keeping_sum(share, left, rng)
+    return _repair(counts, batch_size, minimum)
+
+
+def _repair(counts: np.ndarray, batch_size: int, minimum: int) -> np.ndarray:
+    """Make every non-zero count at least ``minimum``, keeping the total (rarely needed)."""
+    counts = counts.copy()
+    while True:
+        short = np.flatnonzero((counts > 0) & (counts < minimum))
+        if short.size == 0:
+            break
+        needy = short[0]
+        donors = np.flatnonzero(counts > minimum)
+        donors = donors[donors != needy]
+        if donors.size:
+            counts[donors[np.argmax(counts[donors])]] -= 1
+            counts[needy] += 1
+        else:
+            others = np.flatnonzero(counts > 0)
+            others = others[others != needy]
+            if others.size == 0:
+                break
+            counts[others[np.argmax(counts[others])]] += counts[needy]
+            counts[needy] = 0
+    assert counts.sum() == batch_size
+    return counts
+
+
+class MultiDomainBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Yields ``iterations`` batches of ``(domain, row)`` pairs per epoch.
+
+    ``rows[d]`` are the cache rows of domain ``d`` usable for training and ``foreground[d]``
+    says, per entry of ``rows[d]``, whether that slice holds any foreground. ``sizes[d]`` is the
+    number of training subjects of domain ``d`` (what the policy weighs). ``batch_size`` is per
+    rank. Use it as a DataLoader's ``batch_sampler`` (with DDP, turn off the trainer's own
+    distributed sampler and pass ``rank``/``world_size``).
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[np.ndarray],
+        foreground: Sequence[np.ndarray],
+        sizes: Sequence[int],
+        batch_size: int,
+        iterations: int,
+        policy: str = "balanced",
+        empty_slice_keep: float = 0.2,
+        min_per_domain: int = 2,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        if not len(rows) == len(foreground) == len(sizes):
+            raise ValueError("rows, foreground and sizes need one entry per domain")
+        if batch_size < 1 or iterations < 1:
+            raise ValueError("batch_size and iterations must be positive")
+        if not 1 <= min_per_domain <= batch_size:
+            raise ValueError(f"min_per_domain must be in [1, batch_size], got {min_per_domain}")
+        if not 0.0 <= empty_slice_keep <= 1.0:
+            raise ValueError(f"empty_slice_keep must be in [0, 1], got {empty_slice_keep}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.rows = [np.asarray(r, dtype=np.int64) for r in rows]
+        self.foreground = [np.asarray(f, dtype=bool) for f in foreground]
+        for d, (r, f) in enumerate(zip(self.rows, self.foreground, strict=True)):
+            if r.shape != f.shape:
+                raise ValueError(f"domain {d}: {r.size} rows but {f.size} foreground flags")
+        self.foreground_rows = [r[f] for r, f in zip(self.rows, self.foreground, strict=True)]
+        usable = [int(s) if r.size else 0 for s, r in zip(sizes, self.rows, strict=True)]
+        self.probabilities = domain_probabilities(usable, policy)
+        self.policy = policy
+        self.batch_size = batch_size
+        self.iterations = iterations
+        self.empty_slice_keep = empty_slice_keep
+        self.min_per_domain = min_per_domain
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    @classmethod
+    def from_caches(
+        cls,
+        caches: Sequence[Any],
+        case_ids: Sequence[Sequence[str]],
+        batch_size: int,
+        iterations: int,
+        **kwargs: Any,
+    ) -> MultiDomainBatchSampler:
+        """Build from slice caches and each domain's training case ids (sizes = len(ids))."""
+        rows = [
+            np.asarray(c.rows(list(ids)), dtype=np.int64)
+            for c, ids in zip(caches, case_ids, strict=True)
+        ]
+        foreground = [np.asarray(c.foreground)[r] for c, r in zip(caches, rows, strict=True)]
+        sizes = [len(ids) for ids in case_ids]
+        return cls(rows, foreground, sizes, batch_size, iterations, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.iterations
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed % 2**63, self.epoch, self.rank])
+        for _ in range(self.iterations):
+            yield self._batch(rng)
+
+    def _batch(self, rng: np.random.Generator) -> list[tuple[int, int]]:
+        counts = allocate_counts(self.probabilities, self.batch_size, self.min_per_domain, rng)
+        batch: list[tuple[int, int]] = []
+        for domain in np.flatnonzero(counts):
+            picked = self._draw_rows(int(domain), int(counts[domain]), rng)
+            batch.extend((int(domain), int(row)) for row in picked)
+        order = rng.permutation(len(batch))
+        return [batch[i] for i in order]
+
+    def _draw_rows(self, domain: int, count: int, rng: np.random.Generator) -> np.ndarray:
+        rows, foreground = self.rows[domain], self.foreground[domain]
+        index = rng.choice(rows.size, size=count, replace=count > rows.size)
+        picked = rows[index]
+        with_foreground = self.foreground_rows[domain]
+        if with_foreground.size and self.empty_slice_keep < 1.0:
+            empty = ~foreground[index]
+            replace = empty & (rng.random(count) >= self.empty_slice_keep)
+            if replace.any():
+                picked = picked.copy()
+                picked[replace] = rng.choice(with_foreground, size=int(replace.sum()))
+        return picked
