@@ -48,12 +48,23 @@ class DomainRouting:
         return cls((domain,), (batch_size,))
 
     @classmethod
-    def from_domains(cls, domains: Tensor | Sequence[int], num_domains: int) -> DomainRouting:
-        """Routing of a batch whose sample ``i`` belongs to domain ``domains[i]``."""
-        device = domains.device if isinstance(domains, Tensor) else torch.device("cpu")
+    def from_domains(
+        cls,
+        domains: Tensor | Sequence[int],
+        num_domains: int,
+        device: torch.device | str | None = None,
+    ) -> DomainRouting:
+        """Routing of a batch whose sample ``i`` belongs to domain ``domains[i]``.
+
+        The permutation tensors live on ``device`` (default: the ids' device).
+        """
+        if device is None:
+            device = domains.device if isinstance(domains, Tensor) else torch.device("cpu")
         if isinstance(domains, Tensor):
             if domains.dim() != 1:
-                raise ValueError(f"domains must be a 1-D tensor of ids, got shape {tuple(domains.shape)}")
+                raise ValueError(
+                    f"domains must be a 1-D tensor of ids, got shape {tuple(domains.shape)}"
+                )
             values = [int(v) for v in domains.tolist()]
         else:
             values = [int(v) for v in domains]
@@ -64,7 +75,7 @@ class DomainRouting:
             raise ValueError(f"domain ids {bad} out of range for {num_domains} domain(s)")
         present = sorted(set(values))
         counts = tuple(values.count(d) for d in present)
-        if all(a <= b for a, b in zip(values, values[1:])):
+        if all(a <= b for a, b in zip(values, values[1:], strict=False)):
             return cls(tuple(present), counts)
         order_list = sorted(range(len(values)), key=values.__getitem__)
         order = torch.tensor(order_list, dtype=torch.long, device=device)
@@ -78,7 +89,7 @@ class DomainRouting:
             order = torch.arange(self.batch_size, device=device)
         else:
             order = self.order if device is None else self.order.to(device)
-        return dict(zip(self.domains, order.split(list(self.counts))))
+        return dict(zip(self.domains, order.split(list(self.counts)), strict=True))
 
 
 class DomainModule(nn.Module):
@@ -142,7 +153,7 @@ class DomainBatchNorm2d(DomainModule):
             return self.bns[routing.domains[0]](x)
         grouped = x if routing.order is None else x.index_select(0, routing.order)
         parts = grouped.split(list(routing.counts))
-        out = torch.cat([self.bns[d](p) for d, p in zip(routing.domains, parts)])
+        out = torch.cat([self.bns[d](p) for d, p in zip(routing.domains, parts, strict=True)])
         return out if routing.inverse is None else out.index_select(0, routing.inverse)
 
 

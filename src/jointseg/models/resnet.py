@@ -103,7 +103,9 @@ class ResNetEncoder(DomainModule):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         cin = stem
         channels = [stem]
-        for index, (base, depth) in enumerate(zip((64, 128, 256, 512), depths), start=1):
+        for index, (base, depth) in enumerate(
+            zip((64, 128, 256, 512), depths, strict=True), start=1
+        ):
             planes = scaled(base, width)
             stride = 1 if index == 1 else 2
             layer, cin = _make_layer(block, cin, planes, depth, stride)

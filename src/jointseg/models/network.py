@@ -1,0 +1,152 @@
+"""JointSegNet: a ResNet U-Net with per-domain heads, optional domain-specific BN and taps.
+
+One class covers the paper's schemes:
+
+- mtmd: ``domain_specific_bn=True`` and one head per domain;
+- shared: plain BatchNorm and a single head over the union of labels;
+- individual: plain BatchNorm and a single head for one dataset.
+
+With a single head every sample uses head 0 whatever its domain id. With several heads,
+``domains[i]`` picks both sample ``i``'s head and (when domain-specific) its BN domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from jointseg.config import ModelConfig
+from jointseg.models.decoder import UNetDecoder
+from jointseg.models.dsbn import DomainRouting, convert_to_domain_bn
+from jointseg.models.projector import Projector
+from jointseg.models.resnet import ResNetEncoder, scaled
+
+ENCODER_TAPS = ("enc0", "enc1", "enc2", "enc3", "enc4")
+DECODER_TAPS = ("dec0", "dec1", "dec2", "dec3", "dec4")
+TAP_NAMES = ENCODER_TAPS + DECODER_TAPS
+TAP_STRIDES: dict[str, int] = dict(zip(TAP_NAMES, (2, 4, 8, 16, 32, 16, 8, 4, 2, 1), strict=True))
+INPUT_MULTIPLE = 32
+
+
+@dataclass
+class SegOutput:
+    """Logits grouped by head; ``index[d]`` holds the batch positions of ``logits[d]``'s rows.
+
+    ``embeddings``: tap name -> [B, projector_dim] unit vectors in batch order (empty unless
+    requested).
+    """
+
+    logits: dict[int, Tensor]
+    index: dict[int, Tensor]
+    embeddings: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return sum(int(i.numel()) for i in self.index.values())
+
+    def per_sample(self) -> list[Tensor]:
+        """Logits [C_d, H, W] of every sample, in batch order."""
+        samples: list[Tensor | None] = [None] * self.batch_size
+        for head, logits in self.logits.items():
+            for row, position in zip(logits, self.index[head].tolist(), strict=True):
+                samples[position] = row
+        return samples  # type: ignore[return-value]
+
+
+class JointSegNet(nn.Module):
+    """ResNet encoder, U-Net decoder, one 1x1 conv head per domain, projectors per tap."""
+
+    def __init__(self, cfg: ModelConfig, head_classes: Sequence[int], domain_specific_bn: bool):
+        super().__init__()
+        head_classes = [int(c) for c in head_classes]
+        if not head_classes or min(head_classes) < 1:
+            raise ValueError(f"need at least one head with >= 1 class, got {head_classes}")
+        unknown = [t for t in cfg.feature_taps if t not in TAP_NAMES]
+        if unknown:
+            raise ValueError(f"unknown feature taps {unknown}; available: {', '.join(TAP_NAMES)}")
+        self.cfg = cfg
+        self.head_classes = head_classes
+        self.domain_specific_bn = bool(domain_specific_bn)
+        self.num_domains = len(head_classes)
+        self.encoder = ResNetEncoder(cfg.encoder, cfg.in_channels, cfg.width)
+        decoder_channels = [scaled(c, cfg.width) for c in cfg.decoder_channels]
+        self.decoder = UNetDecoder(self.encoder.channels, decoder_channels)
+        self.heads = nn.ModuleList(nn.Conv2d(decoder_channels[-1], c, 1) for c in head_classes)
+        self.tap_channels: dict[str, int] = dict(
+            zip(TAP_NAMES, (*self.encoder.channels, *self.decoder.channels), strict=True)
+        )
+        self.projectors = nn.ModuleDict(
+            {
+                tap: Projector(self.tap_channels[tap], cfg.projector_hidden, cfg.projector_dim)
+                for tap in cfg.feature_taps
+            }
+        )
+        if self.domain_specific_bn:
+            convert_to_domain_bn(self.encoder, self.num_domains)
+            convert_to_domain_bn(self.decoder, self.num_domains)
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads)
+
+    def route(self, domains: Tensor | None, batch_size: int, device=None) -> DomainRouting:
+        """How a batch with these domain ids splits over heads and BN domains."""
+        if self.num_heads == 1:
+            return DomainRouting.single(batch_size)
+        if domains is None:
+            raise ValueError(f"this network has {self.num_heads} heads: pass the domain ids")
+        if tuple(domains.shape) != (batch_size,):
+            raise ValueError(f"domains must have shape ({batch_size},), got {tuple(domains.shape)}")
+        return DomainRouting.from_domains(domains, self.num_domains, device=device)
+
+    def forward(
+        self, x: Tensor, domains: Tensor | None = None, return_embeddings: bool = False
+    ) -> SegOutput:
+        """Segment ``x`` [B, in_channels, H, W] (H, W multiples of 32); see :class:`SegOutput`."""
+        self._check_input(x)
+        routing = self.route(domains, x.shape[0], x.device)
+        if routing.order is not None:
+            x = x.index_select(0, routing.order)
+        grouped = DomainRouting(routing.domains, routing.counts)
+        features = self.encoder(x, grouped)
+        decoded = self.decoder(features, grouped)
+        parts = decoded[-1].split(list(routing.counts))
+        logits = {d: self.heads[d](part) for d, part in zip(routing.domains, parts, strict=True)}
+        embeddings: dict[str, Tensor] = {}
+        if return_embeddings:
+            maps = dict(zip(TAP_NAMES, (*features, *decoded), strict=True))
+            for tap, projector in self.projectors.items():
+                vectors = projector(maps[tap])
+                if routing.inverse is not None:
+                    vectors = vectors.index_select(0, routing.inverse)
+                embeddings[tap] = vectors
+        return SegOutput(logits, routing.positions(x.device), embeddings)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
+            raise ValueError(
+                f"expected input [B, {self.cfg.in_channels}, H, W], got {tuple(x.shape)}"
+            )
+        if x.shape[2] % INPUT_MULTIPLE or x.shape[3] % INPUT_MULTIPLE:
+            raise ValueError(
+                f"input height and width must be multiples of {INPUT_MULTIPLE}, "
+                f"got {tuple(x.shape[2:])}"
+            )
+
+
+def build_model(
+    cfg: ModelConfig,
+    head_classes: Sequence[int],
+    domain_specific_bn: bool,
+    *,
+    pretrained: bool = True,
+) -> JointSegNet:
+    """Build the network; with ``pretrained`` the encoder loads ``cfg.encoder_weights``."""
+    net = JointSegNet(cfg, head_classes, domain_specific_bn)
+    if pretrained and cfg.encoder_weights != "none":
+        from jointseg.models.pretrained import load_encoder_weights
+
+        load_encoder_weights(net, cfg.encoder_weights)
+    return net
