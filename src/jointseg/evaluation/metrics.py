@@ -108,8 +108,14 @@ def structure_metrics(
     tn = pred.size - tp - fp - fn
     specificity = _ratio(tn, tn + fp)
     if n_pred == 0 and n_ref == 0:
-        return {"dice": 1.0, "sensitivity": 1.0, "specificity": specificity,
-                "mssd": 0.0, "hd95": 0.0, "ravd": 0.0}
+        return {
+            "dice": 1.0,
+            "sensitivity": 1.0,
+            "specificity": specificity,
+            "mssd": 0.0,
+            "hd95": 0.0,
+            "ravd": 0.0,
+        }
     result = {
         "dice": 2.0 * tp / (n_pred + n_ref),
         "sensitivity": _ratio(tp, n_ref),
