@@ -1,0 +1,80 @@
+"""Data for one plan: multi-domain training batches and whole validation subjects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from jointseg.config import ExperimentConfig
+from jointseg.data.augment import build_augmentation
+from jointseg.data.dataset import SliceDataset, collate_slices
+from jointseg.data.sampling import MultiDomainBatchSampler
+from jointseg.training.validation import CaseDataset, ValidationCase
+
+
+@dataclass
+class DomainSplit:
+    """One domain's slice cache and its training and validation subjects."""
+
+    name: str
+    cache: object
+    train_cases: list[str]
+    validation_cases: list[str]
+
+
+class PlanDataModule(L.LightningDataModule):
+    """Training batches mix the plan's domains by the configured policy; each DDP rank draws its
+    own batches (the sampler knows the rank), so Lightning's distributed sampler is not used."""
+
+    def __init__(self, cfg: ExperimentConfig, splits: list[DomainSplit], contrastive: bool):
+        super().__init__()
+        self.cfg = cfg
+        self.splits = splits
+        self.contrastive = contrastive
+        self.caches = [s.cache for s in splits]
+        self.transform = build_augmentation(cfg.augmentation, seed=cfg.training.seed)
+        self.train_dataset = SliceDataset(self.caches, self.transform, seed=cfg.training.seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the augmentation from (seed, epoch), so a resumed run repeats it exactly."""
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=(self.cfg.training.seed * 100_003 + epoch) % 2**32)
+
+    def train_dataloader(self) -> DataLoader:
+        training = self.cfg.training
+        rank, world = (0, 1)
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        domains = len(self.splits)
+        sampler = MultiDomainBatchSampler.from_caches(
+            self.caches,
+            [s.train_cases for s in self.splits],
+            batch_size=training.batch_size,
+            iterations=training.iterations_per_epoch,
+            policy=training.sampling,
+            empty_slice_keep=training.empty_slice_keep,
+            min_per_domain=min(2 if self.contrastive else 1, training.batch_size // domains or 1),
+            seed=training.seed,
+            rank=rank,
+            world_size=world,
+        )
+        return DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_slices,
+            num_workers=training.num_workers,
+            persistent_workers=training.num_workers > 0,
+        )
+
+    def validation_cases(self) -> list[ValidationCase]:
+        return [
+            ValidationCase(index, case, split.cache.rows([case]))
+            for index, split in enumerate(self.splits)
+            for case in split.validation_cases
+        ]
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = CaseDataset(self.caches, self.validation_cases())
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0)

@@ -1,0 +1,76 @@
+"""The multi-joint shape prior of a run: trained once on all domains' training masks, reused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from jointseg.config import ExperimentConfig
+from jointseg.data.labels import LabelSpace
+from jointseg.models.shape_autoencoder import LatentDiscriminator, load_autoencoder
+from jointseg.training.datamodule import DomainSplit
+from jointseg.training.schemes import ModelPlan
+from jointseg.training.shape_prior import obtain_shape_autoencoder, union_training_masks
+
+PRIOR_DIR = "shape_prior"
+MAX_PRIOR_MASKS = 4000
+
+
+def _masks(splits: list[DomainSplit], label_space: LabelSpace, validation: bool) -> np.ndarray:
+    """Union-space masks of every domain (in the label space's order), slices with foreground."""
+    per_domain = []
+    by_name = {s.name: s for s in splits}
+    for domain in label_space.domains:
+        split = by_name.get(domain.name)
+        if split is None:
+            per_domain.append(np.zeros((0, *_slice_shape(splits)), dtype=np.uint8))
+            continue
+        cases = split.validation_cases if validation else split.train_cases
+        rows = split.cache.rows(cases) if cases else np.zeros(0, dtype=np.int64)
+        rows = rows[np.asarray(split.cache.foreground)[rows]] if len(rows) else rows
+        per_domain.append(np.asarray(split.cache.labels[np.sort(rows)]))
+    masks = union_training_masks(per_domain, label_space)
+    if len(masks) > MAX_PRIOR_MASKS:
+        pick = np.random.default_rng(0).choice(len(masks), MAX_PRIOR_MASKS, replace=False)
+        masks = masks[np.sort(pick)]
+    return masks
+
+
+def _slice_shape(splits: list[DomainSplit]) -> tuple[int, int]:
+    return tuple(splits[0].cache.images.shape[1:])  # type: ignore[return-value]
+
+
+def shape_prior_for(
+    cfg: ExperimentConfig,
+    plan: ModelPlan,
+    label_space: LabelSpace,
+    splits: list[DomainSplit],
+    out: Path,
+    progress: bool,
+) -> tuple[nn.Module | None, nn.Module | None]:
+    """(frozen auto-encoder, latent discriminator or None) for plans that use the prior."""
+    if not plan.shape_prior:
+        return None, None
+    prior_cfg = cfg.regularization.shape_prior
+    directory = Path(out) / "models" / PRIOR_DIR
+    if (directory / "model.safetensors").is_file():
+        autoencoder = load_autoencoder(directory)
+    else:
+        validation = _masks(splits, label_space, validation=True)
+        autoencoder, report = obtain_shape_autoencoder(
+            prior_cfg,
+            _masks(splits, label_space, validation=False),
+            label_space.num_classes,
+            directory=directory,
+            seed=cfg.training.seed,
+            validation_masks=validation if len(validation) else None,
+            progress=progress,
+        )
+        dice = report.get("validation_dice", report.get("train_dice"))
+        print(f"[train] shape prior: reconstruction Dice {dice:.3f} ({directory})")
+    discriminator = None
+    if prior_cfg.lambda_adv > 0:
+        discriminator = LatentDiscriminator(code_channels=autoencoder.code_channels)
+    return autoencoder, discriminator

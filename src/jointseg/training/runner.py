@@ -1,0 +1,296 @@
+"""``jointseg train`` and ``jointseg ablate``: from a config and a study folder to run folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from jointseg.config import SCHEMES, ExperimentConfig, load_config, save_config
+from jointseg.data.cache import SliceCache, preprocess_study
+from jointseg.data.labels import DomainLabels, LabelSpace
+from jointseg.data.manifest import list_cases, load_manifest
+from jointseg.evaluation.splits import fold_cases, load_splits
+from jointseg.models import build_model, save_model
+from jointseg.models.checkpoint import load_weights
+from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, save_run_info
+from jointseg.training.checkpoint_io import AtomicCheckpointIO
+from jointseg.training.curves import plot_curves
+from jointseg.training.datamodule import DomainSplit, PlanDataModule
+from jointseg.training.module import SegmentationModule
+from jointseg.training.prior import shape_prior_for
+from jointseg.training.schemes import ModelPlan, deliverable_plans, plan_scheme
+from jointseg.utils.seed import seed_everything
+
+
+class EpochReseed(L.Callback):
+    """Reseeds augmentation at every epoch start from (seed, epoch): resume-exact on the CPU."""
+
+    def __init__(self, datamodule: PlanDataModule):
+        self.datamodule = datamodule
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.datamodule.set_epoch(trainer.current_epoch)
+
+
+def train_from_cli(
+    config: Path,
+    data: Path,
+    out: Path,
+    scheme: str | None = None,
+    fold: int | None = None,
+    splits: Path | None = None,
+    resume: bool = False,
+    devices: int = 1,
+    seed: int | None = None,
+) -> RunInfo:
+    """Load the config, apply the command-line overrides and train."""
+    overrides: dict = {}
+    if scheme is not None:
+        overrides["scheme"] = scheme
+    if seed is not None:
+        overrides["training.seed"] = seed
+    cfg = load_config(config, overrides)
+    return train_run(cfg, data, out, fold=fold, splits=splits, resume=resume, devices=devices)
+
+
+def ablate_from_cli(config: Path, data: Path, out: Path) -> dict[str, RunInfo]:
+    """Train every scheme of ``cfg.schemes`` into ``out/<scheme>``, resumable scheme by scheme."""
+    cfg = load_config(config)
+    runs = {}
+    for scheme in cfg.schemes:
+        run_dir = Path(out) / scheme.replace("+", "_")
+        scheme_cfg = cfg.model_copy(update={"scheme": scheme})
+        done = (run_dir / "run.json").is_file()
+        print(f"[ablate] {scheme}: {'done, skipped' if done else 'training'} -> {run_dir}")
+        runs[scheme] = train_run(scheme_cfg, data, run_dir, resume=run_dir.exists())
+    return runs
+
+
+def domain_labels(cfg: ExperimentConfig, data_dir: Path) -> list[DomainLabels]:
+    """Each configured dataset's structures, read from its dataset.json."""
+    result = []
+    for dataset in cfg.datasets:
+        manifest = load_manifest(Path(data_dir) / dataset.folder)
+        result.append(DomainLabels(dataset.name, manifest.structures))
+    return result
+
+
+def split_subjects(
+    cfg: ExperimentConfig, data_dir: Path, fold: int | None, splits_path: Path | None
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Per domain: (training case ids, validation case ids)."""
+    result = {}
+    splits = load_splits(splits_path) if splits_path is not None else None
+    if fold is not None and splits is None:
+        default = Path(data_dir) / "splits.json"
+        if not default.is_file():
+            raise RunError(f"--fold needs a splits file: none given and {default} is missing")
+        splits = load_splits(default)
+    for index, dataset in enumerate(cfg.datasets):
+        folder = Path(data_dir) / dataset.folder
+        cases = [c.case_id for c in list_cases(folder, "train")]
+        if not cases:
+            raise RunError(f"{folder}: no training cases in imagesTr")
+        if splits is not None:
+            result[dataset.name] = fold_cases(splits, folder, fold or 0)
+            continue
+        rng = np.random.default_rng([cfg.training.seed, index])
+        count = int(round(cfg.training.validation_fraction * len(cases)))
+        if cfg.training.validation_fraction > 0 and len(cases) >= 2:
+            count = min(max(count, 1), len(cases) - 1)
+        chosen = set(rng.permutation(cases)[:count].tolist()) if count else set()
+        result[dataset.name] = ([c for c in cases if c not in chosen], sorted(chosen))
+    return result
+
+
+def train_run(
+    cfg: ExperimentConfig,
+    data_dir: Path,
+    out: Path,
+    fold: int | None = None,
+    splits: Path | None = None,
+    resume: bool = False,
+    devices: int = 1,
+    progress: bool = True,
+    callbacks: list[L.Callback] | None = None,
+) -> RunInfo:
+    """Train every network of ``cfg.scheme`` into the run folder ``out`` and index it."""
+    data_dir, out = Path(data_dir), Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise RunError(f"{out} already holds a run; pass --resume to continue it or another --out")
+    seed_everything(cfg.training.seed)
+    labels = domain_labels(cfg, data_dir)
+    label_space = LabelSpace(labels)
+    subjects = split_subjects(cfg, data_dir, fold, splits)
+    caches = preprocess_study(cfg, data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    plans = plan_scheme(cfg.scheme, cfg.domain_names)
+    for plan in plans:
+        if (out / "models" / plan.name / "model.safetensors").is_file():
+            print(f"[train] {plan.name}: already trained, skipped")
+            continue
+        _train_plan(
+            cfg, plan, label_space, caches, subjects, out, resume, devices, progress, callbacks
+        )
+    info = RunInfo(
+        scheme=cfg.scheme,
+        domains=[
+            DomainEntry(name=d.name, folder=ds.folder, structures=d.structures)
+            for d, ds in zip(labels, cfg.datasets, strict=True)
+        ],
+        models=[
+            ModelEntry(
+                name=p.name, path=f"models/{p.name}", domains=list(p.domains),
+                label_space=p.label_space,
+            )
+            for p in deliverable_plans(plans)
+        ],
+        fold=fold,
+        data_dir=str(data_dir.resolve()),
+        training_cases={name: train for name, (train, _) in subjects.items()},
+        validation_cases={name: val for name, (_, val) in subjects.items()},
+    )
+    if _is_global_zero():
+        save_run_info(out, info)
+        plot_curves(out, [p.name for p in plans])
+        _print_summary(out, plans)
+    return info
+
+
+def _is_global_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def _train_plan(
+    cfg: ExperimentConfig,
+    plan: ModelPlan,
+    label_space: LabelSpace,
+    caches: dict[str, SliceCache],
+    subjects: dict[str, tuple[list[str], list[str]]],
+    out: Path,
+    resume: bool,
+    devices: int,
+    progress: bool,
+    extra_callbacks: list[L.Callback] | None,
+) -> None:
+    seed_everything(cfg.training.seed)
+    head_classes = (
+        [label_space.num_classes]
+        if plan.label_space == "union"
+        else [label_space.domains[label_space.domain_index(d)].num_classes for d in plan.domains]
+    )
+    net = build_model(cfg.model, head_classes, plan.domain_specific_bn)
+    if plan.init_from is not None:
+        load_weights(net, out / "models" / plan.init_from, exclude=("heads.", "projectors."))
+    splits = [
+        DomainSplit(d, caches[d], subjects[d][0], subjects[d][1]) for d in plan.domains
+    ]
+    autoencoder, discriminator = shape_prior_for(cfg, plan, label_space, splits, out, progress)
+    epochs = cfg.training.epochs
+    if plan.epochs_key == "transfer_pretrain_epochs" and cfg.training.transfer_pretrain_epochs:
+        epochs = cfg.training.transfer_pretrain_epochs
+    module = SegmentationModule(
+        net, cfg, plan, label_space, epochs * cfg.training.iterations_per_epoch,
+        shape_autoencoder=autoencoder, discriminator=discriminator,
+    )
+    datamodule = PlanDataModule(cfg, splits, plan.contrastive)
+    has_validation = any(s.validation_cases for s in splits)
+    checkpoint_dir = out / "checkpoints" / plan.name
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best",
+        monitor="val/dice" if has_validation else None,
+        mode="max",
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        limit_val_batches=1.0 if has_validation else 0,
+        check_val_every_n_epoch=cfg.training.validation_every,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.training.gradient_clip,
+        precision=cfg.training.precision if torch.cuda.is_available() else "32-true",
+        **_device_arguments(devices),
+        deterministic=not torch.cuda.is_available(),
+        use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[checkpoint, EpochReseed(datamodule), *(extra_callbacks or [])]
+        + ([TQDMProgressBar(refresh_rate=5)] if progress else []),
+        logger=[
+            CSVLogger(out / "logs", name=plan.name, version=""),
+            TensorBoardLogger(out / "logs", name=plan.name, version="tensorboard"),
+        ],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
+    last = checkpoint_dir / "last.ckpt"
+    ckpt_path = str(last) if resume and last.is_file() else None
+    if ckpt_path:
+        print(f"[train] {plan.name}: resuming from {last}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        _export(module, plan, checkpoint, out, label_space)
+
+
+def _device_arguments(devices: int) -> dict:
+    if torch.cuda.is_available():
+        return {
+            "accelerator": "gpu",
+            "devices": devices,
+            "strategy": "ddp" if devices > 1 else "auto",
+        }
+    if devices > 1:
+        return {"accelerator": "cpu", "devices": devices, "strategy": "ddp"}
+    return {"accelerator": "cpu", "devices": 1}
+
+
+def _export(
+    module: SegmentationModule,
+    plan: ModelPlan,
+    checkpoint: ModelCheckpoint,
+    out: Path,
+    label_space: LabelSpace,
+) -> None:
+    """Write the best (or last) weights as the plan's model, with its metadata."""
+    best = checkpoint.best_model_path
+    score = checkpoint.best_model_score
+    if best and Path(best).is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        weights = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
+        module.net.load_state_dict(weights)
+    metadata = {
+        "plan": plan.name,
+        "domains": list(plan.domains),
+        "label_space": plan.label_space,
+        "structures": {
+            d: label_space.domains[label_space.domain_index(d)].structures for d in plan.domains
+        },
+        "union_structures": label_space.structure_names,
+        "best_validation_dice": float(score) if score is not None else None,
+    }
+    save_model(module.net.cpu(), out / "models" / plan.name, metadata=metadata)
+
+
+def _print_summary(out: Path, plans: list[ModelPlan]) -> None:
+    for plan in deliverable_plans(plans):
+        index = out / "models" / plan.name / "model.json"
+        if index.is_file():
+            meta = json.loads(index.read_text()).get("metadata", {})
+            dice = meta.get("best_validation_dice")
+            text = f"{dice:.3f}" if isinstance(dice, float) else "n/a"
+            print(f"[train] {plan.name}: best validation Dice {text}")
+    print(f"[train] run folder: {out}")
+
+
+__all__ = ["SCHEMES", "ablate_from_cli", "train_from_cli", "train_run"]

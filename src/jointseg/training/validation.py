@@ -1,0 +1,48 @@
+"""Validation on whole held-out subjects: 3D Dice per structure in the preprocessed space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class ValidationCase:
+    domain: int
+    case_id: str
+    rows: np.ndarray
+
+
+class CaseDataset(Dataset):
+    """Whole validation subjects: every slice of a case as one item (no collation)."""
+
+    def __init__(self, caches, cases: list[ValidationCase]):
+        self.caches = caches
+        self.cases = cases
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict:
+        case = self.cases[index]
+        cache = self.caches[case.domain]
+        rows = np.sort(case.rows)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(cache.images[rows]))[:, None],
+            "label": torch.from_numpy(np.ascontiguousarray(cache.labels[rows]).astype(np.int64)),
+            "domain": case.domain,
+            "case": case.case_id,
+        }
+
+
+def dice_per_class(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) -> np.ndarray:
+    """3D Dice of classes 1..C-1 between two label volumes (1.0 when both are empty)."""
+    scores = np.zeros(num_classes - 1)
+    for cls in range(1, num_classes):
+        pred, ref = prediction == cls, target == cls
+        denominator = int(pred.sum()) + int(ref.sum())
+        scores[cls - 1] = 1.0 if denominator == 0 else 2.0 * int((pred & ref).sum()) / denominator
+    return scores
