@@ -1,0 +1,386 @@
+"""Per-dataset slice cache: memory-mapped .npy arrays keyed by content (docs/preprocessing.md).
+
+A cache folder ``<cache_root>/<dataset folder>/<key>`` holds ``images.npy`` [N, H, W] float32,
+``labels.npy`` [N, H, W] uint8 (local classes), ``foreground.npy`` [N] bool and ``meta.json``.
+The key hashes the bytes of every image and label file, the preprocessing parameters, the label
+mapping and :data:`CACHE_FORMAT_VERSION`. A folder is written under a temporary name and renamed
+into place when complete, so a killed build never leaves a half cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from jointseg.config import ExperimentConfig, PreprocessingConfig
+from jointseg.data import io as scan_io
+from jointseg.data.labels import DomainLabels
+from jointseg.data.manifest import Case, DatasetError, list_cases, load_manifest
+from jointseg.data.preprocess import InverseInfo, preprocess_case, slice_stack_shape
+from jointseg.utils.atomic import atomic_write_json
+
+CACHE_FORMAT_VERSION = 1
+CACHE_ENV = "JOINTSEG_CACHE"
+_HASH_INDEX = "file_hashes.json"
+_STALE_SECONDS = 24 * 3600  # temporary folders older than this are left-overs of killed builds
+_LABEL_CHUNK = 1 << 22  # voxels per chunk when listing label values
+
+
+def default_cache_root(data_dir: Path) -> Path:
+    """``data_dir/.jointseg_cache``, or the folder named by the ``JOINTSEG_CACHE`` variable."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path(data_dir) / ".jointseg_cache"
+
+
+@dataclass
+class SliceCache:
+    """All slices of a dataset's cases, concatenated; arrays are read-only memory maps."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    case_ids: list[str]
+    case_slices: dict[str, tuple[int, int]]
+    foreground: np.ndarray
+    inverse: dict[str, InverseInfo]
+    path: Path
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def rows(self, case_ids: Iterable[str]) -> np.ndarray:
+        """Row indices (int64, in the order given) of the slices of ``case_ids``."""
+        parts = []
+        for case_id in case_ids:
+            if case_id not in self.case_slices:
+                raise KeyError(f"case {case_id!r} is not in the slice cache at {self.path}")
+            parts.append(np.arange(*self.case_slices[case_id], dtype=np.int64))
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def load_slice_cache(folder: Path) -> SliceCache:
+    """Open a complete cache folder (arrays memory-mapped read-only)."""
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    cases = meta["cases"]
+    return SliceCache(
+        images=np.load(folder / "images.npy", mmap_mode="r"),
+        labels=np.load(folder / "labels.npy", mmap_mode="r"),
+        case_ids=[c["case_id"] for c in cases],
+        case_slices={c["case_id"]: (int(c["start"]), int(c["stop"])) for c in cases},
+        foreground=np.load(folder / "foreground.npy"),
+        inverse={c["case_id"]: InverseInfo.from_dict(c["inverse"]) for c in cases},
+        path=folder,
+    )
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_files(paths: list[Path], cache_root: Path) -> list[str]:
+    """Content hashes of ``paths``, remembered by path, size, mtime, ctime and inode.
+
+    The index lives in ``cache_root/file_hashes.json``; unchanged files are not read again.
+    """
+    index_path = cache_root / _HASH_INDEX
+    try:
+        index: dict[str, Any] = json.loads(index_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        index = {}
+    digests, changed = [], False
+    for path in paths:
+        stat = path.stat()
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        key = str(path.resolve())
+        entry = index.get(key)
+        if entry is None or entry.get("stamp") != stamp:
+            entry = {"stamp": stamp, "sha256": file_sha256(path)}
+            index[key], changed = entry, True
+        digests.append(entry["sha256"])
+    if changed:
+        atomic_write_json(index_path, index, indent=0)
+    return digests
+
+
+def cache_key(
+    digests: list[tuple[str, str, str]], labels: DomainLabels, cfg: PreprocessingConfig
+) -> str:
+    """Key of a cache: (case id, image sha256, label sha256) per case, parameters, labels."""
+    payload = {
+        "version": CACHE_FORMAT_VERSION,
+        "preprocessing": cfg.model_dump(mode="json", exclude={"jobs"}),
+        "structures": [[name, value] for name, value in labels.structures.items()],
+        "cases": [list(d) for d in digests],
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def label_values(label: sitk.Image) -> np.ndarray:
+    """Sorted distinct values of a label image, listed chunk by chunk (no full copy)."""
+    flat = sitk.GetArrayViewFromImage(label).reshape(-1)
+    found: set = set()
+    for start in range(0, flat.size, _LABEL_CHUNK):
+        found.update(np.unique(flat[start : start + _LABEL_CHUNK]).tolist())
+    return np.asarray(sorted(found))
+
+
+@dataclass(frozen=True)
+class _Task:
+    case: Case
+    start: int
+    stop: int
+    folder: Path
+    labels: DomainLabels
+    cfg: PreprocessingConfig
+
+
+def _process(task: _Task) -> tuple[InverseInfo, np.ndarray]:
+    """Preprocess one case into its rows of the (temporary) cache arrays."""
+    case, labels = task.case, task.labels
+    assert case.label is not None
+    image = scan_io.read_image(case.image)
+    label = scan_io.read_image(case.label)
+    allowed = {0, *labels.structures.values()}
+    unknown = [v for v in label_values(label).tolist() if v not in allowed]
+    if unknown:
+        raise DatasetError(
+            f"{case.label}: label values {unknown} are not in the dataset.json labels "
+            f"{ {'background': 0, **labels.structures} }"
+        )
+    try:
+        result = preprocess_case(image, label, task.cfg)
+    except ValueError as error:
+        raise DatasetError(f"{case.image}: {error}") from None
+    del image, label
+    if result.image.shape[0] != task.stop - task.start:
+        raise DatasetError(f"{case.image}: header and voxel data disagree on the slice count")
+    assert result.label is not None
+    local = task.labels.local_lookup().astype(np.uint8)[result.label]
+    for name, rows in (("images.npy", result.image), ("labels.npy", local)):
+        array = np.load(task.folder / name, mmap_mode="r+")
+        array[task.start : task.stop] = rows
+        array.flush()
+        del array
+    return result.inverse, local.reshape(len(local), -1).any(axis=1)
+
+
+def _init_worker(threads: int) -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _run(tasks: list[_Task], jobs: int, progress: bool, desc: str) -> list[Any]:
+    results: list[Any] = [None] * len(tasks)
+    with tqdm(total=len(tasks), desc=desc, unit="vol", disable=not progress) as bar:
+        if jobs <= 1 or len(tasks) <= 1:
+            for i, task in enumerate(tasks):
+                results[i] = _process(task)
+                bar.update()
+            return results
+        workers = min(jobs, len(tasks))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")  # safe with torch/ITK threads
+        with ProcessPoolExecutor(workers, context, _init_worker, (threads,)) as pool:
+            futures = {pool.submit(_process, task): i for i, task in enumerate(tasks)}
+            try:
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    return results
+
+
+def _header_shape(path: Path, cfg: PreprocessingConfig) -> tuple[int, int, int]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise scan_io.ScanReadError(f"{path}: cannot read the scan header") from None
+    if reader.GetDimension() != 3:
+        raise DatasetError(f"{path}: expected a 3D scan, got size {reader.GetSize()}")
+    return slice_stack_shape(reader.GetSize(), reader.GetSpacing(), reader.GetDirection(), cfg)
+
+
+def _try_load(folder: Path, key: str) -> SliceCache | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        return load_slice_cache(folder) if meta.get("key") == key else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _remove_stale(parent: Path) -> None:
+    now = time.time()
+    for path in parent.glob(".tmp-*"):
+        try:
+            if now - path.stat().st_mtime > _STALE_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _write(
+    folder: Path,
+    key: str,
+    cases: list[Case],
+    digests: list,
+    labels: DomainLabels,
+    cfg: PreprocessingConfig,
+    jobs: int,
+    progress: bool,
+    desc: str,
+) -> None:
+    """Build the cache in a temporary folder beside ``folder`` and rename it into place."""
+    shapes = [_header_shape(case.image, cfg) for case in cases]
+    bounds = np.cumsum([0] + [s[0] for s in shapes])
+    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        shape = (int(bounds[-1]), *cfg.patch_size)
+        for name, dtype in (("images.npy", np.float32), ("labels.npy", np.uint8)):
+            np.lib.format.open_memmap(tmp / name, mode="w+", dtype=dtype, shape=shape).flush()
+        tasks = [
+            _Task(case, int(bounds[i]), int(bounds[i + 1]), tmp, labels, cfg)
+            for i, case in enumerate(cases)
+        ]
+        results = _run(tasks, jobs, progress, desc)
+        foreground = np.concatenate([fg for _, fg in results]) if results else np.zeros(0, bool)
+        np.save(tmp / "foreground.npy", foreground)
+        meta = {
+            "key": key,
+            "version": CACHE_FORMAT_VERSION,
+            "shape": list(shape),
+            "structures": labels.structures,
+            "preprocessing": cfg.model_dump(mode="json", exclude={"jobs"}),
+            "cases": [
+                {
+                    "case_id": case.case_id,
+                    "image": str(case.image),
+                    "label": str(case.label),
+                    "image_sha256": digest[1],
+                    "label_sha256": digest[2],
+                    "start": int(bounds[i]),
+                    "stop": int(bounds[i + 1]),
+                    "inverse": results[i][0].to_dict(),
+                }
+                for i, (case, digest) in enumerate(zip(cases, digests, strict=True))
+            ],
+        }
+        atomic_write_json(tmp / "meta.json", meta, indent=1)
+        _move_into_place(tmp, folder, key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, folder: Path, key: str) -> None:
+    if folder.exists():
+        if _try_load(folder, key) is not None:
+            return  # another process finished the same cache first
+        stale = folder.parent / f".tmp-stale-{uuid.uuid4().hex[:8]}"
+        os.rename(folder, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if _try_load(folder, key) is None:
+            raise
+
+
+def _build_or_load(
+    dataset_dir: Path,
+    cases: list[Case],
+    labels: DomainLabels,
+    cfg: PreprocessingConfig,
+    cache_root: Path | None,
+    jobs: int | None,
+    progress: bool,
+) -> tuple[SliceCache, bool]:
+    dataset_dir = Path(dataset_dir)
+    root = Path(cache_root) if cache_root is not None else default_cache_root(dataset_dir.parent)
+    if not cases:
+        raise DatasetError(f"{dataset_dir}: no cases to preprocess")
+    unlabeled = [str(c.image) for c in cases if c.label is None]
+    if unlabeled:
+        raise DatasetError(f"no label file for {', '.join(unlabeled)}")
+    paths = [p for case in cases for p in (case.image, case.label)]
+    hashes = hash_files(paths, root)
+    digests = [(c.case_id, hashes[2 * i], hashes[2 * i + 1]) for i, c in enumerate(cases)]
+    key = cache_key(digests, labels, cfg)
+    folder = root / dataset_dir.name / key[:32]
+    cached = _try_load(folder, key)
+    if cached is not None:
+        return cached, True
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(folder.parent)
+    jobs = cfg.jobs if jobs is None else jobs
+    _write(folder, key, cases, digests, labels, cfg, jobs, progress, labels.name)
+    cache = _try_load(folder, key)
+    if cache is None:
+        raise RuntimeError(f"{folder}: the slice cache could not be written")
+    return cache, False
+
+
+def build_slice_cache(
+    dataset_dir: Path,
+    cases: list[Case],
+    labels: DomainLabels,
+    cfg: PreprocessingConfig,
+    cache_root: Path | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+) -> SliceCache:
+    """The slice cache of ``cases``, reused when present, built (in parallel) otherwise.
+
+    ``cache_root`` defaults to :func:`default_cache_root` of the study folder (the dataset's
+    parent); ``jobs`` defaults to ``cfg.jobs``. The result does not depend on ``jobs``.
+    """
+    return _build_or_load(dataset_dir, cases, labels, cfg, cache_root, jobs, progress)[0]
+
+
+def preprocess_study(
+    cfg: ExperimentConfig, data_dir: Path, cache_root: Path | None = None
+) -> dict[str, SliceCache]:
+    """Slice caches of every dataset of ``cfg`` (training cases), keyed by domain name."""
+    data_dir = Path(data_dir)
+    root = Path(cache_root) if cache_root is not None else default_cache_root(data_dir)
+    caches: dict[str, SliceCache] = {}
+    for dataset in cfg.datasets:
+        dataset_dir = data_dir / dataset.folder
+        labels = DomainLabels(dataset.name, load_manifest(dataset_dir).structures)
+        cases = list_cases(dataset_dir, "train")
+        if not cases:
+            raise DatasetError(f"{dataset_dir}: no training cases in imagesTr")
+        began = time.perf_counter()
+        cache, reused = _build_or_load(
+            dataset_dir, cases, labels, cfg.preprocessing, root, None, progress=True
+        )
+        seconds = time.perf_counter() - began
+        print(
+            f"{dataset.name}: {len(cases)} cases, {len(cache)} slices "
+            f"({int(cache.foreground.sum())} with foreground), "
+            f"{'reused' if reused else 'built'} in {seconds:.1f} s: {cache.path}",
+            flush=True,
+        )
+        caches[dataset.name] = cache
+    return caches
