@@ -185,7 +185,6 @@ def plot_overlay(
                     colors=[color],
                     linestyles=style,
                     linewidths=1.2,
-                    origin=origin,
                 )
         handles.append(Line2D([], [], color=color, label=name))
     handles += [
@@ -240,7 +239,7 @@ def write_report(
     for subset, datasets in summary["summary"].items():
         part = frame[frame["subset"] == subset]
         subjects = part[["dataset", "case"]].drop_duplicates().shape[0]
-        lines += [f"## Subset `{subset}` ({subjects} subjects)", ""]
+        lines += [f"## Subset `{subset}` ({subjects} subject{'s' if subjects != 1 else ''})", ""]
         for dataset, node in datasets.items():
             lines += [f"### {dataset}", "", _metrics_table(node, metrics), ""]
         figure = plot_dice_boxes(
