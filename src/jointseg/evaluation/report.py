@@ -78,7 +78,7 @@ def plot_dice_boxes(frame: pd.DataFrame, path: Path, title: str) -> Path:
         part = frame[frame["dataset"] == dataset]
         structures = list(dict.fromkeys(part["structure"]))
         values = [_finite(part.loc[part["structure"] == s, "dice"]) for s in structures]
-        ax.boxplot(values, widths=0.5, showfliers=False)
+        ax.boxplot(values, widths=0.5, showfliers=False, medianprops={"color": "C1"})
         for position, column in enumerate(values, start=1):
             ax.plot(np.full(column.size, position), column, "o", ms=3, alpha=0.6, color="k")
         ax.set_xticks(range(1, len(structures) + 1), structures, rotation=30)
@@ -112,6 +112,7 @@ def plot_grouped_boxes(
             showfliers=False,
             patch_artist=True,
             manage_ticks=False,
+            medianprops={"color": "k"},
         )
         for box in boxes["boxes"]:
             box.set_facecolor(colors[index])
