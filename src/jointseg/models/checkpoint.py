@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from jointseg.config import ModelConfig
+from jointseg.models.keys import mismatch_report
 from jointseg.models.network import JointSegNet, build_model
-from jointseg.models.pretrained import key_listing
 from jointseg.utils.atomic import atomic_path, atomic_write_json
 
 WEIGHTS_FILE = "model.safetensors"
@@ -96,7 +96,14 @@ def load_weights(net: nn.Module, directory: Path, exclude: Sequence[str] = ()) -
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
     state = load_file(str(path))
-    load_state_checked(net, state, source=str(path), exclude=exclude)
+    source = str(path)
+    if (Path(directory) / INDEX_FILE).is_file():
+        arch = read_index(directory)["architecture"]
+        source += (
+            f" ({arch['model']['encoder']}, width {arch['model']['width']}, heads "
+            f"{arch['head_classes']}, domain_specific_bn={arch['domain_specific_bn']})"
+        )
+    load_state_checked(net, state, source=source, exclude=exclude)
 
 
 def load_state_checked(
@@ -112,12 +119,9 @@ def load_state_checked(
         for k, v in given.items()
         if k in target and tuple(v.shape) != tuple(target[k].shape)
     ]
-    missing = sorted(set(target) - set(given))
-    unexpected = sorted(set(given) - set(target))
+    missing = [k for k in target if k not in given]
+    unexpected = [k for k in given if k not in target]
     if mismatched or missing or unexpected:
-        lines = [f"{source} does not fit this model:"]
-        lines += key_listing("mismatched layers", mismatched)
-        lines += key_listing("missing keys", missing)
-        lines += key_listing("unexpected keys", unexpected)
-        raise CheckpointError("\n".join(lines))
+        header = f"{source} does not fit this model:"
+        raise CheckpointError(mismatch_report(header, mismatched, missing, unexpected))
     module.load_state_dict(given, strict=not prefixes)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from jointseg.models.keys import mismatch_report
 from jointseg.models.resnet import ResNetEncoder
 
 IMAGENET_URLS: dict[str, str] = {
@@ -129,7 +130,7 @@ def torchvision_to_encoder(
         name = _DOMAIN_KEY.sub(".", key)
         if name not in state:
             if not name.endswith("num_batches_tracked"):
-                missing.append(name)
+                missing.append(name)  # collapsed to layers in the report
             continue
         used.add(name)
         value = state[name]
@@ -141,18 +142,8 @@ def torchvision_to_encoder(
         mapped[key] = value.to(dtype=current.dtype)
     unexpected = sorted(k for k in state if k not in used and not k.startswith("fc."))
     if missing or mismatched or unexpected:
-        lines = [f"{source} does not fit a {encoder.arch} encoder:"]
-        lines += key_listing("mismatched shapes", mismatched)
-        lines += key_listing("missing keys", sorted(set(missing)))
-        lines += key_listing("unexpected keys", unexpected)
-        raise PretrainedWeightsError("\n".join(lines))
+        header = f"{source} does not fit a {encoder.arch} encoder:"
+        raise PretrainedWeightsError(
+            mismatch_report(header, mismatched, list(dict.fromkeys(missing)), unexpected)
+        )
     return mapped
-
-
-def key_listing(title: str, items: list[str], limit: int = 20) -> list[str]:
-    if not items:
-        return []
-    lines = [f"  {title} ({len(items)}):"] + [f"    {item}" for item in items[:limit]]
-    if len(items) > limit:
-        lines.append(f"    ... and {len(items) - limit} more")
-    return lines
