@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 import SimpleITK as sitk
+import yaml
 from tqdm import tqdm
 
 from jointseg.data.io import read_image, write_image
@@ -183,6 +184,15 @@ def score_plan(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def _config_tta(run_dir: Path) -> bool:
+    """The run config's ``evaluation.tta`` (False when absent)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return False
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return bool((data.get("evaluation") or {}).get("tta", False))
+
+
 def evaluate_run(
     run_dir: Path,
     data: Path | None = None,
@@ -193,7 +203,8 @@ def evaluate_run(
     """Score a train run or a cv folder; write ``RUN/evaluation/``; return ``report.md``'s path.
 
     ``predictor`` (anything with ``predict(image, domain).label_map``) defaults to the run's
-    ``Predictor.from_run(run_dir)``; a cv folder needs none.
+    ``Predictor.from_run(run_dir)``, with test-time flips when the run's config sets
+    ``evaluation.tta``; a cv folder needs none.
     """
     run_dir = Path(run_dir)
     plan = plan_evaluation(run_dir, data)
@@ -205,7 +216,7 @@ def evaluate_run(
     if predictor is None and any(c.prediction is None for c in plan.cases):
         from jointseg.inference.predictor import Predictor
 
-        predictor = Predictor.from_run(run_dir)
+        predictor = Predictor.from_run(run_dir, tta=_config_tta(run_dir))
     out_dir = run_dir / EVALUATION_DIR
     frame = score_plan(plan, out_dir, predictor, progress)
     with atomic_path(out_dir / METRICS_FILE) as tmp:
