@@ -110,6 +110,10 @@ def test_runs_sharing_a_scheme_are_told_apart(tmp_path: Path) -> None:
     table = pd.read_csv(tmp_path / "out" / "compare.csv")
     assert set(table["scheme"]) == {"full (seed0)", "full (seed1)"}
     assert set(table["reference"]) == {"full (seed0)"}  # "full" itself is no label: first run
+    alike = [write_metrics(tmp_path / name / "run", "full") for name in ("a", "b")]
+    compare_runs(alike, tmp_path / "alike")
+    table = pd.read_csv(tmp_path / "alike" / "compare.csv")
+    assert set(table["scheme"]) == {"full (run 1)", "full (run 2)"}
 
 
 def test_unevaluated_run_and_single_run(tmp_path: Path) -> None:

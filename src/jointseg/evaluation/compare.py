@@ -47,14 +47,19 @@ def load_evaluation(run: Path) -> pd.DataFrame:
 
 
 def scheme_labels(runs: list[Path], frames: list[pd.DataFrame]) -> list[str]:
-    """Each run's scheme name; a name that several runs share gets its run folder's name too."""
+    """Each run's scheme name; a name that several runs share gets its run folder's name too
+    (or its position, when the folder names are alike as well)."""
     names = [
         str(frame["scheme"].iloc[0]) if len(frame) else Path(run).name
         for run, frame in zip(runs, frames, strict=True)
     ]
-    return [
+    labels = [
         f"{name} ({Path(run).name})" if names.count(name) > 1 else name
         for name, run in zip(names, runs, strict=True)
+    ]
+    return [
+        f"{name} (run {index + 1})" if labels.count(label) > 1 else label
+        for index, (name, label) in enumerate(zip(names, labels, strict=True))
     ]
 
 
