@@ -72,12 +72,16 @@ def test_batches_mix_domains_and_balanced_holds_all_of_them() -> None:
         assert len({d for d, _ in batch}) >= 2
 
 
-def test_allocation_keeps_means_when_small_domains_are_rare() -> None:
+@pytest.mark.parametrize("policy", ["proportional", "sqrt"])
+@pytest.mark.parametrize("batch_size", [6, 7, 9, 12])
+def test_allocation_keeps_means_when_small_domains_are_rare(policy: str, batch_size: int) -> None:
     rng = np.random.default_rng(0)
-    probabilities = domain_probabilities(SIZES, "proportional")  # 12 * 4/38 = 1.26 < 2
-    counts = np.array([allocate_counts(probabilities, 12, 2, rng) for _ in range(5000)])
-    assert set(np.unique(counts[:, 0])) <= {0, 2}
-    np.testing.assert_allclose(counts.mean(axis=0) / 12, probabilities, atol=0.006)
+    probabilities = domain_probabilities(SIZES, policy)  # e.g. 12 * 4/38 = 1.26 < 2
+    counts = np.array([allocate_counts(probabilities, batch_size, 2, rng) for _ in range(5000)])
+    assert np.all(counts.sum(axis=1) == batch_size)
+    if batch_size * probabilities[0] < 2:
+        assert set(np.unique(counts[:, 0])) <= {0, 2}
+    np.testing.assert_allclose(counts.mean(axis=0) / batch_size, probabilities, atol=0.006)
 
 
 def test_rows_come_from_their_domain() -> None:

@@ -8,8 +8,9 @@ contrastive loss needs a positive for each anchor):
 
 - a domain whose expected count ``batch_size * p`` is below the minimum is either absent or
   present with exactly ``min_per_domain`` slices, with the probability that keeps its mean;
-- the slots left are shared by the other domains in proportion to their probabilities, rounded
-  by systematic sampling so that means are kept and the total is exact.
+- the other domains get the minimum each, and the slots left are shared in proportion to
+  their expected counts' excess over the minimum, rounded by systematic sampling so that
+  means are kept and the total is exact.
 
 Within a domain, slices are drawn uniformly from its training rows; a slice without foreground
 is kept with probability ``empty_slice_keep``, otherwise it is replaced by a slice with
@@ -95,7 +96,8 @@ def allocate_counts(
     """Slices per domain for one batch: sums to ``batch_size``; each count is 0 or >= minimum.
 
     The mean count of domain ``d`` over many batches is ``batch_size * probabilities[d]``,
-    except in corner cases (batches too small for the minimum) where a repair shifts slots.
+    except in small batches (below about ``min_per_domain`` x domains) where a slot may have
+    to move to keep the minimum.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     minimum = max(1, min(min_per_domain, batch_size))
@@ -107,11 +109,18 @@ def allocate_counts(
     if large.size == 0:  # only small domains: as many as fit, the rest of the slots to them
         picked = picked[: batch_size // minimum]
     counts[picked] = minimum
-    receivers = large if large.size else picked
     left = batch_size - int(counts.sum())
-    if left > 0 and receivers.size:
-        share = targets[receivers] * (left / targets[receivers].sum())
-        counts[receivers] += _round_keeping_sum(share, left, rng)
+    above = targets[large] - minimum
+    if large.size and left >= minimum * large.size and above.sum() > 0:
+        # the minimum first, the rest by the excess over it: means stay exact
+        counts[large] = minimum
+        spare = left - minimum * large.size
+        counts[large] += _round_keeping_sum(above * (spare / above.sum()), spare, rng)
+    else:
+        receivers = large if large.size else picked
+        if left > 0 and receivers.size:
+            share = targets[receivers] * (left / targets[receivers].sum())
+            counts[receivers] += _round_keeping_sum(share, left, rng)
     return _repair(counts, batch_size, minimum)
 
 
