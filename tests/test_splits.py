@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jointseg.data.manifest import DatasetManifest, write_manifest
-from jointseg.evaluation.splits import (
+from jointseg.data.splits import (
     SplitsError,
     fold_cases,
     load_splits,

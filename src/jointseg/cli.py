@@ -124,7 +124,7 @@ def splits(
     out: Annotated[Optional[Path], typer.Option(help="Splits file (default DATA/splits.json).")] = None,
 ) -> None:
     """Write a cross-validation splits file (by subject, per dataset)."""
-    from jointseg.evaluation.splits import write_splits
+    from jointseg.data.splits import write_splits
 
     path = _run(write_splits, data, folds, seed, out)
     typer.echo(f"wrote {path}")

@@ -1,9 +1,8 @@
-"""Evaluation: 3D metrics, subject-wise splits, cross-validation, paired statistics, reports.
+"""Evaluation: 3D metrics, cross-validation, paired statistics, reports.
 
-Modules (imported on demand, so that reading a splits file does not load MONAI or matplotlib):
+Modules (imported on demand, so that importing one does not load MONAI or matplotlib):
 
 - ``metrics``: per-structure Dice, sensitivity, specificity, MSSD, HD95, RAVD (``score_case``)
-- ``splits``: the splits file (``write_splits``, ``load_splits``, ``fold_cases``)
 - ``cross_validation``: ``jointseg cv``
 - ``evaluate``: ``jointseg evaluate`` (``evaluate_run``)
 - ``statistics``: Wilcoxon signed-rank, rank-biserial correlation, Holm

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from jointseg.config import load_config
 from jointseg.data.io import read_image, write_image
 from jointseg.data.manifest import list_cases
-from jointseg.evaluation.splits import load_splits, write_splits
+from jointseg.data.splits import load_splits, write_splits
 from jointseg.inference.predictor import Predictor
 from jointseg.training.runner import train_run
 from jointseg.utils.atomic import atomic_write_json

@@ -16,7 +16,7 @@ from jointseg.config import SCHEMES, ExperimentConfig, load_config, save_config
 from jointseg.data.cache import SliceCache, preprocess_study
 from jointseg.data.labels import DomainLabels, LabelSpace
 from jointseg.data.manifest import list_cases, load_manifest
-from jointseg.evaluation.splits import fold_cases, load_splits
+from jointseg.data.splits import fold_cases, load_splits
 from jointseg.models import build_model, save_model
 from jointseg.models.checkpoint import load_weights
 from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, save_run_info

@@ -1,0 +1,145 @@
+"""Training: every scheme trains and saves a loadable model, a real learning test, resume,
+determinism, and config errors before any training starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jointseg.config import ConfigError, config_from_dict
+from jointseg.models import load_model
+from jointseg.runs import RunError, load_run_info
+from jointseg.training.runner import train_run
+from jointseg.training.schemes import plan_scheme
+from tests.conftest import write_dataset
+
+
+def tiny_config(**training) -> dict:
+    return {
+        "name": "tiny",
+        "datasets": [
+            {"name": "knee", "folder": "Dataset001_Knee"},
+            {"name": "ankle", "folder": "Dataset002_Ankle"},
+        ],
+        "preprocessing": {"target_spacing": None, "patch_size": [32, 32], "jobs": 1},
+        "augmentation": {"enabled": False},
+        "model": {
+            "encoder": "resnet18",
+            "width": 0.125,
+            "decoder_channels": [64, 32, 16, 16, 16],
+            "projector_hidden": 16,
+            "projector_dim": 8,
+        },
+        "training": {
+            "epochs": 2,
+            "iterations_per_epoch": 3,
+            "batch_size": 4,
+            "validation_every": 1,
+            "validation_fraction": 0.34,
+            "optimizer": {"lr": 0.01, "warmup_epochs": 0},
+            **training,
+        },
+        "regularization": {"shape_prior": {"epochs": 1, "base_channels": 4, "code_channels": 4}},
+    }
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    write_dataset(root, "Dataset001_Knee", cases=3, structures={"femur": 1, "tibia": 2})
+    write_dataset(root, "Dataset002_Ankle", cases=3, structures={"talus": 1, "tibia": 2})
+    return root
+
+
+@pytest.mark.parametrize("scheme", ["individual", "transfer", "shared", "mtmd", "mtmd+con", "full"])
+def test_each_scheme_trains_and_saves_loadable_models(study: Path, tmp_path: Path, scheme) -> None:
+    cfg = config_from_dict({**tiny_config(epochs=1), "scheme": scheme})
+    info = train_run(cfg, study, tmp_path / "run", progress=False)
+    expected = {"individual": 2, "transfer": 2, "shared": 1}.get(scheme, 1)
+    assert len(info.models) == expected
+    assert load_run_info(tmp_path / "run") == info
+    for entry in info.models:
+        net, meta = load_model(tmp_path / "run" / entry.path)
+        assert meta["domains"] == entry.domains
+        x = torch.zeros(2, 1, 32, 32)
+        out = net(x, torch.zeros(2, dtype=torch.long))
+        classes = 9 if entry.label_space == "union" else 3
+        assert next(iter(out.logits.values())).shape == (2, min(classes, 4), 32, 32)
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "curves.png").is_file()
+    if scheme == "full":
+        assert (tmp_path / "run" / "models" / "shape_prior" / "shape_autoencoder.safetensors").is_file()
+
+
+def test_union_head_covers_every_structure_once() -> None:
+    plans = plan_scheme("shared", ["knee", "ankle"])
+    assert [p.label_space for p in plans] == ["union"]
+    transfer = plan_scheme("transfer", ["knee", "ankle"])
+    assert [p.name for p in transfer] == ["pretrain_for_knee", "knee", "pretrain_for_ankle", "ankle"]
+    assert transfer[1].init_from == "pretrain_for_knee" and transfer[0].domains == ("ankle",)
+
+
+def _final_weights(run: Path, name: str = "main") -> dict[str, torch.Tensor]:
+    net, _ = load_model(run / "models" / name)
+    return net.state_dict()
+
+
+def test_learns_the_toy_task(study: Path, tmp_path: Path) -> None:
+    config = tiny_config(epochs=4, iterations_per_epoch=25, validation_every=4)
+    config["model"]["width"] = 0.25
+    cfg = config_from_dict({**config, "scheme": "mtmd"})
+    train_run(cfg, study, tmp_path / "run", progress=False)
+    _, meta = load_model(tmp_path / "run" / "models" / "main")
+    assert meta["best_validation_dice"] > 0.8
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+class StopAfterFirstEpoch(__import__("lightning").Callback):
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1:
+            raise Interrupt("simulated kill")
+
+
+def test_resume_continues_exactly(study: Path, tmp_path: Path) -> None:
+    cfg = config_from_dict({**tiny_config(epochs=2), "scheme": "mtmd+con"})
+    train_run(cfg, study, tmp_path / "straight", progress=False)
+    with pytest.raises(Interrupt):
+        train_run(cfg, study, tmp_path / "resumed", progress=False,
+                  callbacks=[StopAfterFirstEpoch()])
+    assert (tmp_path / "resumed" / "checkpoints" / "main" / "last.ckpt").is_file()
+    with pytest.raises(RunError, match="--resume"):
+        train_run(cfg, study, tmp_path / "resumed", progress=False)
+    train_run(cfg, study, tmp_path / "resumed", resume=True, progress=False)
+    straight, resumed = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "resumed")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_same_seed_same_weights_and_metrics(study: Path, tmp_path: Path) -> None:
+    cfg = config_from_dict({**tiny_config(epochs=1), "scheme": "mtmd"})
+    train_run(cfg, study, tmp_path / "a", progress=False)
+    train_run(cfg, study, tmp_path / "b", progress=False)
+    a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    meta_a = load_model(tmp_path / "a" / "models" / "main")[1]
+    meta_b = load_model(tmp_path / "b" / "models" / "main")[1]
+    assert meta_a["best_validation_dice"] == meta_b["best_validation_dice"]
+    assert np.isfinite(meta_a["best_validation_dice"])
+
+
+def test_bad_config_values_fail_before_training(study: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"training\.batch_size"):
+        config_from_dict(tiny_config(batch_size=0))
+    with pytest.raises(ConfigError, match=r"training\.sampling"):
+        config_from_dict(tiny_config(sampling="uniform"))
+    bad = tiny_config()
+    bad["datasets"][1]["folder"] = "Dataset009_Missing"
+    with pytest.raises(Exception, match="Dataset009_Missing"):
+        train_run(config_from_dict(bad), study, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
