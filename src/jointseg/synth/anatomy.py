@@ -1,0 +1,230 @@
+"""The joints we synthesize: which bones, their labels, and how MuJoCo poses them.
+
+Bone surfaces and joint kinematics come from the MyoSuite musculoskeletal models shipped in the
+``myo-sim`` package (``myolegs`` for ankle and knee, ``myoarm_r`` for the shoulder). Model world
+coordinates are metres with x to the patient's left, y posterior and z superior (LPS); we use mm.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Physis:
+    """A growth plate across a long bone end: ``depth`` mm (adult) from the articular tip."""
+
+    site: str
+    depth: float
+    tent: float = 0.0  # slope of a tent-shaped (Λ) plate, as in the proximal humerus
+    far_end: bool = False  # measured from the bone's end away from the joint
+
+
+@dataclass(frozen=True)
+class BoneSpec:
+    """One bone of a joint's field of view."""
+
+    name: str
+    geom: str
+    label: int = 0  # 0: present in the image but not labelled in this dataset
+    part: str = "all"  # 'all', 'largest' or 'others' connected parts of the geom's mesh
+    long_bone: bool = False
+    physes: tuple[Physis, ...] = ()
+    small: bool = False  # ossifies from a centre: young children have a cartilage shell
+
+
+@dataclass(frozen=True)
+class JointSpec:
+    """A joint dataset: its bones, its kinematic model and the joint angles we vary."""
+
+    name: str
+    dataset_id: int
+    title: str
+    model: str
+    center_body: str
+    bones: tuple[BoneSpec, ...]
+    angles: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Label values of the dataset (background first, then the labelled bones)."""
+        items = sorted((b.label, b.name) for b in self.bones if b.label)
+        return {"background": 0, **{name: value for value, name in items}}
+
+    @property
+    def folder(self) -> str:
+        return f"Dataset{self.dataset_id:03d}_{self.title}"
+
+
+JOINTS: dict[str, JointSpec] = {
+    "ankle": JointSpec(
+        name="ankle",
+        dataset_id=1,
+        title="Ankle",
+        model="myolegs",
+        center_body="talus_r",
+        bones=(
+            BoneSpec(
+                "calcaneus",
+                "foot_r",
+                1,
+                part="largest",
+                small=True,
+                physes=(Physis("calcaneus_apophysis", 9.0, far_end=True),),
+            ),
+            BoneSpec("talus", "talus_r", 2, small=True),
+            BoneSpec("tibia", "tibia_r", 3, long_bone=True, physes=(Physis("tibia_distal", 14.0),)),
+            BoneSpec(
+                "fibula", "fibula_r", 0, long_bone=True, physes=(Physis("fibula_distal", 22.0),)
+            ),
+            BoneSpec("midfoot", "foot_r", 0, part="others", small=True),
+        ),
+        # Radians: dorsiflexion (+) / plantar flexion (-), subtalar inversion / eversion.
+        angles={"ankle_angle_r": (-0.30, 0.25), "subtalar_angle_r": (-0.15, 0.15)},
+    ),
+    "knee": JointSpec(
+        name="knee",
+        dataset_id=2,
+        title="Knee",
+        model="myolegs",
+        center_body="tibia_r",
+        bones=(
+            BoneSpec("femur", "femur_r", 1, long_bone=True, physes=(Physis("femur_distal", 22.0),)),
+            BoneSpec(
+                "fibula", "fibula_r", 2, long_bone=True, physes=(Physis("fibula_proximal", 12.0),)
+            ),
+            BoneSpec("patella", "patella_r", 3, small=True),
+            BoneSpec(
+                "tibia",
+                "tibia_r",
+                4,
+                long_bone=True,
+                physes=(Physis("tibia_proximal", 20.0, tent=0.08),),
+            ),
+        ),
+        angles={"knee_angle_r": (0.0, 0.45)},
+    ),
+    "shoulder": JointSpec(
+        name="shoulder",
+        dataset_id=3,
+        title="Shoulder",
+        model="myoarm_r",
+        center_body="humerus_r",
+        bones=(
+            BoneSpec(
+                "humerus",
+                "humerus_r",
+                1,
+                long_bone=True,
+                physes=(Physis("humerus_proximal", 28.0, tent=0.35),),
+            ),
+            BoneSpec("scapula", "scapula_r", 2),
+            BoneSpec("clavicle", "clavicle_r", 0),
+        ),
+        # Elevation plane, elevation and axial rotation of the arm at the side of the body.
+        angles={
+            "elv_angle_r": (-0.2, 0.9),
+            "shoulder_elv_r": (0.0, 0.35),
+            "shoulder_rot_r": (-0.5, 0.6),
+        },
+    ),
+}
+
+
+def joint_spec(name: str) -> JointSpec:
+    """The spec of joint ``name``; a clear error for an unknown one."""
+    try:
+        return JOINTS[name]
+    except KeyError:
+        raise ValueError(f"unknown joint {name!r}; choose from {', '.join(JOINTS)}") from None
+
+
+@cache
+def kinematic_model(name: str):
+    """The compiled MuJoCo model and a data buffer (cached per process)."""
+    import mujoco  # noqa: F401 - imported for myo_sim
+    import myo_sim
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return myo_sim.load(name)
+
+
+def pose_model(name: str, angles: dict[str, float]):
+    """Set the model's joints (coupled joints from their equality constraints) and run FK.
+
+    Returns (model, data) after ``mujoco.mj_kinematics``.
+    """
+    import mujoco
+
+    model, data = kinematic_model(name)
+    data.qpos[:] = model.qpos0
+    for joint, value in angles.items():
+        jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, joint)
+        if jid < 0:
+            raise ValueError(f"model {name!r} has no joint {joint!r}")
+        data.qpos[model.jnt_qposadr[jid]] = value
+    # Joint equality constraints: q1 - q1_0 = poly(q2 - q2_0); kinematics alone ignores them.
+    for eq in range(model.neq):
+        if model.eq_type[eq] != mujoco.mjtEq.mjEQ_JOINT or not model.eq_active0[eq]:
+            continue
+        dependent = model.jnt_qposadr[model.eq_obj1id[eq]]
+        driver = model.jnt_qposadr[model.eq_obj2id[eq]]
+        x = data.qpos[driver] - model.qpos0[driver]
+        coeffs = model.eq_data[eq, :5]
+        data.qpos[dependent] = model.qpos0[dependent] + sum(c * x**k for k, c in enumerate(coeffs))
+    mujoco.mj_kinematics(model, data)
+    return model, data
+
+
+def geom_pose(model, data, geom: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation (geom frame -> world) and translation (mm) of a geom after kinematics."""
+    import mujoco
+
+    gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, geom)
+    if gid < 0:
+        raise ValueError(f"the model has no geom {geom!r}")
+    return data.geom_xmat[gid].reshape(3, 3).copy(), data.geom_xpos[gid] * 1000.0
+
+
+def body_position(model, data, body: str) -> np.ndarray:
+    """World position (mm) of a body's frame after kinematics."""
+    import mujoco
+
+    bid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)
+    if bid < 0:
+        raise ValueError(f"the model has no body {body!r}")
+    return data.xpos[bid] * 1000.0
+
+
+def geom_mesh(model_name: str, geom: str, part: str = "all") -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (mm, geom frame) and faces of a mesh geom, or of some of its connected parts.
+
+    ``part='largest'`` keeps the part enclosing the largest volume (the calcaneus of the foot
+    mesh); ``'others'`` keeps the rest.
+    """
+    import mujoco
+    import trimesh
+
+    model, _ = kinematic_model(model_name)
+    gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, geom)
+    if gid < 0 or model.geom_type[gid] != mujoco.mjtGeom.mjGEOM_MESH:
+        raise ValueError(f"model {model_name!r} has no mesh geom {geom!r}")
+    mid = model.geom_dataid[gid]
+    v0, nv = model.mesh_vertadr[mid], model.mesh_vertnum[mid]
+    f0, nf = model.mesh_faceadr[mid], model.mesh_facenum[mid]
+    vertices = model.mesh_vert[v0 : v0 + nv].astype(np.float64) * 1000.0
+    faces = model.mesh_face[f0 : f0 + nf].astype(np.int64)
+    if part == "all":
+        return vertices, faces
+    mesh = trimesh.Trimesh(vertices, faces, process=True)
+    parts = sorted(mesh.split(only_watertight=False), key=lambda m: abs(m.volume), reverse=True)
+    chosen = parts[:1] if part == "largest" else parts[1:]
+    if not chosen:
+        raise ValueError(f"geom {geom!r} has no part {part!r}")
+    merged = trimesh.util.concatenate(chosen)
+    return np.asarray(merged.vertices, float), np.asarray(merged.faces, np.int64)

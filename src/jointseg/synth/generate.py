@@ -1,0 +1,208 @@
+"""``jointseg synth``: write a study of synthetic pediatric joint MR datasets.
+
+One dataset per joint in the nnU-Net v2 raw layout (``DatasetXXX_Name/imagesTr, labelsTr,
+imagesTs, labelsTs, dataset.json``) and ``synth.json`` at the top recording every subject's
+parameters. Subject ``i`` of a joint and split draws from its own ``SeedSequence`` child, so the
+output is the same, byte for byte, whatever ``jobs`` is and whatever the other counts are.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from jointseg.data.io import array_to_image, write_image
+from jointseg.data.manifest import DatasetManifest, write_manifest
+from jointseg.synth.anatomy import JOINTS, joint_spec
+from jointseg.synth.subject import PROTOCOLS, SubjectParams, sample_subject
+from jointseg.utils.atomic import atomic_write_json
+
+#: Bumped whenever the same seed would give different images.
+GENERATOR_VERSION = 1
+SPLITS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
+FILE_ENDING = ".nii.gz"
+
+
+def case_id(joint: str, split: str, index: int) -> str:
+    """``knee_007`` for training subjects, ``knee_test_002`` for held-out ones."""
+    return f"{joint}_{index:03d}" if split == "train" else f"{joint}_test_{index:03d}"
+
+
+def subject_params(joint: str, split: str, index: int, seed: int) -> SubjectParams:
+    """The parameters of one subject; depends only on (seed, joint, split, index)."""
+    key = (list(JOINTS).index(joint), 0 if split == "train" else 1, index)
+    sequence = np.random.SeedSequence(seed, spawn_key=key)
+    rng = np.random.default_rng(sequence)
+    return sample_subject(joint, case_id(joint, split, index), split, rng, [seed, *key])
+
+
+def _validate(
+    subjects: int, test_subjects: int, joints: list[str], seed: int, jobs: int, scale: float
+) -> list[str]:
+    if subjects < 1:
+        raise ValueError(f"--subjects must be at least 1, got {subjects}")
+    if test_subjects < 0:
+        raise ValueError(f"--test-subjects must be 0 or more, got {test_subjects}")
+    if max(subjects, test_subjects) > 999:
+        raise ValueError("at most 999 subjects per joint and split")
+    if seed < 0:
+        raise ValueError(f"--seed must be non-negative, got {seed}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if not 0.1 <= scale <= 1.0:
+        raise ValueError(f"scale must be in [0.1, 1], got {scale}")
+    if not joints:
+        raise ValueError("no joints given; choose from " + ", ".join(JOINTS))
+    unique = list(dict.fromkeys(joints))
+    for joint in unique:
+        joint_spec(joint)
+    return unique
+
+
+def render_case(params: SubjectParams, dataset_dir: str, scale: float = 1.0) -> dict:
+    """Synthesize one subject and write its image and label; returns label voxel counts."""
+    from jointseg.synth.synthesis import synthesize_subject
+
+    volume = synthesize_subject(params, scale)
+    geometry = volume.geometry
+    info = dict(
+        spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction.ravel()
+    )
+    image_dir, label_dir = SPLITS[params.split]
+    folder = Path(dataset_dir)
+    write_image(
+        array_to_image(volume.image, **info),
+        folder / image_dir / f"{params.case_id}_0000{FILE_ENDING}",
+    )
+    write_image(
+        array_to_image(volume.label, **info), folder / label_dir / f"{params.case_id}{FILE_ENDING}"
+    )
+    counts = np.bincount(volume.label.ravel())
+    return {"case_id": params.case_id, "voxels": [int(c) for c in counts]}
+
+
+def _render_task(task: tuple[SubjectParams, str, float]) -> dict:
+    return render_case(*task)
+
+
+def _remove_stale(dataset_dir: Path, joint: str, keep: set[str]) -> None:
+    """Delete case files of an earlier run (more subjects) that this run does not write."""
+    pattern = re.compile(rf"^{joint}_(test_)?\d{{3}}(_0000)?{re.escape(FILE_ENDING)}$")
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        folder = dataset_dir / sub
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if pattern.match(path.name) and path.name not in keep:
+                path.unlink()
+
+
+def _manifest(joint: str, subjects: int, test_subjects: int, seed: int) -> DatasetManifest:
+    from jointseg import __version__
+
+    spec = joint_spec(joint)
+    protocol = PROTOCOLS[joint]
+    return DatasetManifest(
+        name=spec.title,
+        description=(
+            f"Synthetic pediatric {joint} MR (ages 4-17) with bone labels, from MyoSuite bone "
+            f"surfaces posed by MuJoCo; {protocol.weighting}-weighted "
+            f"{'fat-suppressed ' if protocol.fat_sat else ''}"
+            f"{'spin echo' if protocol.sequence == 'se' else 'gradient echo'}, "
+            f"{protocol.plane} slices."
+        ),
+        reference="jointseg synth (see synth.json at the study's top)",
+        licence="CC0-1.0",
+        release=f"jointseg {__version__}, generator {GENERATOR_VERSION}, seed {seed}",
+        tensorImageSize="3D",
+        channel_names={"0": "MR"},
+        labels=spec.labels,
+        numTraining=subjects,
+        numTest=test_subjects,
+        file_ending=FILE_ENDING,
+        joint=joint,
+        protocol={
+            "plane": protocol.plane,
+            "sequence": protocol.sequence,
+            "weighting": protocol.weighting,
+            "fat_suppression": protocol.fat_sat,
+            "matrix": protocol.matrix,
+        },
+    )
+
+
+def synthesize_study(
+    out: Path,
+    subjects: int,
+    test_subjects: int,
+    joints: list[str],
+    seed: int,
+    jobs: int,
+    preview: bool,
+    *,
+    scale: float = 1.0,
+    progress: bool = True,
+) -> Path:
+    """Write one dataset per joint under ``out`` and ``out/synth.json``; returns ``out``.
+
+    ``scale`` < 1 shrinks every volume's matrix and slice count (fast tests); ``progress``
+    shows a tqdm bar.
+    """
+    from tqdm import tqdm
+
+    from jointseg import __version__
+
+    joints = _validate(subjects, test_subjects, list(joints), seed, jobs, scale)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks: list[tuple[SubjectParams, str, float]] = []
+    for joint in joints:
+        dataset_dir = out / joint_spec(joint).folder
+        keep: set[str] = set()
+        for split, count in (("train", subjects), ("test", test_subjects)):
+            for index in range(count):
+                params = subject_params(joint, split, index, seed)
+                tasks.append((params, str(dataset_dir), scale))
+                keep |= {f"{params.case_id}_0000{FILE_ENDING}", f"{params.case_id}{FILE_ENDING}"}
+        _remove_stale(dataset_dir, joint, keep)
+        write_manifest(dataset_dir, _manifest(joint, subjects, test_subjects, seed))
+
+    bar = tqdm(total=len(tasks), desc="synth", unit="subject", disable=not progress)
+    results: dict[str, dict] = {}
+    if jobs == 1 or len(tasks) == 1:
+        for task in tasks:
+            result = _render_task(task)
+            results[result["case_id"]] = result
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
+            for result in pool.map(_render_task, tasks, chunksize=1):
+                results[result["case_id"]] = result
+                bar.update()
+    bar.close()
+
+    record = {
+        "generator": "jointseg.synth",
+        "jointseg_version": __version__,
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "scale": scale,
+        "joints": {j: joint_spec(j).folder for j in joints},
+        "subjects": subjects,
+        "test_subjects": test_subjects,
+        "cases": [
+            {**params.to_dict(), "label_voxels": results[params.case_id]["voxels"]}
+            for params, _, _ in tasks
+        ],
+    }
+    atomic_write_json(out / "synth.json", record)
+    if preview:
+        from jointseg.synth.preview import write_previews
+
+        write_previews(out, joints)
+    return out

@@ -1,0 +1,210 @@
+"""Soft tissues around the bones: body outline, skin, fat, fat pads, muscle compartments, vessels.
+
+Shapes are procedural (distance fields) but hung on the posed model: limb axes run between the
+MuJoCo bodies' joint centres, the trunk is the models' thorax wrapping geometry, and fat pads and
+vessels sit at fixed places relative to the joints (adult mm, scaled with the child).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from jointseg.synth.anatomy import body_position
+from jointseg.synth.geometry import BodyFrame, ScanGeometry, apply_affine
+from jointseg.synth.noise import smooth_noise, upsample
+
+
+@dataclass(frozen=True)
+class Tube:
+    """A tapered capsule between two points (child mm): a limb segment, a vessel, a fat pad."""
+
+    a: np.ndarray
+    b: np.ndarray
+    ra: float
+    rb: float
+
+    def distance(self, points: np.ndarray) -> np.ndarray:
+        """Approximate signed distance at component-first points (3, ...)."""
+        axis = self.b - self.a
+        length2 = float(axis @ axis) or 1e-9
+        rel = [points[c] - np.float32(self.a[c]) for c in range(3)]
+        t = (rel[0] * axis[0] + rel[1] * axis[1] + rel[2] * axis[2]) / length2
+        t = np.clip(t, 0.0, 1.0)
+        d2 = sum((rel[c] - t * np.float32(axis[c])) ** 2 for c in range(3))
+        return np.sqrt(d2) - (self.ra + (self.rb - self.ra) * t)
+
+
+def smooth_min(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
+    """Polynomial smooth minimum: a blend over about ``k`` mm where the two are close."""
+    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+    return b + (a - b) * h - k * h * (1.0 - h)
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    return a + (b - a) * t
+
+
+def limb_tubes(
+    joint: str, model, data, frame: BodyFrame, stature_mm: float, bulk: float
+) -> list[Tube]:
+    """The limb and trunk segments of a joint's field of view (child mm)."""
+
+    def pos(body: str, offset=(0.0, 0.0, 0.0)) -> np.ndarray:
+        return body_position(model, data, body) + np.asarray(offset)
+
+    def tube(a, b, ra, rb):
+        return Tube(
+            frame.to_child(a), frame.to_child(b), ra * stature_mm * bulk, rb * stature_mm * bulk
+        )
+
+    if joint in ("knee", "ankle"):
+        hip, knee, ankle = pos("femur_r"), pos("tibia_r"), pos("talus_r")
+        back = np.array([0.0, 1.0, 0.0])  # posterior, adult mm per unit below
+        thigh = _lerp(knee, hip, 0.5) + back * 6 + np.array([6.0, 0, 0])
+        knee_c = knee + back * 6
+        calf = _lerp(knee, ankle, 0.3) + back * 22
+        lower = _lerp(knee, ankle, 0.8) + back * 8
+        tubes = [
+            tube(thigh, knee_c, 0.041, 0.030),
+            tube(knee_c, calf, 0.030, 0.033),
+            tube(calf, lower, 0.033, 0.021),
+            tube(lower, ankle + back * 4, 0.021, 0.018),
+        ]
+        if joint == "ankle":
+            heel = pos("calcn_r", (0.0, 0.0, -8.0))
+            toes = pos("toes_r", (0.0, 10.0, -2.0))
+            tubes.append(tube(heel, _lerp(heel, toes, 0.55), 0.010, 0.012))
+        return tubes
+    if joint == "shoulder":
+        humerus, elbow = pos("humerus_r"), pos("ulna_r")
+        return [
+            tube(humerus, _lerp(humerus, elbow, 0.7), 0.030, 0.028),
+            *trunk_tubes(model, data, frame, bulk),
+        ]
+    raise ValueError(f"unknown joint {joint!r}")
+
+
+def trunk_tubes(model, data, frame: BodyFrame, bulk: float) -> list[Tube]:
+    """The upper trunk from the arm model's thorax wrapping capsules (child mm)."""
+    import mujoco
+
+    tubes = []
+    for name in ("thorax_coll2", "thorax_coll3"):
+        gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, name)
+        if gid < 0:
+            continue
+        radius, half = model.geom_size[gid, 0] * 1000.0, model.geom_size[gid, 1] * 1000.0
+        axis = data.geom_xmat[gid].reshape(3, 3)[:, 2]
+        centre = data.geom_xpos[gid] * 1000.0
+        r = radius * frame.mean_scale * bulk
+        tubes.append(
+            Tube(frame.to_child(centre - axis * half), frame.to_child(centre + axis * half), r, r)
+        )
+    return tubes
+
+
+@dataclass(frozen=True)
+class Blob:
+    """An ellipsoid (child mm) with semi-axes along the world axes: fat pads, lungs."""
+
+    center: np.ndarray
+    radii: np.ndarray
+
+    def distance(self, points: np.ndarray) -> np.ndarray:
+        q = sum(
+            ((points[c] - np.float32(self.center[c])) / np.float32(self.radii[c])) ** 2
+            for c in range(3)
+        )
+        return (np.sqrt(q) - 1.0) * np.float32(self.radii.min())
+
+
+#: Fat pads (model body, offset adult mm LPS, semi-axes adult mm).
+FAT_PADS = {
+    "knee": [("tibia_r", (0.0, -28.0, 6.0), (16.0, 9.0, 13.0))],  # Hoffa's infrapatellar pad
+    "ankle": [
+        ("talus_r", (0.0, 38.0, 28.0), (11.0, 10.0, 26.0)),  # Kager's pre-Achilles pad
+        ("calcn_r", (0.0, 12.0, -18.0), (20.0, 32.0, 9.0)),  # heel pad
+    ],
+    "shoulder": [("humerus_r", (10.0, 0.0, 26.0), (14.0, 14.0, 5.0))],  # subacromial fat
+}
+
+#: Main vessels (model body, start and end offsets adult mm, radius adult mm, 'artery'/'vein').
+VESSELS = {
+    "knee": [
+        ("tibia_r", (4.0, 34.0, 90.0), (2.0, 30.0, -90.0), 3.2, "artery"),
+        ("tibia_r", (0.0, 40.0, 90.0), (-2.0, 36.0, -90.0), 4.2, "vein"),
+        ("tibia_r", (38.0, 20.0, 90.0), (38.0, 10.0, -90.0), 2.0, "vein"),  # great saphenous
+    ],
+    "ankle": [
+        ("talus_r", (26.0, 22.0, 80.0), (28.0, 18.0, -12.0), 1.8, "artery"),  # posterior tibial
+        ("talus_r", (30.0, 24.0, 80.0), (32.0, 20.0, -12.0), 2.2, "vein"),
+        ("talus_r", (4.0, -22.0, 80.0), (4.0, -30.0, -10.0), 1.6, "artery"),  # anterior tibial
+        ("talus_r", (30.0, -8.0, 80.0), (34.0, -20.0, -10.0), 2.0, "vein"),  # great saphenous
+    ],
+    "shoulder": [
+        ("humerus_r", (45.0, -10.0, -10.0), (30.0, -5.0, -120.0), 3.2, "artery"),  # axillary
+        ("humerus_r", (50.0, -2.0, -10.0), (35.0, 2.0, -120.0), 4.5, "vein"),
+        ("humerus_r", (20.0, -38.0, 20.0), (-6.0, -28.0, -120.0), 2.0, "vein"),  # cephalic
+    ],
+}
+
+
+def fat_pads(joint: str, model, data, frame: BodyFrame) -> list[Blob]:
+    s = frame.mean_scale
+    return [
+        Blob(
+            frame.to_child(body_position(model, data, body) + np.asarray(off)),
+            np.asarray(radii) * s,
+        )
+        for body, off, radii in FAT_PADS[joint]
+    ]
+
+
+def vessels(joint: str, model, data, frame: BodyFrame) -> list[tuple[Tube, str]]:
+    s = frame.mean_scale
+    out = []
+    for body, a, b, radius, kind in VESSELS[joint]:
+        base = body_position(model, data, body)
+        out.append(
+            (
+                Tube(
+                    frame.to_child(base + np.asarray(a)),
+                    frame.to_child(base + np.asarray(b)),
+                    radius * s,
+                    radius * s,
+                ),
+                kind,
+            )
+        )
+    return out
+
+
+def compartment_gap(
+    geometry: ScanGeometry,
+    rng: np.random.Generator,
+    body_center: np.ndarray,
+    spread: float,
+    seeds: int = 16,
+) -> np.ndarray:
+    """Half the distance between the nearest two of random compartment centres (mm), on the
+    fine grid: small along the borders of a Voronoi partition, i.e. the intermuscular septa."""
+    coarse = (
+        max(2, geometry.size[2]),
+        max(2, geometry.size[1] // 4),
+        max(2, geometry.size[0] // 4),
+    )
+    i = np.linspace(0, geometry.size[0] - 1, coarse[2])
+    j = np.linspace(0, geometry.size[1] - 1, coarse[1])
+    k = np.linspace(0, geometry.size[2] - 1, coarse[0])
+    kk, jj, ii = np.meshgrid(k, j, i, indexing="ij")
+    index = np.stack([ii.ravel(), jj.ravel(), kk.ravel()])
+    world = apply_affine(geometry.direction * geometry.spacing, geometry.origin, index)
+    centres = body_center + rng.normal(0.0, spread, (seeds, 3))
+    dist, _ = cKDTree(centres).query(world.T, k=2)
+    gap = (0.5 * (dist[:, 1] - dist[:, 0])).reshape(coarse)
+    # Septa wander: add smooth noise before resampling to the fine grid.
+    gap = gap + 1.5 * smooth_noise(rng, coarse, (3.0, 6.0, 6.0))
+    return upsample(gap, geometry.fine_shape)
