@@ -179,3 +179,43 @@ def test_convert_seeds_every_domain_with_the_original() -> None:
 
 def _inner(net: nn.Module) -> set[nn.Module]:
     return {bn for m in net.modules() if isinstance(m, DomainBatchNorm2d) for bn in m.bns}
+
+
+@pytest.mark.parametrize("momentum", [0.3, None])
+def test_fused_grouping_matches_separate_batchnorms(momentum: float | None) -> None:
+    """The fused CUDA path's combination logic, run here with reference kernels."""
+    from jointseg.models.fused_bn import REFERENCE_KERNELS, grouped_batch_norm
+
+    layer = _random_dsbn()
+    for bn in layer.bns:
+        bn.momentum = momentum
+    refs = _references(layer)
+    layer.train()
+    domains = torch.tensor([0, 0, 0, 2, 3, 3])  # grouped; domain 1 absent
+    present = [0, 2, 3]
+    segments = torch.tensor([0, 0, 0, 1, 2, 2])
+    generator = torch.Generator().manual_seed(3)
+    for step in range(2):
+        x = torch.randn(6, C, 5, 3, generator=generator) * 2 + step
+        x.requires_grad_(True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        bns = [layer.bns[d] for d in present]
+        out = grouped_batch_norm(x, segments, (3, 1, 2), bns, kernels=REFERENCE_KERNELS)
+        expected = _reference_forward(refs, x_ref, domains)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        weights = torch.randn(out.shape, generator=generator)
+        (out * weights).sum().backward()
+        (expected * weights).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    _assert_same_state(layer, refs)
+    for d in present:
+        torch.testing.assert_close(layer.bns[d].weight.grad, refs[d].weight.grad)
+        torch.testing.assert_close(layer.bns[d].bias.grad, refs[d].bias.grad)
+    assert layer.bns[1].weight.grad is None
+
+
+def test_fused_path_only_on_cuda() -> None:
+    from jointseg.models.fused_bn import fusable
+
+    layer = _random_dsbn().train()
+    assert not fusable(torch.randn(2, C, 2, 2), list(layer.bns))
