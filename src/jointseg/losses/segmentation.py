@@ -36,8 +36,11 @@ def _dice_ce(dice_weight: float, ce_weight: float) -> DiceCELoss:
 def head_loss(
     logits: Tensor, target: Tensor, dice_weight: float = 1.0, ce_weight: float = 1.0
 ) -> Tensor:
-    """Dice + CE of one head: ``logits`` [n, C, H, W], ``target`` [n, H, W] local classes."""
-    return _dice_ce(dice_weight, ce_weight)(logits, target.unsqueeze(1).long())
+    """Dice + CE of one head: ``logits`` [n, C, H, W], ``target`` [n, H, W] local classes.
+
+    Computed in float32 (also under mixed precision).
+    """
+    return _dice_ce(dice_weight, ce_weight)(logits.float(), target.unsqueeze(1).long())
 
 
 def segmentation_loss(
