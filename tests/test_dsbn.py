@@ -219,3 +219,15 @@ def test_fused_path_only_on_cuda() -> None:
 
     layer = _random_dsbn().train()
     assert not fusable(torch.randn(2, C, 2, 2), list(layer.bns))
+
+
+def test_fused_output_allows_inplace_relu() -> None:
+    from jointseg.models.fused_bn import REFERENCE_KERNELS, grouped_batch_norm
+
+    layer = _random_dsbn().train()
+    x = torch.randn(3, C, 4, 4, requires_grad=True)
+    out = grouped_batch_norm(
+        x, torch.tensor([0, 1, 1]), (1, 2), list(layer.bns[:2]), kernels=REFERENCE_KERNELS
+    )
+    torch.relu_(out).sum().backward()
+    assert x.grad is not None

@@ -57,9 +57,9 @@ def _ref_gather(x, mean, invstd, running_mean, running_var, momentum, eps, count
     return combined, torch.rsqrt(var + eps)
 
 
-def _ref_elemt(x, weight, bias, mean, invstd, eps):
+def _ref_elemt(x, weight, bias, mean, invstd, eps, *, out):
     scale = (invstd * weight)[None, :, None]
-    return ((x.float() - mean[None, :, None]) * scale + bias[None, :, None]).to(x.dtype)
+    return out.copy_((x.float() - mean[None, :, None]) * scale + bias[None, :, None])
 
 
 def _ref_backward_reduce(grad, x, mean, invstd, weight, input_g, weight_g, bias_g):
@@ -150,11 +150,12 @@ class _GroupedBatchNorm(torch.autograd.Function):
         bias = torch.stack(params[1::2]).index_select(0, segments).reshape(-1)
         mean = torch.stack(means).index_select(0, segments).reshape(-1)
         invstd = torch.stack(invstds).index_select(0, segments).reshape(-1)
-        out = kernels.elemt(flat, weight, bias, mean, invstd, eps)
+        out = torch.empty_like(x)  # not a view: later in-place ops (ReLU) stay legal
+        kernels.elemt(flat, weight, bias, mean, invstd, eps, out=out.view_as(flat))
         ctx.save_for_backward(x, segments, weight, mean, invstd)
         ctx.counts = counts
         ctx.kernels = kernels
-        return out.view_as(x)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
