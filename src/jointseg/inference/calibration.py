@@ -1,0 +1,93 @@
+"""Calibrating domain recognition on scans of known domain, stored in the run folder.
+
+The refusal threshold is :data:`~jointseg.inference.domain.CALIBRATION_FACTOR` times the largest
+distance of scans to their own domain's statistics, and the softmax temperature their median
+(:meth:`Calibration.from_distances`). When a run has no ``domain_calibration.json`` yet and its
+study folder is still where it was trained, :func:`calibrate_from_study` measures a few of each
+domain's validation cases (training cases when it has none) and writes the file, once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import SimpleITK as sitk
+
+from jointseg.data.io import ScanReadError, read_image
+from jointseg.data.manifest import DatasetError, list_cases
+from jointseg.inference.domain import CALIBRATION_FACTOR, Calibration, bn_distance
+
+if TYPE_CHECKING:
+    from jointseg.inference.predictor import Predictor
+
+CASES_PER_DOMAIN = 3
+
+
+def in_domain_distance(predictor: Predictor, domain: str, scan: str | Path | sitk.Image) -> float:
+    """The distance of ``scan`` to ``domain``'s own BN statistics."""
+    from jointseg.inference.predictor import check_scan, subsample_tensor
+
+    image = scan if isinstance(scan, sitk.Image) else read_image(scan)
+    check_scan(image)
+    route = predictor.routes[domain]
+    slices = subsample_tensor(predictor.recognition_volume(image))
+    net = predictor.networks[route.model]
+    return bn_distance(net, slices, route.index, predictor.batch_size)
+
+
+def calibrate_domains(
+    predictor: Predictor,
+    scans: dict[str, list[str | Path | sitk.Image]],
+    factor: float = CALIBRATION_FACTOR,
+    save: bool = True,
+) -> Calibration:
+    """Calibrate on ``scans`` (domain -> scans of it); save into the run and use it."""
+    distances = {
+        name: [in_domain_distance(predictor, name, scan) for scan in items]
+        for name, items in scans.items()
+        if items
+    }
+    calibration = Calibration.from_distances(distances, factor)
+    calibration.source = "scans"
+    if save:
+        calibration.save(predictor.run_dir)
+    predictor.calibration = calibration
+    return calibration
+
+
+def study_scans(predictor: Predictor, per_domain: int = CASES_PER_DOMAIN) -> dict[str, list[Path]]:
+    """Up to ``per_domain`` held-out (else training) scans per domain from the run's study."""
+    info = predictor.info
+    if not info.data_dir or not Path(info.data_dir).is_dir():
+        return {}
+    scans: dict[str, list[Path]] = {}
+    for entry in info.domains:
+        wanted = info.validation_cases.get(entry.name) or info.training_cases.get(entry.name)
+        if not wanted:
+            continue
+        try:
+            cases = {c.case_id: c.image for c in list_cases(Path(info.data_dir) / entry.folder)}
+        except DatasetError:
+            continue
+        found = [cases[c] for c in wanted if c in cases][:per_domain]
+        if found:
+            scans[entry.name] = found
+    return scans
+
+
+def calibrate_from_study(predictor: Predictor) -> Calibration | None:
+    """Calibrate from the run's own study folder when it is reachable; None otherwise."""
+    scans = study_scans(predictor)
+    if not scans:
+        return None
+    try:
+        calibration = calibrate_domains(predictor, scans, save=False)
+    except (ScanReadError, ValueError):
+        return None
+    calibration.source = "study"
+    try:
+        calibration.save(predictor.run_dir)
+    except OSError:
+        pass  # a read-only run folder: use the calibration without storing it
+    return calibration
