@@ -76,22 +76,23 @@ def render_preview(
     for column, (name, axis) in enumerate(VIEWS):
         ax = figure.add_subplot(1, 3 + show_3d, column + 1)
         rows_axis, cols_axis = (a for a in range(3) if a != axis)
-        extent = (
-            0, volume.shape[cols_axis] * spacing[cols_axis],
-            0, volume.shape[rows_axis] * spacing[rows_axis],
-        )  # fmt: skip
+        width = volume.shape[cols_axis] * spacing[cols_axis]
+        height = volume.shape[rows_axis] * spacing[rows_axis]
+        # Axial slices as arrays are usually shown (row 0 on top); z runs upwards in the others.
+        origin = "upper" if axis == 0 else "lower"
+        extent = (0, width, height, 0) if axis == 0 else (0, width, 0, height)
         ax.imshow(
             _take(volume, axis, centre[axis]),
             cmap="gray",
             vmin=low,
             vmax=high,
-            origin="lower",
+            origin=origin,
             extent=extent,
             interpolation="nearest",
         )
         ax.imshow(
             _overlay(_take(labels, axis, centre[axis]), entries),
-            origin="lower",
+            origin=origin,
             extent=extent,
             interpolation="nearest",
         )

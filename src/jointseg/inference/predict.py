@@ -1,0 +1,251 @@
+"""``jointseg predict``: scans in, label maps, label tables, meshes, measurements, previews out.
+
+Per scan (``case`` = the file name without extension, or the DICOM folder's name)::
+
+    OUT/<case>_seg<ext>              label map, the dataset's label values, the scan's grid
+    OUT/<case>_seg.json              label table: names, values, RGB colours
+    OUT/<case>_seg_itksnap.txt       ITK-SNAP label descriptions
+    OUT/<case>_seg.ctbl              3D Slicer colour table
+    OUT/<case>/<structure>.stl|.ply  smoothed surface meshes, scanner coordinates (mm, LPS)
+    OUT/<case>_measurements.json     volume, area, extents, components per structure
+    OUT/<case>_preview.png           overlays on three orthogonal slices and a 3D view
+    OUT/measurements.csv             one row per case and structure, all cases
+
+A case's files are all computed before the first is written; if writing fails, the case's files
+written so far are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from tqdm import tqdm
+
+from jointseg.data.io import (
+    SCAN_EXTENSIONS,
+    is_dicom_dir,
+    read_image,
+    scan_extension,
+    strip_extension,
+    write_image,
+)
+from jointseg.inference.label_tables import label_entries, write_label_tables
+from jointseg.inference.measurements import (
+    csv_rows,
+    measure_labels,
+    measurements_document,
+    update_measurements_csv,
+)
+from jointseg.inference.meshes import MESH_FORMATS, Geometry, label_meshes, write_mesh
+from jointseg.inference.predictor import Prediction, Predictor
+from jointseg.inference.preview import render_preview
+from jointseg.utils.atomic import atomic_write_bytes, atomic_write_json
+
+MEASUREMENTS_CSV = "measurements.csv"
+
+
+class PredictionError(ValueError):
+    """Some scans of a folder could not be predicted; the message lists each with its reason."""
+
+
+@dataclass
+class CaseResult:
+    """What ``predict_path`` did with one scan."""
+
+    case: str
+    source: Path
+    domain: str | None = None
+    confidence: float | None = None
+    outputs: list[Path] = field(default_factory=list)
+    error: str | None = None
+
+
+def find_scans(path: str | Path) -> list[Path]:
+    """The scans an INPUT names: a scan file, a DICOM series folder, or a folder of those.
+
+    Raises ``FileNotFoundError``/``ValueError`` for a missing path, an unsupported file, or a
+    folder without any scan.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_file():
+        if scan_extension(path) is None:
+            raise ValueError(
+                f"{path}: not a supported scan ({', '.join(SCAN_EXTENSIONS)}, or a DICOM folder)"
+            )
+        return [path]
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file() and scan_extension(p) is not None]
+    folders = [p for p in entries if p.is_dir() and is_dicom_dir(p)]
+    if files or folders:
+        return sorted(files + folders)
+    if is_dicom_dir(path):
+        return [path]
+    raise ValueError(
+        f"{path}: an empty folder (no {', '.join(SCAN_EXTENSIONS)} file, DICOM series or folder "
+        "of DICOM series in it)"
+    )
+
+
+def case_name(scan: Path) -> str:
+    """The case name of a scan: its file name without extension, or its folder's name."""
+    return scan.name if scan.is_dir() else strip_extension(scan)
+
+
+def output_extension(scan: Path) -> str:
+    """The label map's extension: the scan's own format when we write it, else ``.nii.gz``."""
+    ext = None if scan.is_dir() else scan_extension(scan)
+    return ext if ext in SCAN_EXTENSIONS else ".nii.gz"
+
+
+def predict_path(
+    run: Path,
+    input: Path,  # the CLI's argument name
+    out: Path,
+    domain: str = "auto",
+    tta: bool = False,
+    device: str = "cpu",
+    batch_size: int = 16,
+    threads: int | None = None,
+    meshes: bool = True,
+) -> list[CaseResult]:
+    """Predict every scan of ``input`` into ``out``; see the module docstring for the outputs.
+
+    A scan that fails is reported and skipped; the others are still predicted, then a
+    :class:`PredictionError` lists the failures. A single scan's failure raises its own error.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    scans = find_scans(input)
+    _check_unique_cases(scans)
+    predictor = Predictor.from_run(run, device=device, batch_size=batch_size, tta=tta)
+    if domain != "auto":
+        predictor.info.domain(domain)  # unknown domain: a RunError naming the known ones
+    out = Path(out)
+    results: list[CaseResult] = []
+    progress = tqdm(scans, desc="predict", unit="scan", disable=len(scans) < 2)
+    for scan in progress:
+        case = case_name(scan)
+        progress.set_postfix_str(case)
+        result = CaseResult(case, scan)
+        try:
+            image = read_image(scan)
+            prediction = predictor.predict(image, domain=domain)
+            result.domain, result.confidence = prediction.domain, prediction.confidence
+            result.outputs = write_case(
+                image, prediction, out, case, output_extension(scan), meshes
+            )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # reported per scan; the others go on
+            if len(scans) == 1:
+                raise
+            result.error = _reason(error, scan)
+            tqdm.write(f"[predict] {case}: FAILED - {result.error}")
+        else:
+            how = "" if result.confidence is None else f" (confidence {result.confidence:.2f})"
+            tqdm.write(f"[predict] {case}: {result.domain}{how} -> {result.outputs[0]}")
+        results.append(result)
+    failed = [r for r in results if r.error]
+    if failed:
+        lines = [f"{len(failed)} of {len(results)} scans failed:"]
+        lines += [f"  - {r.source}: {r.error}" for r in failed]
+        raise PredictionError("\n".join(lines))
+    return results
+
+
+def _reason(error: Exception, scan: Path) -> str:
+    text = str(error).strip() or type(error).__name__
+    prefix = f"{scan}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _check_unique_cases(scans: list[Path]) -> None:
+    names: dict[str, Path] = {}
+    for scan in scans:
+        other = names.setdefault(case_name(scan), scan)
+        if other != scan:
+            raise ValueError(f"{other} and {scan} would write the same outputs; rename one")
+
+
+def write_case(
+    image: sitk.Image,
+    prediction: Prediction,
+    out: Path,
+    case: str,
+    extension: str = ".nii.gz",
+    meshes: bool = True,
+) -> list[Path]:
+    """Compute, then write every output of one case; returns the paths, label map first."""
+    labels = sitk.GetArrayViewFromImage(prediction.label_map)
+    geometry = Geometry.of(prediction.label_map)
+    structures = prediction.structures
+    surfaces = label_meshes(labels, structures, geometry) if meshes else {}
+    items = measure_labels(labels, structures, geometry, surfaces)
+    document = measurements_document(case, prediction.domain, prediction.confidence, items)
+    document["seconds"] = round(prediction.seconds, 3)
+    if prediction.decision is not None:
+        document["domain_scores"] = {
+            s.name: {"distance": round(s.distance, 5), "confidence": round(s.confidence, 4)}
+            for s in prediction.decision.scores
+        }
+    title = f"{case}: {prediction.domain}"
+    if prediction.confidence is not None:
+        title += f" (confidence {prediction.confidence:.2f})"
+    png = render_preview(image, np.asarray(labels), label_entries(structures), surfaces, title)
+
+    written: list[Path] = []
+    mesh_dir = out / case
+    try:
+        seg = out / f"{case}_seg{extension}"
+        write_image(prediction.label_map, seg)
+        written.append(seg)
+        written += write_label_tables(out, case, structures, prediction.domain)
+        for name, mesh in surfaces.items():
+            for kind in MESH_FORMATS:
+                written.append(write_mesh(mesh, mesh_dir / f"{_safe(name)}.{kind}"))
+        path = out / f"{case}_measurements.json"
+        atomic_write_json(path, document)
+        written.append(path)
+        path = out / f"{case}_preview.png"
+        atomic_write_bytes(path, png)
+        written.append(path)
+        update_measurements_csv(
+            out / MEASUREMENTS_CSV, case, csv_rows(case, prediction.domain, items)
+        )
+    except BaseException:
+        _remove(written, mesh_dir)
+        raise
+    return written
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "structure"
+
+
+def _remove(paths: list[Path], mesh_dir: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    if mesh_dir.is_dir() and not any(mesh_dir.iterdir()):
+        shutil.rmtree(mesh_dir, ignore_errors=True)
+
+
+__all__ = [
+    "CaseResult",
+    "PredictionError",
+    "case_name",
+    "find_scans",
+    "output_extension",
+    "predict_path",
+    "write_case",
+]
