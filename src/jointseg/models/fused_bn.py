@@ -152,14 +152,18 @@ class _GroupedBatchNorm(torch.autograd.Function):
         invstd = torch.stack(invstds).index_select(0, segments).reshape(-1)
         out = torch.empty_like(x)  # not a view: later in-place ops (ReLU) stay legal
         kernels.elemt(flat, weight, bias, mean, invstd, eps, out=out.view_as(flat))
-        ctx.save_for_backward(x, segments, weight, mean, invstd)
+        # elements per segment, built on the device (a host-to-device copy would synchronize)
+        sizes = sample_mean.new_zeros(len(counts)).index_add_(
+            0, segments, sample_mean.new_full((batch,), float(height * width))
+        )
+        ctx.save_for_backward(x, segments, weight, mean, invstd, sizes)
         ctx.counts = counts
         ctx.kernels = kernels
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, segments, weight, mean, invstd = ctx.saved_tensors
+        x, segments, weight, mean, invstd, sizes = ctx.saved_tensors
         batch, channels, height, width = x.shape
         flat = x.reshape(1, batch * channels, height * width)
         grad_flat = grad.contiguous().view(1, batch * channels, height * width)
@@ -176,10 +180,10 @@ class _GroupedBatchNorm(torch.autograd.Function):
 
         grad_x = None
         if needs_x:
-            sizes = torch.tensor(ctx.counts, dtype=sum_dy.dtype, device=sum_dy.device)
-            sizes = (sizes * (height * width))[:, None]
-            mean_dy = (per_segment(sum_dy) / sizes).index_select(0, segments).reshape(-1)
-            mean_dy_xmu = (per_segment(sum_dy_xmu) / sizes).index_select(0, segments).reshape(-1)
+            per_element = sizes.to(sum_dy.dtype)[:, None]
+            mean_dy = (per_segment(sum_dy) / per_element).index_select(0, segments).reshape(-1)
+            mean_dy_xmu = (per_segment(sum_dy_xmu) / per_element).index_select(0, segments)
+            mean_dy_xmu = mean_dy_xmu.reshape(-1)
             one = torch.ones(1, dtype=torch.int32, device=x.device)
             grad_x = ctx.kernels.backward_elemt(
                 grad_flat, flat, mean, invstd, weight, mean_dy, mean_dy_xmu, one
