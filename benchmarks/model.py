@@ -8,8 +8,7 @@ Configurations: 'demo' reads configs/demo.yaml (model, patch size, batch size; e
 width 0.25 at 128x128, batch 12); 'paper' reads configs/paper.yaml's model (else ResNet-34
 width 1.0) at 256x256. Three networks with three heads run the same mixed batches (three
 domains, shuffled): plain BatchNorm (the baseline), domain-specific BN, and domain-specific BN
-fed single-domain batches (on a GPU also: domain-specific BN without the fused kernels, i.e.
-split + concatenate). Steps alternate between the networks so that load on the machine
+fed single-domain batches. Steps alternate between the networks so that load on the machine
 affects all alike; the table reports medians and ratios to the baseline.
 """
 
@@ -24,7 +23,7 @@ import torch
 import yaml
 
 from jointseg.config import ModelConfig
-from jointseg.models import DomainBatchNorm2d, JointSegNet, build_model
+from jointseg.models import JointSegNet, build_model
 from jointseg.utils.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,12 +94,6 @@ def bench(name: str, args: argparse.Namespace) -> list[dict]:
         "domain BN": build_model(cfg, HEADS, True, pretrained=False),
         "domain BN, one domain": build_model(cfg, HEADS, True, pretrained=False),
     }
-    if args.device != "cpu":  # the fused CUDA path against split + concatenate
-        split = build_model(cfg, HEADS, True, pretrained=False)
-        for module in split.modules():
-            if isinstance(module, DomainBatchNorm2d):
-                module.fused = False
-        nets["domain BN, split"] = split
     for net in nets.values():
         net.to(args.device).train()
     batches = make_batches(iterations + args.warmup, batch, size, args.device)

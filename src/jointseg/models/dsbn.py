@@ -4,7 +4,8 @@ A batch that mixes domains is grouped by domain inside each layer; every group i
 its own domain's layer (batch statistics in training, running statistics in evaluation) and the
 samples are put back in the batch's order. Only the domains present in a batch update their
 running statistics and receive gradients. Single-domain batches take one BatchNorm2d call;
-mixed training batches on CUDA take one fused pass (``fused_bn``), elsewhere split + concatenate.
+mixed batches are split into contiguous views (after one gather when not already grouped),
+and the normalized parts concatenated.
 
 Domain ids travel explicitly: a layer's ``forward(x, domains)`` takes either a LongTensor [B]
 or a :class:`DomainRouting` computed once per network call (no global state, so it is safe
@@ -20,8 +21,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from jointseg.models.fused_bn import fusable, grouped_batch_norm
-
 
 @dataclass(frozen=True)
 class DomainRouting:
@@ -36,19 +35,10 @@ class DomainRouting:
     counts: tuple[int, ...]
     order: Tensor | None = None
     inverse: Tensor | None = None
-    segment_ids: Tensor | None = None
 
-    def grouped_view(self, device: torch.device | str | None = None) -> DomainRouting:
-        """The routing of the same batch once grouped (``order`` applied), segment ids ready."""
-        segments = self.segments(device) if len(self.domains) > 1 else None
-        return DomainRouting(self.domains, self.counts, segment_ids=segments)
-
-    def segments(self, device: torch.device | str | None = None) -> Tensor:
-        """For the grouped batch: the index (into ``domains``) of every sample's domain."""
-        if self.segment_ids is not None and (device is None or self.segment_ids.device == device):
-            return self.segment_ids
-        ids = torch.arange(len(self.counts)).repeat_interleave(torch.tensor(self.counts))
-        return ids.to(device) if device is not None else ids
+    def grouped_view(self) -> DomainRouting:
+        """The routing of the same batch once grouped (``order`` applied)."""
+        return DomainRouting(self.domains, self.counts)
 
     @property
     def batch_size(self) -> int:
@@ -141,8 +131,6 @@ class DomainBatchNorm2d(DomainModule):
         self.bns = nn.ModuleList(
             nn.BatchNorm2d(num_features, eps=eps, momentum=momentum) for _ in range(num_domains)
         )
-        # mixed batches on CUDA in training: one fused pass instead of split + concatenate
-        self.fused = True
 
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d, num_domains: int) -> DomainBatchNorm2d:
@@ -170,12 +158,8 @@ class DomainBatchNorm2d(DomainModule):
         if len(routing.domains) == 1:
             return self.bns[routing.domains[0]](x)
         grouped = x if routing.order is None else x.index_select(0, routing.order)
-        bns = [self.bns[d] for d in routing.domains]
-        if self.fused and fusable(grouped, bns):
-            out = grouped_batch_norm(grouped, routing.segments(x.device), routing.counts, bns)
-        else:
-            parts = grouped.split(list(routing.counts))
-            out = torch.cat([bn(p) for bn, p in zip(bns, parts, strict=True)])
+        parts = grouped.split(list(routing.counts))
+        out = torch.cat([self.bns[d](p) for d, p in zip(routing.domains, parts, strict=True)])
         return out if routing.inverse is None else out.index_select(0, routing.inverse)
 
 

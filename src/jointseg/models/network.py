@@ -109,7 +109,7 @@ class JointSegNet(nn.Module):
         routing = self.route(domains, x.shape[0], x.device)
         if routing.order is not None:
             x = x.index_select(0, routing.order)
-        grouped = routing.grouped_view(x.device)
+        grouped = routing.grouped_view()
         features = self.encoder(x, grouped)
         decoded = self.decoder(features, grouped)
         parts = decoded[-1].split(list(routing.counts))
