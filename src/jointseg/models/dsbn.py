@@ -83,11 +83,12 @@ class DomainRouting:
         counts = tuple(values.count(d) for d in present)
         if all(a <= b for a, b in zip(values, values[1:], strict=False)):
             return cls(tuple(present), counts)
-        order_list = sorted(range(len(values)), key=values.__getitem__)
-        order = torch.tensor(order_list, dtype=torch.long, device=device)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(values), device=device)
-        return cls(tuple(present), counts, order, inverse)
+        order = sorted(range(len(values)), key=values.__getitem__)  # stable
+        inverse = [0] * len(order)
+        for position, source in enumerate(order):
+            inverse[source] = position
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+        return cls(tuple(present), counts, as_tensor(order), as_tensor(inverse))
 
     def positions(self, device: torch.device | str | None = None) -> dict[int, Tensor]:
         """Domain -> LongTensor of the batch positions of its samples (ascending)."""
