@@ -145,13 +145,22 @@ def joint_spec(name: str) -> JointSpec:
 
 @cache
 def kinematic_model(name: str):
-    """The compiled MuJoCo model and a data buffer (cached per process)."""
-    import mujoco  # noqa: F401 - imported for myo_sim
+    """The compiled MuJoCo model and a data buffer (cached per process).
+
+    MuJoCo's compile-time warnings (printed and logged to ``MUJOCO_LOG.TXT`` in the working
+    folder by default) are swallowed while loading.
+    """
+    import mujoco
     import myo_sim
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return myo_sim.load(name)
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda message: None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return myo_sim.load(name)
+    finally:
+        mujoco.set_mju_user_warning(previous)
 
 
 def pose_model(name: str, angles: dict[str, float]):
@@ -181,24 +190,68 @@ def pose_model(name: str, angles: dict[str, float]):
     return model, data
 
 
-def geom_pose(model, data, geom: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation (geom frame -> world) and translation (mm) of a geom after kinematics."""
-    import mujoco
+@dataclass(frozen=True)
+class Posture:
+    """A snapshot of a posed model: every body, geom and site in world mm (read-only copies,
+    so that later posing of the shared cached model cannot change it)."""
 
-    gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, geom)
-    if gid < 0:
-        raise ValueError(f"the model has no geom {geom!r}")
-    return data.geom_xmat[gid].reshape(3, 3).copy(), data.geom_xpos[gid] * 1000.0
+    model_name: str
+    body_xpos: np.ndarray  # (nbody, 3) mm
+    body_xmat: np.ndarray  # (nbody, 3, 3)
+    geom_xpos: np.ndarray  # (ngeom, 3) mm
+    geom_xmat: np.ndarray  # (ngeom, 3, 3)
+    site_xpos: np.ndarray  # (nsite, 3) mm
+
+    @property
+    def model(self):
+        return kinematic_model(self.model_name)[0]
+
+    def _id(self, kind, name: str) -> int:
+        import mujoco
+
+        index = mujoco.mj_name2id(self.model, kind, name)
+        if index < 0:
+            raise ValueError(f"model {self.model_name!r} has no {kind.name[6:].lower()} {name!r}")
+        return index
+
+    def body_position(self, body: str) -> np.ndarray:
+        """World position (mm) of a body's frame."""
+        import mujoco
+
+        return self.body_xpos[self._id(mujoco.mjtObj.mjOBJ_BODY, body)].copy()
+
+    def body_pose(self, body: str) -> tuple[np.ndarray, np.ndarray]:
+        """Rotation (body frame -> world) and translation (mm) of a body."""
+        import mujoco
+
+        index = self._id(mujoco.mjtObj.mjOBJ_BODY, body)
+        return self.body_xmat[index].copy(), self.body_xpos[index].copy()
+
+    def geom_pose(self, geom: str) -> tuple[np.ndarray, np.ndarray]:
+        """Rotation (geom frame -> world) and translation (mm) of a geom."""
+        import mujoco
+
+        index = self._id(mujoco.mjtObj.mjOBJ_GEOM, geom)
+        return self.geom_xmat[index].copy(), self.geom_xpos[index].copy()
+
+    def geom_size(self, geom: str) -> np.ndarray:
+        """MuJoCo's size parameters of a geom, in mm."""
+        import mujoco
+
+        return self.model.geom_size[self._id(mujoco.mjtObj.mjOBJ_GEOM, geom)] * 1000.0
 
 
-def body_position(model, data, body: str) -> np.ndarray:
-    """World position (mm) of a body's frame after kinematics."""
-    import mujoco
-
-    bid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)
-    if bid < 0:
-        raise ValueError(f"the model has no body {body!r}")
-    return data.xpos[bid] * 1000.0
+def posture(model_name: str, angles: dict[str, float]) -> Posture:
+    """Pose the model (see :func:`pose_model`) and snapshot it."""
+    model, data = pose_model(model_name, angles)
+    return Posture(
+        model_name,
+        data.xpos * 1000.0,
+        data.xmat.reshape(-1, 3, 3).copy(),
+        data.geom_xpos * 1000.0,
+        data.geom_xmat.reshape(-1, 3, 3).copy(),
+        data.site_xpos * 1000.0,
+    )
 
 
 def geom_mesh(model_name: str, geom: str, part: str = "all") -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from jointseg.synth import growth
-from jointseg.synth.anatomy import JointSpec, geom_pose, pose_model
+from jointseg.synth.anatomy import JointSpec, Posture
 from jointseg.synth.fields import bone_field
 from jointseg.synth.geometry import BodyFrame, CoarseGrid, ScanGeometry, apply_affine
 from jointseg.synth.noise import upsample
@@ -75,10 +75,9 @@ def _physis_half_thickness(spec, age: float, sex: str) -> float:
     return 0.5 * growth.physis_thickness(age, sex, spec.physes[0].site)
 
 
-def posed_bones(joint: JointSpec, angles: dict[str, float]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Rotation and translation (mm) of every bone's mesh frame at the given joint angles."""
-    model, data = pose_model(joint.model, angles)
-    return [geom_pose(model, data, bone.geom) for bone in joint.bones]
+def posed_bones(joint: JointSpec, pose: Posture) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rotation and translation (mm) of every bone's mesh frame in a posture."""
+    return [pose.geom_pose(bone.geom) for bone in joint.bones]
 
 
 def evaluate_bones(

@@ -8,7 +8,7 @@ from functools import cache
 import numpy as np
 from scipy import ndimage
 
-from jointseg.synth.anatomy import body_position, geom_mesh, geom_pose, joint_spec, pose_model
+from jointseg.synth.anatomy import geom_mesh, joint_spec, posture
 from jointseg.synth.voxelize import DistanceGrid, signed_distance_grid
 
 #: Long bones are kept within this distance (adult mm) of the joint along their axis; beyond it
@@ -18,7 +18,7 @@ LONG_BONE_REACH = 110.0
 OUTSIDE_MARGIN = 8.0
 #: The finest grid spacing, and the largest grid (voxels) a bone gets.
 MIN_SPACING = 0.6
-MAX_VOXELS = 1.0e6
+MAX_VOXELS = 1.5e6
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,9 @@ def bone_field(joint: str, bone: str) -> BoneField:
     if bone_spec is None:
         raise ValueError(f"joint {joint!r} has no bone {bone!r}")
     vertices, faces = geom_mesh(spec.model, bone_spec.geom, bone_spec.part)
-    model, data = pose_model(spec.model, {})
-    rotation, translation = geom_pose(model, data, bone_spec.geom)
-    center = (body_position(model, data, spec.center_body) - translation) @ rotation
+    rest = posture(spec.model, {})
+    rotation, translation = rest.geom_pose(bone_spec.geom)
+    center = (rest.body_position(spec.center_body) - translation) @ rotation
     extent = vertices.max(axis=0) - vertices.min(axis=0)
     axis = int(np.argmax(extent))
     box = None
@@ -61,11 +61,13 @@ def bone_field(joint: str, bone: str) -> BoneField:
         box = (low, high)
     low = vertices.min(axis=0) if box is None else np.maximum(vertices.min(axis=0), box[0])
     high = vertices.max(axis=0) if box is None else np.minimum(vertices.max(axis=0), box[1])
+    if box is not None:
+        box = (low, high)
     volume = float(np.prod(high - low + 2 * OUTSIDE_MARGIN))
     spacing = max(MIN_SPACING, (volume / MAX_VOXELS) ** (1.0 / 3.0))
     grid = signed_distance_grid(vertices, faces, spacing, OUTSIDE_MARGIN, box)
     # Smooth away the voxel staircase of the parity occupancy (about half a voxel).
-    smooth = ndimage.gaussian_filter(grid.values, 0.6, mode="nearest")
+    smooth = ndimage.gaussian_filter(grid.values, 0.5, mode="nearest")
     grid = DistanceGrid(smooth.astype(np.float32), grid.origin, grid.spacing)
     lo, hi = vertices[:, axis].min(), vertices[:, axis].max()
     direction = 1.0 if abs(hi - center[axis]) < abs(center[axis] - lo) else -1.0

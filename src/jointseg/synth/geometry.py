@@ -228,6 +228,16 @@ class CoarseGrid:
         kz, jy, ix = self.node_positions()
         return geometry.world_of_fine(kz[:, None, None], jy[None, :, None], ix[None, None, :])
 
+    def box_from_fine(self, box: tuple[slice, slice, slice]) -> tuple[slice, slice, slice]:
+        """The coarse-node box covering a fine-grid box."""
+        out = []
+        for sl, f, c in zip(box, self.fine_shape, self.shape, strict=True):
+            ratio = (c - 1) / max(f - 1, 1)
+            start = int(np.floor(sl.start * ratio))
+            stop = min(int(np.ceil((sl.stop - 1) * ratio)) + 1, c)
+            out.append(slice(start, max(stop, start + 1)))
+        return tuple(out)
+
     def coarse_coordinates(self, index: tuple[np.ndarray, ...]) -> np.ndarray:
         """Fractional coarse coordinates (3, n) of fine voxel indices (z, y, x arrays)."""
         return np.stack(

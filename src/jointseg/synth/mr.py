@@ -30,7 +30,7 @@ TISSUE_TABLE = {
     ph.CARTILAGE: (0.82, 1150, 48, 24, 0.0, 0.06),
     ph.PHYSIS: (0.9, 1500, 80, 35, 0.0, 0.06),
     ph.CORTEX: (0.06, 1000, 1.0, 0.5, 0.0, 0.3),
-    ph.MARROW: (0.95, 900, 45, 9, 0.6, 0.12),
+    ph.MARROW: (0.95, 900, 45, 9, 0.6, 0.05),
     ph.LUNG: (0.08, 1300, 30, 1.5, 0.0, 0.3),
 }
 #: Fat (methylene) T1, T2 (spin echo, longer on fast spin echo), T2* (ms).
@@ -126,7 +126,7 @@ def acquire(
         # Suppression fails towards the edges of the field of view (B0 inhomogeneity).
         z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
         edge = 0.25 * z**2 + y**2 + x**2
-        residual = np.clip(1.0 - fat_sat_efficiency + 0.12 * edge, 0.0, 1.0).astype(np.float32)
+        residual = np.clip(1.0 - fat_sat_efficiency + 0.05 * edge, 0.0, 1.0).astype(np.float32)
         image = water + fat * residual
     else:
         image = water + fat

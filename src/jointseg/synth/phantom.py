@@ -14,7 +14,7 @@ import numpy as np
 from jointseg.synth import growth
 from jointseg.synth.anatomy import JointSpec
 from jointseg.synth.bones import BoneMaps
-from jointseg.synth.noise import smoothstep
+from jointseg.synth.noise import smoothstep, upsample
 
 AIR, SKIN, FAT, MUSCLE, SEPTUM, TENDON, ARTERY, VEIN = 0, 1, 2, 3, 4, 5, 6, 7
 FLUID, CARTILAGE, PHYSIS, CORTEX, MARROW, LUNG = 8, 9, 10, 11, 12, 13
@@ -108,7 +108,63 @@ def bone_tissues(
     epiphysis = (maps.plate < 0) | (maps.plate_half <= 0)
     fat_dia = min(0.88, p.fat_metaphysis + 0.25)
     metaphysis = p.fat_metaphysis + (fat_dia - p.fat_metaphysis) * smoothstep(shaft * 1.3)
-    marrow_fat = np.where(epiphysis, p.fat_epiphysis, metaphysis) + 0.07 * texture
+    marrow_fat = np.where(epiphysis, p.fat_epiphysis, metaphysis) + 0.03 * texture
     fat_fraction[ossified] = np.clip(marrow_fat[ossified], 0.05, 0.95)
     label = np.where(ossified, labels[maps.id1], 0).astype(np.uint8)
     return label, ossified
+
+
+@dataclass
+class SoftTissueParams:
+    """Sizes (child mm) of the soft-tissue layers of one subject."""
+
+    skin: float
+    fat: float
+    cover: float  # soft tissue over bone where no muscle lies (patella, malleoli)
+    muscle_inflate: float  # bellies are grown by this much to fill the limb
+
+
+def soft_tissues(
+    limb: np.ndarray,
+    d1: np.ndarray,
+    bellies: tuple[np.ndarray, np.ndarray, np.ndarray],
+    blobs: list[np.ndarray],
+    vessel_fields: list[tuple[np.ndarray, str]],
+    lungs: list[np.ndarray],
+    p: SoftTissueParams,
+    slow: np.ndarray,
+    texture: np.ndarray,
+) -> np.ndarray:
+    """The soft-tissue classes on the fine grid (bones are painted over them afterwards).
+
+    ``limb`` is the fine distance to the limb/trunk outline, ``d1`` to the nearest bone;
+    ``bellies`` holds coarse (first, second, tendon) band distances; ``blobs``, the fat pads'
+    and ``vessel_fields`` the vessels' coarse distances; ``lungs`` coarse lung distances.
+    """
+    fine = d1.shape
+    first, second, tendon = (upsample(f, fine) for f in bellies)
+    # The body: limb outline, grown over the muscles and over bone near the skin.
+    body = limb
+    body = np.minimum(body, first - p.fat)
+    body = np.minimum(body, d1 - p.cover) + 1.2 * slow
+    tissue = np.zeros(fine, np.uint8)
+    inside = body < 0
+    fat_depth = p.skin + p.fat * np.clip(1.0 + 0.35 * slow, 0.3, 2.0)
+    deep = inside & (body < -fat_depth)
+    # Muscles: the nearest belly owns a voxel; septa (thin fascia with a little fat) run where
+    # two bellies are about as near; beyond every belly lies intermuscular fat.
+    tissue[inside] = FAT
+    muscle = deep & (first < p.muscle_inflate * (1.0 + 0.3 * slow))
+    tissue[muscle] = MUSCLE
+    septum = 0.5 * (second - first)
+    tissue[muscle & (septum < 0.25 + 0.06 * p.fat)] = FAT
+    tissue[muscle & (septum < 0.35)] = SEPTUM
+    tissue[inside & (body > -p.skin)] = SKIN
+    for blob in blobs:
+        tissue[deep & (upsample(blob, fine) < 1.5 * texture)] = FAT
+    for field, kind in vessel_fields:
+        tissue[inside & (upsample(field, fine) < 0)] = ARTERY if kind == "artery" else VEIN
+    tissue[inside & (tendon < 0)] = TENDON
+    for lung in lungs:
+        tissue[deep & (upsample(lung, fine) < 0)] = LUNG
+    return tissue

@@ -39,7 +39,8 @@ def oracle_threshold(image: np.ndarray, mask: np.ndarray, bins: int = 256) -> Th
     predicted = all_cum[None, :] - all_cum[:, None]
     hits = fg_cum[None, :] - fg_cum[:, None]
     valid = np.triu(np.ones((bins + 1, bins + 1), bool), k=1)
-    dice = np.where(valid, 2.0 * hits / (predicted + positives), -1.0)
+    dice = np.full(valid.shape, -1.0)
+    dice[valid] = 2.0 * hits[valid] / (predicted[valid] + positives)
     a, b = np.unravel_index(int(np.argmax(dice)), dice.shape)
     return ThresholdResult(float(dice[a, b]), float(edges[a]), float(edges[b]))
 

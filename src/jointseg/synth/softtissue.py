@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from jointseg.synth.anatomy import body_position
-from jointseg.synth.geometry import BodyFrame, ScanGeometry, apply_affine
-from jointseg.synth.noise import smooth_noise, upsample
+from jointseg.synth.anatomy import Posture
+from jointseg.synth.geometry import BodyFrame
 
 
 @dataclass(frozen=True)
@@ -48,12 +46,12 @@ def _lerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
 
 
 def limb_tubes(
-    joint: str, model, data, frame: BodyFrame, stature_mm: float, bulk: float
+    joint: str, pose: Posture, frame: BodyFrame, stature_mm: float, bulk: float
 ) -> list[Tube]:
     """The limb and trunk segments of a joint's field of view (child mm)."""
 
     def pos(body: str, offset=(0.0, 0.0, 0.0)) -> np.ndarray:
-        return body_position(model, data, body) + np.asarray(offset)
+        return pose.body_position(body) + np.asarray(offset)
 
     def tube(a, b, ra, rb):
         return Tube(
@@ -74,35 +72,38 @@ def limb_tubes(
             tube(lower, ankle + back * 4, 0.021, 0.018),
         ]
         if joint == "ankle":
-            heel = pos("calcn_r", (0.0, 0.0, -8.0))
+            # The sole: three parallel tubes (heel to the metatarsal heads) give its width.
+            heel = pos("calcn_r", (0.0, 0.0, -6.0))
             toes = pos("toes_r", (0.0, 10.0, -2.0))
-            tubes.append(tube(heel, _lerp(heel, toes, 0.55), 0.010, 0.012))
+            for side, r_heel, r_fore in (
+                (0.0, 0.011, 0.009),
+                (16.0, 0.008, 0.008),
+                (-16.0, 0.007, 0.008),
+            ):
+                shift = np.array([side, 0.0, 0.0])
+                tubes.append(
+                    tube(heel + shift * 0.6, _lerp(heel, toes, 0.6) + shift, r_heel, r_fore)
+                )
         return tubes
     if joint == "shoulder":
         humerus, elbow = pos("humerus_r"), pos("ulna_r")
         return [
             tube(humerus, _lerp(humerus, elbow, 0.7), 0.030, 0.028),
-            *trunk_tubes(model, data, frame, bulk),
+            *trunk_tubes(pose, frame, bulk),
         ]
     raise ValueError(f"unknown joint {joint!r}")
 
 
-def trunk_tubes(model, data, frame: BodyFrame, bulk: float) -> list[Tube]:
+def trunk_tubes(pose: Posture, frame: BodyFrame, bulk: float) -> list[Tube]:
     """The upper trunk from the arm model's thorax wrapping capsules (child mm)."""
-    import mujoco
-
     tubes = []
     for name in ("thorax_coll2", "thorax_coll3"):
-        gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, name)
-        if gid < 0:
-            continue
-        radius, half = model.geom_size[gid, 0] * 1000.0, model.geom_size[gid, 1] * 1000.0
-        axis = data.geom_xmat[gid].reshape(3, 3)[:, 2]
-        centre = data.geom_xpos[gid] * 1000.0
+        radius, half = pose.geom_size(name)[:2]
+        rotation, centre = pose.geom_pose(name)
+        axis = rotation[:, 2]
         r = radius * frame.mean_scale * bulk
-        tubes.append(
-            Tube(frame.to_child(centre - axis * half), frame.to_child(centre + axis * half), r, r)
-        )
+        a, b = frame.to_child(centre - axis * half), frame.to_child(centre + axis * half)
+        tubes.append(Tube(a, b, r, r))
     return tubes
 
 
@@ -152,22 +153,22 @@ VESSELS = {
 }
 
 
-def fat_pads(joint: str, model, data, frame: BodyFrame) -> list[Blob]:
+def fat_pads(joint: str, pose: Posture, frame: BodyFrame) -> list[Blob]:
     s = frame.mean_scale
     return [
         Blob(
-            frame.to_child(body_position(model, data, body) + np.asarray(off)),
+            frame.to_child(pose.body_position(body) + np.asarray(off)),
             np.asarray(radii) * s,
         )
         for body, off, radii in FAT_PADS[joint]
     ]
 
 
-def vessels(joint: str, model, data, frame: BodyFrame) -> list[tuple[Tube, str]]:
+def vessels(joint: str, pose: Posture, frame: BodyFrame) -> list[tuple[Tube, str]]:
     s = frame.mean_scale
     out = []
     for body, a, b, radius, kind in VESSELS[joint]:
-        base = body_position(model, data, body)
+        base = pose.body_position(body)
         out.append(
             (
                 Tube(
@@ -182,29 +183,13 @@ def vessels(joint: str, model, data, frame: BodyFrame) -> list[tuple[Tube, str]]
     return out
 
 
-def compartment_gap(
-    geometry: ScanGeometry,
-    rng: np.random.Generator,
-    body_center: np.ndarray,
-    spread: float,
-    seeds: int = 16,
-) -> np.ndarray:
-    """Half the distance between the nearest two of random compartment centres (mm), on the
-    fine grid: small along the borders of a Voronoi partition, i.e. the intermuscular septa."""
-    coarse = (
-        max(2, geometry.size[2]),
-        max(2, geometry.size[1] // 4),
-        max(2, geometry.size[0] // 4),
-    )
-    i = np.linspace(0, geometry.size[0] - 1, coarse[2])
-    j = np.linspace(0, geometry.size[1] - 1, coarse[1])
-    k = np.linspace(0, geometry.size[2] - 1, coarse[0])
-    kk, jj, ii = np.meshgrid(k, j, i, indexing="ij")
-    index = np.stack([ii.ravel(), jj.ravel(), kk.ravel()])
-    world = apply_affine(geometry.direction * geometry.spacing, geometry.origin, index)
-    centres = body_center + rng.normal(0.0, spread, (seeds, 3))
-    dist, _ = cKDTree(centres).query(world.T, k=2)
-    gap = (0.5 * (dist[:, 1] - dist[:, 0])).reshape(coarse)
-    # Septa wander: add smooth noise before resampling to the fine grid.
-    gap = gap + 1.5 * smooth_noise(rng, coarse, (3.0, 6.0, 6.0))
-    return upsample(gap, geometry.fine_shape)
+#: Lungs (shoulder): (model body, offset adult mm, semi-axes adult mm), right lung only.
+LUNGS = {"shoulder": [("humerus_r", (95.0, 5.0, -110.0), (55.0, 70.0, 130.0))]}
+
+
+def lungs(joint: str, pose: Posture, frame: BodyFrame) -> list[Blob]:
+    s = frame.mean_scale
+    return [
+        Blob(frame.to_child(pose.body_position(body) + np.asarray(off)), np.asarray(radii) * s)
+        for body, off, radii in LUNGS.get(joint, [])
+    ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jointseg.synth import phantom as ph
-from jointseg.synth.anatomy import body_position, geom_mesh, joint_spec, pose_model
+from jointseg.synth.anatomy import Posture, geom_mesh, joint_spec, posture
 from jointseg.synth.bones import Deformation, evaluate_bones, posed_bones
 from jointseg.synth.geometry import (
     SUB_SLICE_MM,
@@ -19,14 +19,9 @@ from jointseg.synth.geometry import (
     scan_geometry,
 )
 from jointseg.synth.mr import acquire, fine_signals, signal_tables, slice_average
+from jointseg.synth.muscles import band_fields, ligament_bands, muscle_bands
 from jointseg.synth.noise import smooth_noise, upsample
-from jointseg.synth.softtissue import (
-    compartment_gap,
-    fat_pads,
-    limb_tubes,
-    smooth_min,
-    vessels,
-)
+from jointseg.synth.softtissue import fat_pads, limb_tubes, lungs, smooth_min, vessels
 from jointseg.synth.subject import PROTOCOLS, SubjectParams
 
 SKIN_MM = 1.3
@@ -39,30 +34,33 @@ class SubjectVolume:
     geometry: ScanGeometry
 
 
-def _scapular_normal(model, data, frame: BodyFrame) -> np.ndarray:
+def _scapular_normal(pose: Posture, frame: BodyFrame) -> np.ndarray:
     """Normal of the scapular plane (smallest principal axis of the posed scapula, child)."""
-    from jointseg.synth.anatomy import geom_pose
-
-    vertices, _ = geom_mesh("myoarm_r", "scapula_r")
-    rotation, translation = geom_pose(model, data, "scapula_r")
+    vertices, _ = geom_mesh(pose.model_name, "scapula_r")
+    rotation, translation = pose.geom_pose("scapula_r")
     world = frame.to_child((vertices @ rotation.T + translation).T).T
-    centred = world - world.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    _, _, vt = np.linalg.svd(world - world.mean(axis=0), full_matrices=False)
     return vt[2]
 
 
+def body_frame(params: SubjectParams, pose: Posture) -> BodyFrame:
+    """The child's size, proportions and side relative to the adult model."""
+    centre = pose.body_position(joint_spec(params.joint).center_body)
+    scale = params.scale * np.array([params.width_ratio, params.width_ratio, 1.0])
+    return BodyFrame(centre, scale, params.side == "left")
+
+
 def subject_geometry(
-    params: SubjectParams, model, data, frame: BodyFrame, scale: float = 1.0
+    params: SubjectParams, pose: Posture, frame: BodyFrame, scale: float = 1.0
 ) -> ScanGeometry:
     """The subject's scan grid: the protocol's plane, jittered, centred near the joint."""
     protocol = PROTOCOLS[params.joint]
     spec = joint_spec(params.joint)
-    centre_model = body_position(model, data, spec.center_body) + np.asarray(protocol.center_offset)
+    centre_model = pose.body_position(spec.center_body) + np.asarray(protocol.center_offset)
     centre = frame.to_child(centre_model) + np.asarray(params.center_jitter_mm)
-    normal = _scapular_normal(model, data, frame) if protocol.plane.endswith("oblique") else None
-    direction = rotation_from_degrees(params.obliquity_deg) @ plane_direction(
-        protocol.plane, normal
-    )
+    normal = _scapular_normal(pose, frame) if protocol.plane.endswith("oblique") else None
+    plane = plane_direction(protocol.plane, normal)
+    direction = rotation_from_degrees(params.obliquity_deg) @ plane
     matrix = max(32, int(round(protocol.matrix * scale)))
     slices = max(8, int(round(params.slices * scale)))
     thickness = params.thickness * params.slices / slices
@@ -71,25 +69,18 @@ def subject_geometry(
     )
 
 
-def synthesize_subject(params: SubjectParams, scale: float = 1.0) -> SubjectVolume:
-    """Render one subject. ``scale`` < 1 shrinks the matrix and slice count (for tests)."""
+def build_phantom(params: SubjectParams, scale: float = 1.0):
+    """The subject's tissue phantom on its fine grid: (Phantom, geometry, rng, texture)."""
     spec = joint_spec(params.joint)
-    protocol = PROTOCOLS[params.joint]
     rng = np.random.default_rng(params.texture_seed)
-    model, data = pose_model(spec.model, params.angles)
-    poses = posed_bones(spec, params.angles)
-    centre = body_position(model, data, spec.center_body)
-    frame = BodyFrame(
-        centre,
-        params.scale * np.array([params.width_ratio, params.width_ratio, 1.0]),
-        params.side == "left",
-    )
-    geometry = subject_geometry(params, model, data, frame, scale)
-    deformation = Deformation.random(rng, params.deformation_mm)
+    pose = posture(spec.model, params.angles)
+    frame = body_frame(params, pose)
+    geometry = subject_geometry(params, pose, frame, scale)
     coarse = CoarseGrid.over(geometry, (geometry.sub, 4, 4))
+    deformation = Deformation.random(rng, params.deformation_mm)
     maps = evaluate_bones(
         spec,
-        poses,
+        posed_bones(spec, pose),
         frame,
         deformation,
         params.bone_scales,
@@ -99,58 +90,58 @@ def synthesize_subject(params: SubjectParams, scale: float = 1.0) -> SubjectVolu
         coarse,
         rng,
     )
-
-    fine = geometry.fine_shape
-    acq = geometry.shape
-    sub = geometry.sub
+    fine, acq, sub = geometry.fine_shape, geometry.shape, geometry.sub
     slow = np.repeat(smooth_noise(rng, acq, (2.0, 24.0, 24.0)), sub, axis=0)
     texture = np.repeat(smooth_noise(rng, acq, (1.0, 1.6, 1.6)), sub, axis=0)
 
     # Soft-tissue shapes are smooth: their distances are computed on the coarse lattice.
     nodes = coarse.points(geometry)
-    stature_mm = params.stature_cm * 10.0
     limb = None
-    for tube in limb_tubes(params.joint, model, data, frame, stature_mm, params.muscle_bulk):
+    tubes = limb_tubes(params.joint, pose, frame, params.stature_cm * 10.0, params.muscle_bulk)
+    for tube in tubes:
         dist = tube.distance(nodes)
         limb = dist if limb is None else smooth_min(limb, dist, 12.0)
-    cover = 2.5 + 0.6 * params.fat_mm
-    body = smooth_min(upsample(limb, fine), maps.d1 - cover, 6.0) + 1.5 * slow
-    tissue = np.zeros(fine, np.uint8)
-    inside = body < 0
-    tissue[inside] = ph.MUSCLE
-    fat_depth = SKIN_MM + params.fat_mm * np.clip(1.0 + 0.35 * slow, 0.3, 2.0)
-    tissue[inside & (body > -fat_depth)] = ph.FAT
-    tissue[inside & (body > -SKIN_MM)] = ph.SKIN
-    # Intermuscular septa with a little fat along them.
-    centre = geometry.origin + geometry.direction @ (
-        (np.asarray(geometry.size) - 1) / 2 * geometry.spacing
+    bands = muscle_bands(pose, frame, params.muscle_bulk)
+    bands += ligament_bands(params.joint, pose, frame)
+    bellies = band_fields(bands, geometry, coarse, nodes)
+    tissue_params = ph.SoftTissueParams(
+        skin=SKIN_MM,
+        fat=params.fat_mm,
+        cover=2.0 + 0.5 * params.fat_mm,
+        muscle_inflate=8.0 * params.scale,
     )
-    gap = compartment_gap(geometry, rng, centre, 25.0 * params.scale)
-    muscle = tissue == ph.MUSCLE
-    tissue[muscle & (gap < 0.25 + 0.08 * params.fat_mm)] = ph.FAT
-    tissue[muscle & (gap < 0.3)] = ph.SEPTUM
-    deep = inside & (body < -fat_depth)
-    for blob in fat_pads(params.joint, model, data, frame):
-        tissue[deep & (upsample(blob.distance(nodes), fine) < 1.5 * texture)] = ph.FAT
-    for tube, kind in vessels(params.joint, model, data, frame):
-        vessel = inside & (upsample(tube.distance(nodes), fine) < 0)
-        tissue[vessel] = ph.ARTERY if kind == "artery" else ph.VEIN
-
+    tissue = ph.soft_tissues(
+        upsample(limb, fine),
+        maps.d1,
+        bellies,
+        [b.distance(nodes) for b in fat_pads(params.joint, pose, frame)],
+        [(t.distance(nodes), kind) for t, kind in vessels(params.joint, pose, frame)],
+        [b.distance(nodes) for b in lungs(params.joint, pose, frame)],
+        tissue_params,
+        slow,
+        texture,
+    )
     fat_fraction = np.zeros(fine, np.float32)
     bone_params = ph.BoneTissueParams.for_subject(params.age, params.scale, params.effusion_mm)
-    label_fine, _ = ph.bone_tissues(spec, maps, bone_params, tissue, fat_fraction, texture)
-    del maps
+    label, bone = ph.bone_tissues(spec, maps, bone_params, tissue, fat_fraction, texture)
+    return ph.Phantom(tissue, fat_fraction, label, bone), geometry, rng, texture
 
+
+def synthesize_subject(params: SubjectParams, scale: float = 1.0) -> SubjectVolume:
+    """Render one subject. ``scale`` < 1 shrinks the matrix and slice count (for tests)."""
+    protocol = PROTOCOLS[params.joint]
+    phantom, geometry, rng, texture = build_phantom(params, scale)
     water_t, fat_t, ff_default, tex_amp = signal_tables(
         protocol.sequence, params.tr, params.te, params.flip, params.tissue_jitter
     )
+    tissue, fat_fraction = phantom.tissue, phantom.fat_fraction
     other = tissue != ph.MARROW
     fat_fraction[other] = ff_default.astype(np.float32)[tissue[other]]
     water, fat = fine_signals(tissue, fat_fraction, texture, water_t, fat_t, tex_amp)
-    water, fat = slice_average(water, sub), slice_average(fat, sub)
-    reference = float(
-        water_t[ph.MUSCLE] * (1 - ff_default[ph.MUSCLE]) + fat_t[ph.MUSCLE] * ff_default[ph.MUSCLE]
-    )
+    water = slice_average(water, geometry.sub)
+    fat = slice_average(fat, geometry.sub)
+    muscle_ff = ff_default[ph.MUSCLE]
+    reference = float(water_t[ph.MUSCLE] * (1 - muscle_ff) + fat_t[ph.MUSCLE] * muscle_ff)
     image = acquire(
         water,
         fat,
@@ -164,7 +155,7 @@ def synthesize_subject(params: SubjectParams, scale: float = 1.0) -> SubjectVolu
         gain=params.gain / max(reference, 1e-6) * 0.35,
     )
     image = np.clip(np.rint(image), 0, 32767).astype(np.int16)
-    return SubjectVolume(image, majority_label(label_fine, sub), geometry)
+    return SubjectVolume(image, majority_label(phantom.label, geometry.sub), geometry)
 
 
 def majority_label(label: np.ndarray, sub: int) -> np.ndarray:

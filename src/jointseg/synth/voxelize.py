@@ -1,9 +1,10 @@
 """Inside/outside of triangle meshes on a regular grid, and signed distance grids.
 
-Some of the bone surfaces we use are not watertight (tibia, humerus, scapula), so the inside is
-decided by ray parity: along each grid column, every crossing of the surface toggles inside and
-outside. A hole lets one ray through without toggling and leaves a streak along that axis only,
-so the three axis-aligned parities are put to a majority vote.
+Some of the bone surfaces we use are not watertight (tibia, humerus, scapula: small holes,
+stray and duplicated triangles, non-manifold edges), so ray parity is not reliable. Instead the
+holes are closed (each boundary loop fanned around its centroid), the surface is rasterized into
+voxels, and the outside is flood-filled from the grid's border: every voxel the flood cannot
+reach is inside. Internal or duplicated triangles cannot fool this.
 """
 
 from __future__ import annotations
@@ -13,63 +14,77 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-# Columns are shifted by these fractions of a voxel so that no ray passes exactly through a
-# vertex or an edge of the mesh (which would count a crossing twice or not at all).
-_JITTER = (0.1234567, 0.2345679)
+
+def close_holes(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Close every boundary loop (edges used by one face) with a fan around its centroid.
+
+    Vertices closer than 1e-6 of the mesh size are merged first.
+    """
+    scale = float(np.ptp(vertices, axis=0).max()) or 1.0
+    keys = np.round(vertices / (scale * 1e-6)).astype(np.int64)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    vertices = vertices[first]
+    faces = inverse.reshape(-1)[faces]
+    faces = faces[
+        (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+    ]
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    unique, counts = np.unique(edges, axis=0, return_counts=True)
+    boundary = unique[counts == 1]
+    neighbours: dict[int, list[int]] = {}
+    for a, b in boundary.tolist():
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    new_vertices, new_faces = [vertices], [faces]
+    seen: set[int] = set()
+    for start in sorted(neighbours):
+        if start in seen:
+            continue
+        loop, previous, current = [start], None, start
+        seen.add(start)
+        while True:
+            options = [n for n in neighbours[current] if n != previous and n not in seen]
+            if not options:
+                break
+            previous, current = current, options[0]
+            seen.add(current)
+            loop.append(current)
+        if len(loop) < 3:
+            continue
+        centre = len(vertices) + sum(len(v) for v in new_vertices[1:])
+        new_vertices.append(vertices[loop].mean(axis=0, keepdims=True))
+        ring = np.asarray(loop)
+        new_faces.append(np.stack([ring, np.roll(ring, -1), np.full(len(ring), centre)], axis=1))
+    return np.concatenate(new_vertices), np.concatenate(new_faces)
 
 
-def _axis_parity(
+def surface_voxels(
     vertices: np.ndarray,
     faces: np.ndarray,
     origin: np.ndarray,
     spacing: float,
     shape: tuple[int, int, int],
-    axis: int,
 ) -> np.ndarray:
-    """Ray-parity occupancy with rays along ``axis``; returns a bool array of ``shape``."""
-    b, c = [k for k in range(3) if k != axis]
-    tri = vertices[faces]  # F, 3 corners, 3 coords
-    grid = (tri - origin) / spacing  # in voxel units; voxel centres at integers
-    pb, pc, pa = grid[..., b], grid[..., c], grid[..., axis]
-    jb, jc = _JITTER
-    lo_b = np.ceil(pb.min(axis=1) - jb).astype(np.int64)
-    hi_b = np.floor(pb.max(axis=1) - jb).astype(np.int64)
-    lo_c = np.ceil(pc.min(axis=1) - jc).astype(np.int64)
-    hi_c = np.floor(pc.max(axis=1) - jc).astype(np.int64)
-    lo_b, lo_c = np.maximum(lo_b, 0), np.maximum(lo_c, 0)
-    hi_b, hi_c = np.minimum(hi_b, shape[b] - 1), np.minimum(hi_c, shape[c] - 1)
-    nb = np.maximum(hi_b - lo_b + 1, 0)
-    nc = np.maximum(hi_c - lo_c + 1, 0)
-    counts = nb * nc
-    toggles = np.zeros(shape[b] * shape[c] * (shape[axis] + 1), dtype=np.int32)
-    total = int(counts.sum())
-    if total:
-        owner = np.repeat(np.arange(len(faces)), counts)
-        start = np.repeat(np.cumsum(counts) - counts, counts)
-        local = np.arange(total) - start
-        ib = lo_b[owner] + local // nc[owner]
-        ic = lo_c[owner] + local % nc[owner]
-        qb, qc = ib + jb, ic + jc
-        xb, xc, xa = pb[owner], pc[owner], pa[owner]
-        # Barycentric coordinates of the column centre in the triangle's projection.
-        det = (xb[:, 1] - xb[:, 0]) * (xc[:, 2] - xc[:, 0]) - (xb[:, 2] - xb[:, 0]) * (
-            xc[:, 1] - xc[:, 0]
-        )
-        ok = np.abs(det) > 1e-12
-        det = np.where(ok, det, 1.0)
-        w1 = ((xb[:, 2] - qb) * (xc[:, 0] - qc) - (xb[:, 0] - qb) * (xc[:, 2] - qc)) / det
-        w2 = ((xb[:, 0] - qb) * (xc[:, 1] - qc) - (xb[:, 1] - qb) * (xc[:, 0] - qc)) / det
-        w0 = 1.0 - w1 - w2
-        hit = ok & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
-        depth = w0 * xa[:, 0] + w1 * xa[:, 1] + w2 * xa[:, 2]
-        first_inside = np.clip(np.ceil(depth[hit]), 0, shape[axis]).astype(np.int64)
-        flat = (ib[hit] * shape[c] + ic[hit]) * (shape[axis] + 1) + first_inside
-        toggles = np.bincount(flat, minlength=toggles.size).astype(np.int32)
-    toggles = toggles.reshape(shape[b], shape[c], shape[axis] + 1)[..., :-1]
-    parity = (np.cumsum(toggles, axis=2) & 1).astype(bool)
-    # Back to (x, y, z) order.
-    order = np.argsort([b, c, axis])
-    return np.transpose(parity, order)
+    """Voxels (centres at ``origin + spacing * index``) that the surface passes through."""
+    tri = (vertices[faces] - origin) / spacing  # F, 3, 3 in voxel units
+    longest = np.max(np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2), axis=1)
+    surface = np.zeros(shape, bool)
+    # Sample every triangle on a barycentric lattice finer than a third of a voxel.
+    for n in np.unique(np.maximum(1, np.ceil(longest * 3.0)).astype(int)):
+        group = tri[np.maximum(1, np.ceil(longest * 3.0)).astype(int) == n]
+        i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+        keep = i + j <= n
+        u, v = i[keep] / n, j[keep] / n
+        w = 1.0 - u - v
+        points = (
+            w[None, :, None] * group[:, None, 0]
+            + u[None, :, None] * group[:, None, 1]
+            + v[None, :, None] * group[:, None, 2]
+        ).reshape(-1, 3)
+        index = np.rint(points).astype(np.int64)
+        ok = np.all((index >= 0) & (index < np.asarray(shape)), axis=1)
+        surface[tuple(index[ok].T)] = True
+    return surface
 
 
 def occupancy(
@@ -79,15 +94,34 @@ def occupancy(
     spacing: float,
     shape: tuple[int, int, int],
 ) -> np.ndarray:
-    """Voxels (centres at ``origin + spacing * index``) inside the mesh, by 3-axis ray parity.
-
-    Works for watertight meshes and for meshes with small holes or stray triangles.
-    """
-    votes = sum(
-        _axis_parity(vertices, faces, np.asarray(origin, float), spacing, shape, a).astype(np.uint8)
-        for a in range(3)
+    """Voxels inside the mesh or on its surface; the grid's border must lie outside."""
+    vertices, faces = close_holes(np.asarray(vertices, float), np.asarray(faces, np.int64))
+    surface = surface_voxels(vertices, faces, np.asarray(origin, float), spacing, shape)
+    labels, _ = ndimage.label(~surface)
+    border = np.unique(
+        np.concatenate(
+            [
+                labels[0].ravel(),
+                labels[-1].ravel(),
+                labels[:, 0].ravel(),
+                labels[:, -1].ravel(),
+                labels[:, :, 0].ravel(),
+                labels[:, :, -1].ravel(),
+            ]
+        )
     )
-    return votes >= 2
+    outside = np.isin(labels, border[border > 0])
+    return ~outside
+
+
+def clean_occupancy(inside: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
+    """Fill enclosed cavities and drop specks (left by stray triangles) from an occupancy."""
+    labels, count = ndimage.label(inside)
+    if count == 0:
+        raise ValueError("the mesh encloses no voxel of the grid; is it a closed surface?")
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
+    return ndimage.binary_fill_holes(np.isin(labels, keep))
 
 
 @dataclass(frozen=True)
@@ -124,18 +158,22 @@ def signed_distance_grid(
 ) -> DistanceGrid:
     """Signed distance grid of a mesh over its bounds (or ``box`` = (low, high)) plus ``margin``.
 
-    Distances come from Euclidean distance transforms of the parity occupancy, accurate to
-    about half a voxel near the surface.
+    Distances come from Euclidean distance transforms of the occupancy, accurate to about half
+    a voxel near the surface. The occupancy is found over the whole mesh, then cropped.
     """
-    low, high = vertices.min(axis=0), vertices.max(axis=0)
+    low, high = vertices.min(axis=0) - margin, vertices.max(axis=0) + margin
+    shape = tuple(int(np.ceil((h - lo) / spacing)) + 1 for lo, h in zip(low, high, strict=True))
+    inside = clean_occupancy(occupancy(vertices, faces, low, spacing, shape))
     if box is not None:
-        low, high = np.maximum(low, box[0]), np.minimum(high, box[1])
-    low, high = low - margin, high + margin
-    shape = tuple(int(np.ceil((h - lo) / spacing)) + 1 for lo, h in zip(low, high, strict=False))
-    inside = occupancy(vertices, faces, low, spacing, shape)
-    if not inside.any():
-        raise ValueError("the mesh encloses no voxel of the grid; is it a closed surface?")
+        start = np.clip(np.floor((box[0] - margin - low) / spacing), 0, None).astype(int)
+        stop = np.minimum(np.ceil((box[1] + margin - low) / spacing).astype(int) + 1, shape)
+        inside = inside[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))]
+        low = low + start * spacing
     outside_dist = ndimage.distance_transform_edt(~inside)
     inside_dist = ndimage.distance_transform_edt(inside)
-    values = np.where(inside, 0.5 - inside_dist, outside_dist - 0.5) * spacing
+    # The occupancy includes every voxel the surface runs through: its border lies about 0.6
+    # voxel outside the surface. Thin plates (one or two voxels thick) are kept inside.
+    values = (np.where(inside, 0.5 - inside_dist, outside_dist - 0.5) + 0.6) * spacing
+    thin = inside & (ndimage.maximum_filter(inside_dist, size=3) < 1.5)
+    values[thin] = np.minimum(values[thin], -0.15 * spacing)
     return DistanceGrid(values.astype(np.float32), low.astype(np.float64), float(spacing))
