@@ -451,3 +451,34 @@ def test_run_is_calibrated_on_its_study_once(trained_run, tmp_path):
     assert stored["threshold"] == pytest.approx(max(CALIBRATION_FACTOR * largest, 0.05))
     assert predictor.predict(make_scan("knee", 22)[0]).domain == "knee"
     assert Predictor.from_run(run).calibration.source == "file"
+
+
+def _side_by_side(left: sitk.Image, right: sitk.Image) -> sitk.Image:
+    joined = np.concatenate([sitk.GetArrayFromImage(left), sitk.GetArrayFromImage(right)], axis=2)
+    image = sitk.GetImageFromArray(joined)
+    image.SetSpacing(left.GetSpacing())
+    image.SetOrigin(left.GetOrigin())
+    image.SetDirection(left.GetDirection())
+    return image
+
+
+def test_full_view_grid_covers_scans_wider_than_the_patch(predictor):
+    from jointseg.inference.slices import full_view_preprocessing
+
+    wide = sitk.Image([96, 70, 20], sitk.sitkFloat32)
+    wide.SetSpacing(SPACING)
+    assert full_view_preprocessing(PREPROCESSING, wide).patch_size == (96, 96)
+    finer = PREPROCESSING.model_copy(update={"target_spacing": 0.5})
+    assert full_view_preprocessing(finer, wide).patch_size == (160, 192)
+    assert full_view_preprocessing(PREPROCESSING, sitk.Image([40, 64, 9], sitk.sitkFloat32)) is (
+        PREPROCESSING
+    )
+    # A scan twice the patch's width (two scans side by side): every bone is found.
+    (left, left_truth), (right, right_truth) = make_scan("knee", 11), make_scan("knee", 12)
+    image = _side_by_side(left, right)
+    truth = _side_by_side(left_truth, right_truth)
+    prediction = predictor.predict(image, domain="knee")
+    assert prediction.details["grid"] == [64, 128]
+    assert same_geometry(prediction.label_map, image)
+    got, want = sitk.GetArrayFromImage(prediction.label_map), sitk.GetArrayFromImage(truth)
+    assert all(dice(got, want, v) > DICE_BOUND for v in (1, 2))

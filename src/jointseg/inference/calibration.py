@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from jointseg.data.io import ScanReadError, read_image
 from jointseg.data.manifest import DatasetError, list_cases
 from jointseg.inference.domain import CALIBRATION_FACTOR, Calibration, bn_distance
+from jointseg.inference.slices import check_scan, subsample_tensor
 
 if TYPE_CHECKING:
     from jointseg.inference.predictor import Predictor
@@ -26,8 +27,6 @@ CASES_PER_DOMAIN = 3
 
 def in_domain_distance(predictor: Predictor, domain: str, scan: str | Path | sitk.Image) -> float:
     """The distance of ``scan`` to ``domain``'s own BN statistics."""
-    from jointseg.inference.predictor import check_scan, subsample_tensor
-
     image = scan if isinstance(scan, sitk.Image) else read_image(scan)
     check_scan(image)
     route = predictor.routes[domain]

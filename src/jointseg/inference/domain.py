@@ -151,13 +151,6 @@ def subsample_indices(num_slices: int, count: int = SUBSAMPLE_SLICES) -> np.ndar
     return np.unique(np.linspace(0, num_slices - 1, min(count, num_slices)).round().astype(int))
 
 
-def model_input(net: nn.Module, x: Tensor) -> Tensor:
-    """Grayscale slices [B, 1, H, W] replicated to the network's input channels."""
-    cfg = getattr(net, "cfg", None)
-    channels = getattr(cfg, "in_channels", 1)
-    return x if x.shape[1] == channels else x.expand(-1, channels, -1, -1)
-
-
 def early_batchnorm_layers(net: nn.Module) -> list[nn.BatchNorm2d]:
     """The BatchNorm2d layers (each domain's copy) of the encoder's stem and first stage.
 
@@ -226,7 +219,8 @@ def bn_distance(net: nn.Module, slices: Tensor, index: int, batch_size: int = 16
         for start in range(0, slices.shape[0], batch_size):
             batch = slices[start : start + batch_size].to(device)
             domains = torch.full((batch.shape[0],), index, dtype=torch.long, device=device)
-            net(model_input(net, batch), domains)
+            channels = getattr(getattr(net, "cfg", None), "in_channels", 1)
+            net(batch.expand(-1, channels, -1, -1), domains)
     finally:
         accumulator.close()
     return accumulator.distance()
