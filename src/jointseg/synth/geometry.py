@@ -108,6 +108,13 @@ class ScanGeometry:
             )
         return out
 
+    def acquired_points(self) -> np.ndarray:
+        """World coordinates (3, z, y, x), float32, of the acquired voxels' centres."""
+        kz = (np.arange(self.size[2]) + 0.5) * self.sub - 0.5
+        jy = np.arange(self.size[1], dtype=np.float64)
+        ix = np.arange(self.size[0], dtype=np.float64)
+        return self.world_of_fine(kz[:, None, None], jy[None, :, None], ix[None, None, :])
+
     def full_box(self) -> tuple[slice, slice, slice]:
         return tuple(slice(0, n) for n in self.fine_shape)
 

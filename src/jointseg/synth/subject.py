@@ -30,6 +30,9 @@ class Protocol:
     coverage: float  # mm along the slice direction for an adult-sized joint
     snr: tuple[float, float]  # of muscle
     center_offset: tuple[float, float, float]  # adult mm from the joint centre (LPS)
+    #: A surface coil's centre (adult mm from the joint centre, LPS) and its reach (mm);
+    #: None for a volume (birdcage) coil with a nearly flat sensitivity.
+    coil: tuple[tuple[float, float, float], float] | None = None
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -77,6 +80,7 @@ PROTOCOLS: dict[str, Protocol] = {
         coverage=105.0,
         snr=(9, 18),
         center_offset=(12.0, 0.0, -5.0),
+        coil=((-48.0, -5.0, 18.0), 75.0),
     ),
 }
 

@@ -18,7 +18,7 @@ from jointseg.synth.geometry import (
     rotation_from_degrees,
     scan_geometry,
 )
-from jointseg.synth.mr import acquire, fine_signals, signal_tables, slice_average
+from jointseg.synth.mr import acquire, fine_signals, signal_tables, slice_average, surface_coil
 from jointseg.synth.muscles import band_fields, ligament_bands, muscle_bands
 from jointseg.synth.noise import smooth_noise, upsample
 from jointseg.synth.softtissue import fat_pads, limb_tubes, lungs, smooth_min, vessels
@@ -140,6 +140,14 @@ def synthesize_subject(params: SubjectParams, scale: float = 1.0) -> SubjectVolu
     water, fat = fine_signals(tissue, fat_fraction, texture, water_t, fat_t, tex_amp)
     water = slice_average(water, geometry.sub)
     fat = slice_average(fat, geometry.sub)
+    sensitivity = None
+    if protocol.coil is not None:
+        spec = joint_spec(params.joint)
+        pose = posture(spec.model, params.angles)
+        frame = body_frame(params, pose)
+        offset, reach = protocol.coil
+        centre = frame.to_child(pose.body_position(spec.center_body) + np.asarray(offset))
+        sensitivity = surface_coil(geometry.acquired_points(), centre, reach * params.scale)
     muscle_ff = ff_default[ph.MUSCLE]
     reference = float(water_t[ph.MUSCLE] * (1 - muscle_ff) + fat_t[ph.MUSCLE] * muscle_ff)
     image = acquire(
@@ -153,6 +161,7 @@ def synthesize_subject(params: SubjectParams, scale: float = 1.0) -> SubjectVolu
         snr=params.snr,
         reference=reference,
         gain=params.gain / max(reference, 1e-6) * 0.35,
+        sensitivity=sensitivity,
     )
     image = np.clip(np.rint(image), 0, 32767).astype(np.int16)
     return SubjectVolume(image, majority_label(phantom.label, geometry.sub), geometry)

@@ -1,0 +1,54 @@
+"""``jointseg synth`` at its real default size, one subject per joint, through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from jointseg.cli import app
+from jointseg.data.manifest import list_cases, load_manifest
+from jointseg.synth.quality import oracle_threshold_dice
+
+
+@pytest.fixture(scope="module")
+def default_study(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth_default") / "data"
+    result = CliRunner().invoke(
+        app, ["synth", "--out", str(out), "--subjects", "1", "--seed", "11", "--preview"]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_default_volumes_have_the_protocol_sizes(default_study: Path) -> None:
+    folders = sorted(default_study.glob("Dataset*"))
+    assert [f.name for f in folders] == [
+        "Dataset001_Ankle",
+        "Dataset002_Knee",
+        "Dataset003_Shoulder",
+    ]
+    for folder in folders:
+        (case,) = list_cases(folder, "train")
+        image = sitk.ReadImage(str(case.image))
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
+        nx, ny, nz = image.GetSize()
+        sx, sy, sz = image.GetSpacing()
+        assert 192 <= nx == ny <= 256 and 20 <= nz <= 48
+        assert 0.3 <= sx == sy <= 0.7 and 1.0 <= sz <= 4.0
+        assert 95 <= nx * sx <= 165  # field of view, mm
+        structures = load_manifest(folder).structures
+        counts = np.bincount(label.ravel(), minlength=max(structures.values()) + 1)
+        for name, value in structures.items():
+            assert counts[value] > 500, f"{folder.name}: {name} has {counts[value]} voxels"
+        array = sitk.GetArrayFromImage(image)
+        assert oracle_threshold_dice(array, label) < 0.6
+        assert (default_study / f"preview_{folder.name.split('_')[1].lower()}.png").is_file()
+
+
+def test_default_study_passes_jointseg_check(default_study: Path) -> None:
+    result = CliRunner().invoke(app, ["check", str(default_study)])
+    assert result.exit_code == 0, result.output
