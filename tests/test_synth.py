@@ -13,7 +13,7 @@ from jointseg.synth.generate import subject_params
 from jointseg.synth.geometry import CoarseGrid, plane_direction, scan_geometry
 from jointseg.synth.mr import signal_tables
 from jointseg.synth.noise import upsample
-from jointseg.synth.phantom import CORTEX, FAT, FLUID, MARROW, MUSCLE
+from jointseg.synth.phantom import CORTEX, FAT, FAT_FRACTION, FLUID, MARROW, MUSCLE
 from jointseg.synth.quality import oracle_threshold
 from jointseg.synth.synthesis import majority_label
 from jointseg.synth.voxelize import close_holes, occupancy, signed_distance_grid
@@ -110,8 +110,8 @@ def test_coarse_lattice_interpolates_affine_fields_exactly() -> None:
 
 def test_signal_contrast_follows_the_sequence() -> None:
     def signal(tables, tissue, ff=None):
-        water, fat, default_ff, _ = tables
-        f = default_ff[tissue] if ff is None else ff
+        water, fat, _ = tables
+        f = FAT_FRACTION[tissue] if ff is None else ff
         return water[tissue] * (1 - f) + fat[tissue] * f
 
     t1 = signal_tables("se", 550.0, 12.0, 90.0, {})

@@ -48,6 +48,7 @@ class JointSpec:
     center_body: str
     bones: tuple[BoneSpec, ...]
     angles: dict[str, tuple[float, float]] = field(default_factory=dict)
+    menisci: tuple[tuple[str, str], ...] = ()  # bone pairs with fibrocartilage wedges between
 
     @property
     def labels(self) -> dict[str, int]:
@@ -107,6 +108,7 @@ JOINTS: dict[str, JointSpec] = {
             ),
         ),
         angles={"knee_angle_r": (0.0, 0.45)},
+        menisci=(("femur", "tibia"),),
     ),
     "shoulder": JointSpec(
         name="shoulder",

@@ -64,6 +64,7 @@ class BoneMaps:
     d1: np.ndarray  # distance to the nearest bone (child mm, negative inside)
     d2: np.ndarray  # distance to the second-nearest bone
     id1: np.ndarray  # index of the nearest bone in the joint's bone list (-1: none near)
+    id2: np.ndarray  # index of the second-nearest bone
     plate: np.ndarray  # signed distance to its growth plate (child mm, < 0 toward the joint)
     plate_half: np.ndarray  # half thickness of that plate (child mm; 0: closed or none)
     shaft: np.ndarray  # 0 at the epiphysis .. 1 in the diaphysis (cortex and marrow)
@@ -102,6 +103,7 @@ def evaluate_bones(
     d1 = np.full(shape, FAR, np.float32)
     d2 = np.full(shape, FAR, np.float32)
     id1 = np.full(shape, -1, np.int8)
+    id2 = np.full(shape, -1, np.int8)
     plate = np.full(shape, FAR, np.float32)
     plate_half = np.zeros(shape, np.float32)
     shaft = np.zeros(shape, np.float32)
@@ -143,13 +145,15 @@ def evaluate_bones(
         bone_plate[where], bone_shaft[where] = fine_plate, fine_shaft
         half = _physis_half_thickness(bone, age, sex)
         nearer = dist < d1
+        second = nearer | (dist < d2)
+        id2 = np.where(nearer, id1, np.where(second, np.int8(index), id2))
         d2 = np.where(nearer, d1, np.minimum(d2, dist))
         d1 = np.where(nearer, dist, d1)
         id1[nearer] = index
         plate = np.where(nearer, bone_plate, plate)
         plate_half[nearer] = half
         shaft = np.where(nearer, bone_shaft, shaft)
-    return BoneMaps(d1, d2, id1, plate, plate_half, shaft)
+    return BoneMaps(d1, d2, id1, id2, plate, plate_half, shaft)
 
 
 def _plate_and_shaft(bone, field, local: np.ndarray, size: float, wave_params):

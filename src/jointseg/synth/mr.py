@@ -15,23 +15,24 @@ from scipy import ndimage
 from jointseg.synth import phantom as ph
 from jointseg.synth.noise import smooth_noise
 
-#: Per tissue: proton density (relative), water T1, T2, T2* (ms), default fat fraction,
-#: texture amplitude (relative signal variation).
+#: Per tissue: proton density (relative), water T1, T2, T2* (ms), texture amplitude (relative
+#: signal variation). Fat fractions are the phantom's (``phantom.FAT_FRACTION`` by default).
 TISSUE_TABLE = {
-    ph.AIR: (0.0, 1000, 1, 1, 0.0, 0.0),
-    ph.SKIN: (0.75, 1000, 40, 25, 0.15, 0.08),
-    ph.FAT: (1.0, 1200, 40, 20, 0.93, 0.06),
-    ph.MUSCLE: (0.82, 1420, 34, 24, 0.03, 0.08),
-    ph.SEPTUM: (0.45, 800, 15, 8, 0.45, 0.05),
-    ph.TENDON: (0.3, 800, 3, 1.5, 0.0, 0.15),
-    ph.ARTERY: (0.9, 1650, 250, 60, 0.0, 0.05),
-    ph.VEIN: (0.9, 1650, 180, 45, 0.0, 0.05),
-    ph.FLUID: (1.0, 3500, 650, 250, 0.0, 0.03),
-    ph.CARTILAGE: (0.82, 1150, 48, 24, 0.0, 0.06),
-    ph.PHYSIS: (0.9, 1500, 80, 35, 0.0, 0.06),
-    ph.CORTEX: (0.06, 1000, 1.0, 0.5, 0.0, 0.3),
-    ph.MARROW: (0.95, 900, 45, 9, 0.6, 0.05),
-    ph.LUNG: (0.08, 1300, 30, 1.5, 0.0, 0.3),
+    ph.AIR: (0.0, 1000, 1, 1, 0.0),
+    ph.SKIN: (0.75, 1000, 40, 25, 0.08),
+    ph.FAT: (1.0, 1200, 40, 20, 0.06),
+    ph.MUSCLE: (0.82, 1420, 34, 24, 0.08),
+    ph.SEPTUM: (0.45, 800, 15, 8, 0.05),
+    ph.TENDON: (0.3, 800, 3, 1.5, 0.15),
+    ph.ARTERY: (0.9, 1650, 250, 60, 0.05),
+    ph.VEIN: (0.9, 1650, 180, 45, 0.05),
+    ph.FLUID: (1.0, 3500, 650, 250, 0.03),
+    ph.CARTILAGE: (0.82, 1150, 48, 24, 0.06),
+    ph.PHYSIS: (0.9, 1500, 80, 35, 0.06),
+    ph.CORTEX: (0.06, 1000, 1.0, 0.5, 0.3),
+    ph.MARROW: (0.95, 900, 45, 9, 0.05),
+    ph.LUNG: (0.08, 1300, 30, 1.5, 0.3),
+    ph.MENISCUS: (0.35, 900, 8, 4, 0.1),
 }
 #: Fat (methylene) T1, T2 (spin echo, longer on fast spin echo), T2* (ms).
 FAT_T1, FAT_T2_SE, FAT_T2_FSE, FAT_T2STAR = 370.0, 70.0, 120.0, 30.0
@@ -42,7 +43,7 @@ JITTER_TISSUES = {
     "muscle": (ph.MUSCLE,),
     "fat": (ph.FAT, ph.SKIN),
     "marrow": (ph.MARROW,),
-    "cartilage": (ph.CARTILAGE,),
+    "cartilage": (ph.CARTILAGE, ph.MENISCUS),
     "fluid": (ph.FLUID,),
     "tendon": (ph.TENDON, ph.SEPTUM),
     "physis": (ph.PHYSIS,),
@@ -63,8 +64,8 @@ def _relaxation(sequence: str, tr: float, te: float, flip: float, t1, t2, t2s):
 
 def signal_tables(
     sequence: str, tr: float, te: float, flip: float, jitter: dict[str, float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per tissue: water signal, fat signal (per unit fraction), default fat fraction, texture."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per tissue: water signal, fat signal (per unit fat fraction), texture amplitude."""
     n = len(ph.TISSUE_NAMES)
     table = np.array([TISSUE_TABLE[t] for t in range(n)], float)
     pd = table[:, 0].copy()
@@ -81,7 +82,7 @@ def signal_tables(
     fat[[ph.CORTEX, ph.LUNG, ph.AIR]] = 0.0
     if sequence == "gre":
         fat[ph.MARROW] *= np.exp(-te / 12.0) / np.exp(-te / FAT_T2STAR)  # trabecular dephasing
-    return water.astype(np.float32), fat.astype(np.float32), table[:, 4], table[:, 5]
+    return water.astype(np.float32), fat.astype(np.float32), table[:, 4]
 
 
 def fine_signals(
@@ -120,11 +121,14 @@ def acquire(
     reference: float,
     gain: float,
     sensitivity: np.ndarray | None = None,
+    motion: float = 0.0,
 ) -> np.ndarray:
     """From slice-averaged water and fat signals to the stored image (float32, >= 0).
 
     ``sensitivity`` is the receive coil's profile (1 at its most sensitive); the noise does
-    not follow it, so the signal-to-noise ratio falls away from a surface coil.
+    not follow it, so the signal-to-noise ratio falls away from a surface coil. ``motion``
+    (radians) is the amplitude of a periodic phase error between phase-encoding lines (a
+    moving child): ghosts of the anatomy along the phase-encoding axis (the columns).
     """
     shape = water.shape
     if fat_sat:
@@ -141,9 +145,17 @@ def acquire(
     image *= np.exp(bias * field).astype(np.float32)
     if sensitivity is not None:
         image *= sensitivity
+    imag = np.zeros(shape, np.float32)
+    if motion > 0:
+        lines = shape[2]
+        period = rng.uniform(4.0, 12.0)
+        phase = motion * np.sin(2 * np.pi * np.arange(lines) / period + rng.uniform(0, 6.3))
+        spectrum = np.fft.fft(image, axis=2) * np.exp(1j * np.fft.ifftshift(phase))
+        moved = np.fft.ifft(spectrum, axis=2)
+        image, imag = moved.real.astype(np.float32), moved.imag.astype(np.float32)
     sigma = reference / snr
     real = image + rng.normal(0.0, sigma, shape).astype(np.float32)
-    imag = rng.normal(0.0, sigma, shape).astype(np.float32)
+    imag = imag + rng.normal(0.0, sigma, shape).astype(np.float32)
     return np.sqrt(real * real + imag * imag) * np.float32(gain)
 
 

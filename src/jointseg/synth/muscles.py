@@ -91,10 +91,12 @@ def muscle_bands(pose: Posture, frame: BodyFrame, bulk: float) -> list[Band]:
             continue
         nodes, s = _resample(frame.to_child(path.T).T, PIECE_MM * size)
         total = s[-1]
-        # Tendon length in the child, mostly at the insertion (origin tendons are short).
+        # Tendon length in the child, mostly at the insertion (origin tendons are short); a
+        # long slack length is largely aponeurosis inside the belly, so the free tendon is
+        # capped at 30 % of the path.
         tendon_len = float(np.clip(slack / max(slack + fibre, 1e-6), 0.02, 0.9)) * total
         start = min(0.2 * tendon_len, 30.0 * size)
-        end = total - (tendon_len - start)
+        end = total - min(tendon_len - start, 0.3 * total)
         u = np.clip((s - start) / max(end - start, 1e-6), 0.0, 1.0)
         tendon_r = (TENDON_MM[0] + TENDON_MM[1] * np.sqrt(force)) * size
         belly_r = BELLY_MM_PER_SQRT_N * np.sqrt(force) * size * bulk

@@ -17,7 +17,7 @@ from jointseg.synth.bones import BoneMaps
 from jointseg.synth.noise import smoothstep, upsample
 
 AIR, SKIN, FAT, MUSCLE, SEPTUM, TENDON, ARTERY, VEIN = 0, 1, 2, 3, 4, 5, 6, 7
-FLUID, CARTILAGE, PHYSIS, CORTEX, MARROW, LUNG = 8, 9, 10, 11, 12, 13
+FLUID, CARTILAGE, PHYSIS, CORTEX, MARROW, LUNG, MENISCUS = 8, 9, 10, 11, 12, 13, 14
 TISSUE_NAMES = (
     "air",
     "skin",
@@ -33,6 +33,12 @@ TISSUE_NAMES = (
     "cortex",
     "marrow",
     "lung",
+    "meniscus",
+)
+
+#: Default fat fraction of each tissue (marrow and muscle get theirs voxel by voxel).
+FAT_FRACTION = np.array(
+    [0.0, 0.15, 0.93, 0.03, 0.45, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.6, 0.0, 0.0], np.float32
 )
 
 
@@ -55,6 +61,7 @@ class BoneTissueParams:
     fat_epiphysis: float
     fat_metaphysis: float
     fluid_gap: float
+    meniscus: float  # height of the menisci's wedge (child mm)
 
     @classmethod
     def for_subject(cls, age: float, scale: float, effusion_mm: float) -> BoneTissueParams:
@@ -67,6 +74,7 @@ class BoneTissueParams:
             fat_epiphysis=epi,
             fat_metaphysis=meta,
             fluid_gap=0.6 + effusion_mm,
+            meniscus=6.0 * scale,
         )
 
 
@@ -92,9 +100,18 @@ def bone_tissues(
     cart_out = p.articular * smoothstep((reach - d2) / (0.5 * reach))
     cartilage = (~ossified) & (d1 < np.maximum(cart_out, np.where(is_small, 0.3, 0.0)))
     cartilage &= (d1 < 0) | (cart_out > 0.2)
-    fluid = (~ossified) & (~cartilage) & (d1 + d2 < 2.0 * p.articular + p.fluid_gap)
+    space = d1 + d2  # small between two facing joint surfaces
+    fluid = (~ossified) & (~cartilage) & (space < 2.0 * p.articular + p.fluid_gap)
     fluid &= d2 < 2.0 * p.articular + p.fluid_gap + 2.0
     tissue[fluid] = FLUID
+    # Menisci: fibrocartilage wedges where the joint space opens at the rim of the contact.
+    names = [b.name for b in joint.bones]
+    for a, b in joint.menisci:
+        ia, ib = names.index(a), names.index(b)
+        pair = ((maps.id1 == ia) & (maps.id2 == ib)) | ((maps.id1 == ib) & (maps.id2 == ia))
+        wedge = pair & (d1 > 0) & (space > 2.0 * p.articular + 0.4)
+        wedge &= space < 2.0 * p.articular + p.meniscus
+        tissue[wedge & (tissue != TENDON)] = MENISCUS
     tissue[cartilage] = CARTILAGE
     shaft = maps.shaft
     cortex_t = p.cortex_epiphysis + (p.cortex_shaft - p.cortex_epiphysis) * shaft
@@ -129,6 +146,7 @@ def soft_tissues(
     d1: np.ndarray,
     bellies: tuple[np.ndarray, np.ndarray, np.ndarray],
     blobs: list[np.ndarray],
+    pockets: list[np.ndarray],
     vessel_fields: list[tuple[np.ndarray, str]],
     lungs: list[np.ndarray],
     p: SoftTissueParams,
@@ -139,7 +157,8 @@ def soft_tissues(
 
     ``limb`` is the fine distance to the limb/trunk outline, ``d1`` to the nearest bone;
     ``bellies`` holds coarse (first, second, tendon) band distances; ``blobs``, the fat pads'
-    and ``vessel_fields`` the vessels' coarse distances; ``lungs`` coarse lung distances.
+    ``pockets`` the joint recesses' (fluid), ``vessel_fields`` the vessels' coarse distances;
+    ``lungs`` coarse lung distances.
     """
     fine = d1.shape
     first, second, tendon = (upsample(f, fine) for f in bellies)
@@ -164,6 +183,8 @@ def soft_tissues(
         tissue[deep & (upsample(blob, fine) < 1.5 * texture)] = FAT
     for field, kind in vessel_fields:
         tissue[inside & (upsample(field, fine) < 0)] = ARTERY if kind == "artery" else VEIN
+    for pocket in pockets:
+        tissue[deep & (upsample(pocket, fine) < 0.3 * texture)] = FLUID
     tissue[inside & (tendon < 0)] = TENDON
     for lung in lungs:
         tissue[deep & (upsample(lung, fine) < 0)] = LUNG

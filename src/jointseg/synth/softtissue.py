@@ -193,3 +193,29 @@ def lungs(joint: str, pose: Posture, frame: BodyFrame) -> list[Blob]:
         Blob(frame.to_child(pose.body_position(body) + np.asarray(off)), np.asarray(radii) * s)
         for body, off, radii in LUNGS.get(joint, [])
     ]
+
+
+#: Joint recesses that hold fluid (model body, offset adult mm, semi-axes adult mm at an
+#: effusion of 1 mm): the knee's suprapatellar pouch, the ankle's anterior and posterior
+#: recesses, the shoulder's subacromial-subdeltoid bursa.
+FLUID_POCKETS = {
+    "knee": [("tibia_r", (0.0, -36.0, 58.0), (20.0, 3.0, 16.0))],
+    "ankle": [
+        ("talus_r", (0.0, -20.0, 10.0), (12.0, 2.5, 6.0)),
+        ("talus_r", (0.0, 22.0, 2.0), (10.0, 2.5, 6.0)),
+    ],
+    "shoulder": [("humerus_r", (-12.0, 0.0, 30.0), (16.0, 14.0, 1.5))],
+}
+
+
+def fluid_pockets(joint: str, pose: Posture, frame: BodyFrame, effusion_mm: float) -> list[Blob]:
+    """Fluid-filled recesses, thicker with more effusion (child mm)."""
+    s = frame.mean_scale
+    grow = np.array([1.0, 1.0, 1.0]) * (0.6 + 0.4 * effusion_mm)
+    out = []
+    for body, offset, radii in FLUID_POCKETS.get(joint, []):
+        radii = np.asarray(radii, float)
+        # The thin axis swells most with effusion.
+        swollen = radii * np.where(radii == radii.min(), grow, np.sqrt(grow))
+        out.append(Blob(frame.to_child(pose.body_position(body) + np.asarray(offset)), swollen * s))
+    return out

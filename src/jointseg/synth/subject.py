@@ -121,6 +121,7 @@ class SubjectParams:
     blur: float
     fat_sat_efficiency: float
     gain: float
+    motion: float  # phase error (rad) between phase-encoding lines; 0: the child kept still
     tissue_jitter: dict[str, float] = field(default_factory=dict)
     texture_seed: int = 0
 
@@ -186,6 +187,7 @@ def sample_subject(
         blur=round(_uniform(rng, (0.35, 0.7)), 4),
         fat_sat_efficiency=round(_uniform(rng, (0.86, 0.96)), 4),
         gain=round(float(rng.lognormal(np.log(1500.0), 0.25)), 2),
+        motion=round(float(rng.uniform(0.04, 0.2)) if rng.random() < 0.35 else 0.0, 4),
         tissue_jitter={t: round(float(rng.normal(1.0, 0.06)), 4) for t in tissues},
         texture_seed=int(rng.integers(0, 2**31 - 1)),
     )

@@ -21,7 +21,14 @@ from jointseg.synth.geometry import (
 from jointseg.synth.mr import acquire, fine_signals, signal_tables, slice_average, surface_coil
 from jointseg.synth.muscles import band_fields, ligament_bands, muscle_bands
 from jointseg.synth.noise import smooth_noise, upsample
-from jointseg.synth.softtissue import fat_pads, limb_tubes, lungs, smooth_min, vessels
+from jointseg.synth.softtissue import (
+    fat_pads,
+    fluid_pockets,
+    limb_tubes,
+    lungs,
+    smooth_min,
+    vessels,
+)
 from jointseg.synth.subject import PROTOCOLS, SubjectParams
 
 SKIN_MM = 1.3
@@ -110,11 +117,13 @@ def build_phantom(params: SubjectParams, scale: float = 1.0):
         cover=2.0 + 0.5 * params.fat_mm,
         muscle_inflate=8.0 * params.scale,
     )
+    pockets = fluid_pockets(params.joint, pose, frame, params.effusion_mm)
     tissue = ph.soft_tissues(
         upsample(limb, fine),
         maps.d1,
         bellies,
         [b.distance(nodes) for b in fat_pads(params.joint, pose, frame)],
+        [b.distance(nodes) for b in pockets],
         [(t.distance(nodes), kind) for t, kind in vessels(params.joint, pose, frame)],
         [b.distance(nodes) for b in lungs(params.joint, pose, frame)],
         tissue_params,
@@ -124,6 +133,13 @@ def build_phantom(params: SubjectParams, scale: float = 1.0):
     fat_fraction = np.zeros(fine, np.float32)
     bone_params = ph.BoneTissueParams.for_subject(params.age, params.scale, params.effusion_mm)
     label, bone = ph.bone_tissues(spec, maps, bone_params, tissue, fat_fraction, texture)
+    other = tissue != ph.MARROW
+    fat_fraction[other] = ph.FAT_FRACTION[tissue[other]]
+    # Muscle texture: streaks of intramuscular fat along the fibres (roughly the image rows).
+    streak = np.repeat(smooth_noise(rng, acq, (1.0, 9.0, 1.3)), sub, axis=0)
+    muscle = tissue == ph.MUSCLE
+    marbling = 0.03 + (0.15 + 0.015 * params.fat_mm) * np.clip(streak[muscle] - 0.8, 0.0, 1.5)
+    fat_fraction[muscle] = marbling
     return ph.Phantom(tissue, fat_fraction, label, bone), geometry, rng, texture
 
 
@@ -131,13 +147,12 @@ def synthesize_subject(params: SubjectParams, scale: float = 1.0) -> SubjectVolu
     """Render one subject. ``scale`` < 1 shrinks the matrix and slice count (for tests)."""
     protocol = PROTOCOLS[params.joint]
     phantom, geometry, rng, texture = build_phantom(params, scale)
-    water_t, fat_t, ff_default, tex_amp = signal_tables(
+    water_t, fat_t, tex_amp = signal_tables(
         protocol.sequence, params.tr, params.te, params.flip, params.tissue_jitter
     )
-    tissue, fat_fraction = phantom.tissue, phantom.fat_fraction
-    other = tissue != ph.MARROW
-    fat_fraction[other] = ff_default.astype(np.float32)[tissue[other]]
-    water, fat = fine_signals(tissue, fat_fraction, texture, water_t, fat_t, tex_amp)
+    water, fat = fine_signals(
+        phantom.tissue, phantom.fat_fraction, texture, water_t, fat_t, tex_amp
+    )
     water = slice_average(water, geometry.sub)
     fat = slice_average(fat, geometry.sub)
     sensitivity = None
@@ -148,7 +163,7 @@ def synthesize_subject(params: SubjectParams, scale: float = 1.0) -> SubjectVolu
         offset, reach = protocol.coil
         centre = frame.to_child(pose.body_position(spec.center_body) + np.asarray(offset))
         sensitivity = surface_coil(geometry.acquired_points(), centre, reach * params.scale)
-    muscle_ff = ff_default[ph.MUSCLE]
+    muscle_ff = float(ph.FAT_FRACTION[ph.MUSCLE])
     reference = float(water_t[ph.MUSCLE] * (1 - muscle_ff) + fat_t[ph.MUSCLE] * muscle_ff)
     image = acquire(
         water,
@@ -162,6 +177,7 @@ def synthesize_subject(params: SubjectParams, scale: float = 1.0) -> SubjectVolu
         reference=reference,
         gain=params.gain / max(reference, 1e-6) * 0.35,
         sensitivity=sensitivity,
+        motion=params.motion,
     )
     image = np.clip(np.rint(image), 0, 32767).astype(np.int16)
     return SubjectVolume(image, majority_label(phantom.label, geometry.sub), geometry)
