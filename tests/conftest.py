@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import torch
+
 from jointseg.data.io import write_image
 from jointseg.data.manifest import DatasetManifest, write_manifest
+
+# Tiny test tensors run fastest, and most predictably on a shared machine, on one thread.
+torch.set_num_threads(1)
 
 
 def make_volume_pair(
@@ -32,7 +37,12 @@ def make_volume_pair(
 
 
 def write_dataset(
-    root: Path, name="Dataset001_Toy", cases=3, test_cases=0, structures=None, ext=".nii.gz",
+    root: Path,
+    name="Dataset001_Toy",
+    cases=3,
+    test_cases=0,
+    structures=None,
+    ext=".nii.gz",
     shape=(8, 32, 32),
 ) -> Path:
     """Write a small dataset folder and return its path."""

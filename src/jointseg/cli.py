@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -65,7 +65,9 @@ def synth(
 
 
 @app.command()
-def check(data: Annotated[Path, typer.Argument(help="A dataset folder or a study folder.")]) -> None:
+def check(
+    data: Annotated[Path, typer.Argument(help="A dataset folder or a study folder.")],
+) -> None:
     """Validate datasets: geometry, labels, intensities, pairs. Exits non-zero on errors."""
     from jointseg.data.checks import check_path, format_report
 
@@ -90,18 +92,28 @@ def train(
     config: ConfigOpt,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
-    scheme: Annotated[Optional[str], typer.Option(help="Override the config's scheme.")] = None,
-    fold: Annotated[Optional[int], typer.Option(help="Train on a fold of the splits file.")] = None,
-    splits: Annotated[Optional[Path], typer.Option(help="Splits file (jointseg splits).")] = None,
+    scheme: Annotated[str | None, typer.Option(help="Override the config's scheme.")] = None,
+    fold: Annotated[int | None, typer.Option(help="Train on a fold of the splits file.")] = None,
+    splits: Annotated[Path | None, typer.Option(help="Splits file (jointseg splits).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     devices: Annotated[int, typer.Option(help="Devices (GPUs, or CPU processes).")] = 1,
-    seed: Annotated[Optional[int], typer.Option(help="Override the config's seed.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
 ) -> None:
     """Train one scheme into a run folder."""
     from jointseg.training.runner import train_from_cli
 
-    _run(train_from_cli, config, data, out, scheme=scheme, fold=fold, splits=splits,
-         resume=resume, devices=devices, seed=seed)
+    _run(
+        train_from_cli,
+        config,
+        data,
+        out,
+        scheme=scheme,
+        fold=fold,
+        splits=splits,
+        resume=resume,
+        devices=devices,
+        seed=seed,
+    )
 
 
 @app.command()
@@ -121,7 +133,9 @@ def splits(
     data: Annotated[Path, typer.Argument(help="Study folder.")],
     folds: Annotated[int, typer.Option(help="Number of folds (= subjects: leave-one-out).")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Splits file (default DATA/splits.json).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Splits file (default DATA/splits.json).")
+    ] = None,
 ) -> None:
     """Write a cross-validation splits file (by subject, per dataset)."""
     from jointseg.data.splits import write_splits
@@ -135,8 +149,8 @@ def cv(
     config: ConfigOpt,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Cross-validation folder.")],
-    scheme: Annotated[Optional[str], typer.Option(help="Override the config's scheme.")] = None,
-    splits: Annotated[Optional[Path], typer.Option(help="Splits file.")] = None,
+    scheme: Annotated[str | None, typer.Option(help="Override the config's scheme.")] = None,
+    splits: Annotated[Path | None, typer.Option(help="Splits file.")] = None,
 ) -> None:
     """Train every fold and predict each held-out subject in its original geometry."""
     from jointseg.evaluation.cross_validation import run_cross_validation
@@ -147,7 +161,7 @@ def cv(
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder or a cv folder.")],
-    data: Annotated[Optional[Path], typer.Option(help="Study folder (default: the run's).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Study folder (default: the run's).")] = None,
 ) -> None:
     """Score a run on data it has not trained on; write metrics, summary and report."""
     from jointseg.evaluation.evaluate import evaluate_run
@@ -160,7 +174,7 @@ def evaluate(
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Evaluated run folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    reference: Annotated[Optional[str], typer.Option(help="Reference scheme.")] = None,
+    reference: Annotated[str | None, typer.Option(help="Reference scheme.")] = None,
 ) -> None:
     """The paper's table: schemes x structures, with paired Wilcoxon tests (Holm)."""
     from jointseg.evaluation.compare import compare_runs
@@ -178,14 +192,24 @@ def predict(
     tta: Annotated[bool, typer.Option(help="Test-time flips (slower).")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     meshes: Annotated[bool, typer.Option(help="Write per-structure meshes.")] = True,
 ) -> None:
     """Predict label maps, per-bone meshes, measurements and previews."""
     from jointseg.inference.predict import predict_path
 
-    _run(predict_path, run, input, out, domain=domain, tta=tta, device=device,
-         batch_size=batch_size, threads=threads, meshes=meshes)
+    _run(
+        predict_path,
+        run,
+        input,
+        out,
+        domain=domain,
+        tta=tta,
+        device=device,
+        batch_size=batch_size,
+        threads=threads,
+        meshes=meshes,
+    )
 
 
 @app.command()

@@ -34,8 +34,9 @@ class DatasetConfig(Section):
 
 class PreprocessingConfig(Section):
     slice_axis: Literal["auto", 0, 1, 2] = Field(
-        "auto", description="Array axis (z=0, y=1, x=2 of the canonical volume) to slice along; "
-        "'auto' takes the axis with the largest spacing (the acquisition's slice direction)."
+        "auto",
+        description="Array axis (z=0, y=1, x=2 of the canonical volume) to slice along; "
+        "'auto' takes the axis with the largest spacing (the acquisition's slice direction).",
     )
     target_spacing: float | None = Field(
         0.8, gt=0, description="In-plane spacing in mm after resampling; null keeps the scan's."
@@ -111,7 +112,9 @@ class TrainingConfig(Section):
     batch_size: int = Field(12, ge=1)
     sampling: Literal["balanced", "proportional", "sqrt"] = "balanced"
     empty_slice_keep: float = Field(
-        0.2, ge=0, le=1,
+        0.2,
+        ge=0,
+        le=1,
         description="Probability that a drawn slice without foreground is kept (otherwise a "
         "slice with foreground of the same domain is drawn instead).",
     )

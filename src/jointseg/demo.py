@@ -38,8 +38,9 @@ def run_demo(
     data = out / "data"
     if not (data / "synth.json").is_file():
         _step("synthesize a pediatric ankle/knee/shoulder study")
-        synthesize_study(data, subjects, test_subjects, ["ankle", "knee", "shoulder"], seed, jobs,
-                         True)
+        synthesize_study(
+            data, subjects, test_subjects, ["ankle", "knee", "shoulder"], seed, jobs, True
+        )
     _step("check the datasets")
     report = check_path(data, progress=False)
     print(format_report(report))
@@ -49,8 +50,7 @@ def run_demo(
     for scheme in DEMO_SCHEMES:
         run_dir = out / "runs" / scheme
         _step(f"train the '{scheme}' scheme")
-        train_run(cfg.model_copy(update={"scheme": scheme}), data, run_dir,
-                  resume=run_dir.exists())
+        train_run(cfg.model_copy(update={"scheme": scheme}), data, run_dir, resume=run_dir.exists())
         _step(f"evaluate '{scheme}' on held-out subjects")
         evaluate_run(run_dir)
         runs[scheme] = run_dir
@@ -60,7 +60,9 @@ def run_demo(
     scan = list_cases(data / cfg.datasets[1].folder, "test")[0].image
     prediction_dir = out / "prediction"
     predict_path(runs["full"], scan, prediction_dir, domain="auto")
-    report_path = _write_report(out, compare_md, prediction_dir, runs, time.perf_counter() - started)
+    report_path = _write_report(
+        out, compare_md, prediction_dir, runs, time.perf_counter() - started
+    )
     print(f"\n[demo] done in {time.perf_counter() - started:.0f} s. Report: {report_path}")
     return report_path
 
@@ -99,7 +101,10 @@ def _write_report(
             f"- `{scheme}`: [{rel}/evaluation/report.md]({rel}/evaluation/report.md), "
             f"curves [{rel}/curves.png]({rel}/curves.png)"
         )
-    lines += ["", f"Data previews: {', '.join(sorted(p.name for p in (out / 'data').glob('preview_*.png')))}"]
+    lines += [
+        "",
+        f"Data previews: {', '.join(sorted(p.name for p in (out / 'data').glob('preview_*.png')))}",
+    ]
     path = out / "REPORT.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

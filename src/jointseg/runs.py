@@ -83,7 +83,9 @@ class RunInfo(BaseModel):
 def load_run_info(run_dir: str | Path) -> RunInfo:
     path = Path(run_dir) / RUN_INDEX
     if not path.is_file():
-        raise RunError(f"{run_dir}: not a run folder (no {RUN_INDEX}); train one with `jointseg train`")
+        raise RunError(
+            f"{run_dir}: not a run folder (no {RUN_INDEX}); train one with `jointseg train`"
+        )
     return RunInfo.model_validate_json(path.read_text(encoding="utf-8"))
 
 

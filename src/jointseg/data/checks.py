@@ -85,7 +85,8 @@ def check_dataset(dataset_dir: str | Path, progress: bool = True) -> CheckReport
         report.warnings.append(
             Problem(
                 dataset_dir / "dataset.json",
-                f"numTraining is {manifest.numTraining} but imagesTr holds {len(train_cases)} cases",
+                f"numTraining is {manifest.numTraining} but imagesTr holds "
+                f"{len(train_cases)} cases",
             )
         )
     cases = train_cases + list_cases(dataset_dir, "test")
@@ -172,7 +173,9 @@ def _check_labels(
     if undeclared:
         declared = ", ".join(f"{k}={v}" for k, v in manifest.labels.items())
         report.errors.append(
-            Problem(path, f"label values {undeclared} are not declared in dataset.json ({declared})")
+            Problem(
+                path, f"label values {undeclared} are not declared in dataset.json ({declared})"
+            )
         )
     if values <= {0}:
         report.errors.append(Problem(path, "empty label map (no structure labelled)"))

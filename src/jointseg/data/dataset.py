@@ -53,7 +53,7 @@ class SliceDataset(torch.utils.data.Dataset):
         label = convert_to_tensor(label, track_meta=False)
         if label.is_floating_point():
             label = label.round()
-        return {"image": image, "label": label[0].to(torch.long), "domain": domain}
+        return {"image": image, "label": label[0].to(torch.long), "domain": domain, "row": row}
 
     def reseed(self, seed: int) -> None:
         """Seed the transform's random state (no-op for transforms without one)."""
@@ -63,8 +63,10 @@ class SliceDataset(torch.utils.data.Dataset):
 
 
 def collate_slices(batch: list[dict]) -> dict:
-    """Stack items: ``image`` [B, 1, H, W], ``label`` [B, H, W], ``domain`` LongTensor [B]."""
+    """Stack items: ``image`` [B, 1, H, W], ``label`` [B, H, W], ``domain`` and ``row``
+    LongTensors [B] (``row``: the slice's row in its domain's cache)."""
     return {
+        "row": torch.as_tensor([item["row"] for item in batch], dtype=torch.long),
         "image": torch.stack([item["image"] for item in batch]),
         "label": torch.stack([item["label"] for item in batch]),
         "domain": torch.as_tensor([item["domain"] for item in batch], dtype=torch.long),

@@ -53,7 +53,9 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-        raise ScanReadError(f"{path}: cannot read the scan (corrupt or unsupported): {first}") from None
+        raise ScanReadError(
+            f"{path}: cannot read the scan (corrupt or unsupported): {first}"
+        ) from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ScanReadError(
             f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
@@ -91,7 +93,11 @@ def write_image(image: sitk.Image, path: str | os.PathLike[str], compress: bool 
 
 
 def array_to_image(
-    array: np.ndarray, reference: sitk.Image | None = None, *, spacing=None, origin=None,
+    array: np.ndarray,
+    reference: sitk.Image | None = None,
+    *,
+    spacing=None,
+    origin=None,
     direction=None,
 ) -> sitk.Image:
     """Wrap a z,y,x ``array`` as an image with the geometry of ``reference`` (or the given one)."""

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from jointseg.config import ExperimentConfig
 from jointseg.data.augment import build_augmentation
-from jointseg.data.dataset import SliceDataset, collate_slices
+from jointseg.data.dataset import SliceDataset, collate_slices, seed_worker
 from jointseg.data.sampling import MultiDomainBatchSampler
 from jointseg.training.validation import CaseDataset, ValidationCase
 
@@ -38,9 +38,9 @@ class PlanDataModule(L.LightningDataModule):
         self.train_dataset = SliceDataset(self.caches, self.transform, seed=cfg.training.seed)
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseed the augmentation from (seed, epoch), so a resumed run repeats it exactly."""
-        if self.transform is not None and hasattr(self.transform, "set_random_state"):
-            self.transform.set_random_state(seed=(self.cfg.training.seed * 100_003 + epoch) % 2**32)
+        """Reseed the augmentation from (seed, epoch), so a resumed run repeats it exactly
+        (exactly with ``num_workers: 0``; workers are seeded from torch's generator)."""
+        self.train_dataset.reseed(self.cfg.training.seed * 100_003 + epoch)
 
     def train_dataloader(self) -> DataLoader:
         training = self.cfg.training
@@ -66,6 +66,7 @@ class PlanDataModule(L.LightningDataModule):
             collate_fn=collate_slices,
             num_workers=training.num_workers,
             persistent_workers=training.num_workers > 0,
+            worker_init_fn=seed_worker if training.num_workers > 0 else None,
         )
 
     def validation_cases(self) -> list[ValidationCase]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -23,6 +24,7 @@ from jointseg.losses import (
 )
 from jointseg.training.schemes import ModelPlan
 from jointseg.training.validation import dice_per_class
+from jointseg.utils.atomic import atomic_write_json
 
 VALIDATION_CHUNK = 32
 
@@ -72,10 +74,12 @@ class SegmentationModule(L.LightningModule):
     def _head_to_union(self) -> dict[int, Tensor]:
         if self.union:
             return {0: torch.arange(self.union_classes, device=self.to_union.device)}
-        return {h: self.to_union[h, : c] for h, c in enumerate(self.local_classes)}
+        return {h: self.to_union[h, :c] for h, c in enumerate(self.local_classes)}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         image, target, domains = batch["image"], batch["label"], batch["domain"]
+        if batch_idx == 0 and self.current_epoch == 0 and self.trainer.world_size > 1:
+            self._record_first_batches(batch)
         if self.union:
             target = self.to_union[domains[:, None, None], target]
         out = self.net(image, domains, return_embeddings=self.plan.contrastive)
@@ -95,6 +99,15 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=image.shape[0])
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, logger=False)
         return loss
+
+    def _record_first_batches(self, batch: dict) -> None:
+        """Under DDP, write each rank's first (domain, row) draws to the log folder."""
+        keys = torch.stack([batch["domain"], batch["row"]], dim=1)
+        gathered = self.all_gather(keys)
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank makes it
+        if self.trainer.is_global_zero and log_dir:
+            draws = {f"rank{r}": gathered[r].tolist() for r in range(gathered.shape[0])}
+            atomic_write_json(Path(log_dir) / "ddp_first_batches.json", draws)
 
     def _shape_terms(self, out, target: Tensor, domains: Tensor, logs: dict) -> Tensor:
         prior = self.cfg.regularization.shape_prior
@@ -136,7 +149,10 @@ class SegmentationModule(L.LightningModule):
         warmup = opt_cfg.warmup_epochs * self.cfg.training.iterations_per_epoch
         schedule = lr_lambda(opt_cfg.schedule, warmup, self.total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, case: dict, batch_idx: int) -> None:

@@ -13,6 +13,7 @@ from jointseg.models.shape_autoencoder import WEIGHTS_FILE, LatentDiscriminator,
 from jointseg.training.datamodule import DomainSplit
 from jointseg.training.schemes import ModelPlan
 from jointseg.training.shape_prior import obtain_shape_autoencoder, union_training_masks
+from jointseg.utils.distributed import is_global_zero
 
 PRIOR_DIR = "shape_prior"
 MAX_PRIOR_MASKS = 4000
@@ -63,13 +64,16 @@ def shape_prior_for(
             prior_cfg,
             _masks(splits, label_space, validation=False),
             label_space.num_classes,
-            directory=directory,
+            directory=directory if is_global_zero() else None,
             seed=cfg.training.seed,
             validation_masks=validation if len(validation) else None,
             progress=progress,
         )
-        dice = report.get("validation_dice", report.get("train_dice"))
-        print(f"[train] shape prior: reconstruction Dice {dice:.3f} ({directory})")
+        dice = report.get("validation_dice")
+        if dice is None:
+            dice = report.get("train_dice")
+        text = f"{dice:.3f}" if isinstance(dice, float) else "n/a"
+        print(f"[train] shape prior: reconstruction Dice {text} ({directory})")
     discriminator = None
     if prior_cfg.lambda_adv > 0:
         discriminator = LatentDiscriminator(code_channels=autoencoder.code_channels)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +25,7 @@ from jointseg.training.datamodule import DomainSplit, PlanDataModule
 from jointseg.training.module import SegmentationModule
 from jointseg.training.prior import shape_prior_for
 from jointseg.training.schemes import ModelPlan, deliverable_plans, plan_scheme
+from jointseg.utils.distributed import is_global_zero
 from jointseg.utils.seed import seed_everything
 
 
@@ -123,7 +123,8 @@ def train_run(
 ) -> RunInfo:
     """Train every network of ``cfg.scheme`` into the run folder ``out`` and index it."""
     data_dir, out = Path(data_dir), Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
+    primary = is_global_zero()  # DDP workers re-enter here: only rank 0 writes shared files
+    if primary and out.exists() and any(out.iterdir()) and not resume:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or another --out")
     seed_everything(cfg.training.seed)
     labels = domain_labels(cfg, data_dir)
@@ -131,7 +132,8 @@ def train_run(
     subjects = split_subjects(cfg, data_dir, fold, splits)
     caches = preprocess_study(cfg, data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if primary:
+        save_config(cfg, out / "config.yaml")
     plans = plan_scheme(cfg.scheme, cfg.domain_names)
     for plan in plans:
         if (out / "models" / plan.name / "model.safetensors").is_file():
@@ -148,7 +150,9 @@ def train_run(
         ],
         models=[
             ModelEntry(
-                name=p.name, path=f"models/{p.name}", domains=list(p.domains),
+                name=p.name,
+                path=f"models/{p.name}",
+                domains=list(p.domains),
                 label_space=p.label_space,
             )
             for p in deliverable_plans(plans)
@@ -158,15 +162,11 @@ def train_run(
         training_cases={name: train for name, (train, _) in subjects.items()},
         validation_cases={name: val for name, (_, val) in subjects.items()},
     )
-    if _is_global_zero():
+    if primary:
         save_run_info(out, info)
         plot_curves(out, [p.name for p in plans])
         _print_summary(out, plans)
     return info
-
-
-def _is_global_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
 def _train_plan(
@@ -190,16 +190,19 @@ def _train_plan(
     net = build_model(cfg.model, head_classes, plan.domain_specific_bn)
     if plan.init_from is not None:
         load_weights(net, out / "models" / plan.init_from, exclude=("heads.", "projectors."))
-    splits = [
-        DomainSplit(d, caches[d], subjects[d][0], subjects[d][1]) for d in plan.domains
-    ]
+    splits = [DomainSplit(d, caches[d], subjects[d][0], subjects[d][1]) for d in plan.domains]
     autoencoder, discriminator = shape_prior_for(cfg, plan, label_space, splits, out, progress)
     epochs = cfg.training.epochs
     if plan.epochs_key == "transfer_pretrain_epochs" and cfg.training.transfer_pretrain_epochs:
         epochs = cfg.training.transfer_pretrain_epochs
     module = SegmentationModule(
-        net, cfg, plan, label_space, epochs * cfg.training.iterations_per_epoch,
-        shape_autoencoder=autoencoder, discriminator=discriminator,
+        net,
+        cfg,
+        plan,
+        label_space,
+        epochs * cfg.training.iterations_per_epoch,
+        shape_autoencoder=autoencoder,
+        discriminator=discriminator,
     )
     datamodule = PlanDataModule(cfg, splits, plan.contrastive)
     has_validation = any(s.validation_cases for s in splits)
@@ -244,15 +247,11 @@ def _train_plan(
 
 
 def _device_arguments(devices: int) -> dict:
-    if torch.cuda.is_available():
-        return {
-            "accelerator": "gpu",
-            "devices": devices,
-            "strategy": "ddp" if devices > 1 else "auto",
-        }
-    if devices > 1:
-        return {"accelerator": "cpu", "devices": devices, "strategy": "ddp"}
-    return {"accelerator": "cpu", "devices": 1}
+    """Trainer placement. Multi-process runs use DDP with unused-parameter detection: the BN
+    parameters and heads of domains absent from a rank's batch get no gradient there."""
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    strategy = "ddp_find_unused_parameters_true" if devices > 1 else "auto"
+    return {"accelerator": accelerator, "devices": devices, "strategy": strategy}
 
 
 def _export(

@@ -25,7 +25,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     final.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(final.suffixes[-2:]) if final.name.endswith(".nii.gz") else final.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{suffix}", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.stem}.", suffix=f".tmp{suffix}", dir=final.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
