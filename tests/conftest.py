@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 import torch
 
 from jointseg.data.io import write_image

@@ -71,14 +71,21 @@ def test_each_scheme_trains_and_saves_loadable_models(study: Path, tmp_path: Pat
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert (tmp_path / "run" / "curves.png").is_file()
     if scheme == "full":
-        assert (tmp_path / "run" / "models" / "shape_prior" / "shape_autoencoder.safetensors").is_file()
+        assert (
+            tmp_path / "run" / "models" / "shape_prior" / "shape_autoencoder.safetensors"
+        ).is_file()
 
 
 def test_union_head_covers_every_structure_once() -> None:
     plans = plan_scheme("shared", ["knee", "ankle"])
     assert [p.label_space for p in plans] == ["union"]
     transfer = plan_scheme("transfer", ["knee", "ankle"])
-    assert [p.name for p in transfer] == ["pretrain_for_knee", "knee", "pretrain_for_ankle", "ankle"]
+    assert [p.name for p in transfer] == [
+        "pretrain_for_knee",
+        "knee",
+        "pretrain_for_ankle",
+        "ankle",
+    ]
     assert transfer[1].init_from == "pretrain_for_knee" and transfer[0].domains == ("ankle",)
 
 
@@ -110,8 +117,9 @@ def test_resume_continues_exactly(study: Path, tmp_path: Path) -> None:
     cfg = config_from_dict({**tiny_config(epochs=2), "scheme": "mtmd+con"})
     train_run(cfg, study, tmp_path / "straight", progress=False)
     with pytest.raises(Interrupt):
-        train_run(cfg, study, tmp_path / "resumed", progress=False,
-                  callbacks=[StopAfterFirstEpoch()])
+        train_run(
+            cfg, study, tmp_path / "resumed", progress=False, callbacks=[StopAfterFirstEpoch()]
+        )
     assert (tmp_path / "resumed" / "checkpoints" / "main" / "last.ckpt").is_file()
     with pytest.raises(RunError, match="--resume"):
         train_run(cfg, study, tmp_path / "resumed", progress=False)

@@ -48,8 +48,9 @@ def run_cross_validation(
     for fold in range(fold_count):
         run_dir = out / f"fold_{fold}"
         print(f"[cv] fold {fold + 1}/{fold_count} ({cfg.scheme}) -> {run_dir}")
-        info = train_run(cfg, data, run_dir, fold=fold, splits=splits, resume=run_dir.exists(),
-                         progress=progress)
+        info = train_run(
+            cfg, data, run_dir, fold=fold, splits=splits, resume=run_dir.exists(), progress=progress
+        )
         predictor = Predictor.from_run(run_dir, tta=cfg.evaluation.tta)
         for entry in info.domains:
             cases = {c.case_id: c for c in list_cases(data / entry.folder, "train")}
