@@ -82,6 +82,18 @@ def test_early_layers_are_the_stem_and_first_stage(fitted_net):
     assert len(layers) == 2 * 5  # (stem + 2 blocks x 2) x two domains
     plain = build_model(CFG, [2], domain_specific_bn=False)
     assert len(early_batchnorm_layers(plain)) == 5
+    # The forward pass stops after them: later stages and the decoder never run.
+    calls = []
+    handles = [
+        m.register_forward_hook(lambda *_: calls.append(1))
+        for m in (fitted_net.encoder.layer2, fitted_net.decoder)
+    ]
+    try:
+        bn_distance(fitted_net, torch.from_numpy(smooth_volume(1)).unsqueeze(1), 0, batch_size=4)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == []
 
 
 def test_distance_is_small_in_domain_and_large_across(fitted_net):

@@ -156,6 +156,11 @@ def early_batchnorm_layers(net: nn.Module) -> list[nn.BatchNorm2d]:
 
     An encoder without torchvision's stage names gives its first :data:`EARLY_FALLBACK` layers.
     """
+    return [m for group in early_batchnorm_groups(net) for m in group]
+
+
+def early_batchnorm_groups(net: nn.Module) -> list[list[nn.BatchNorm2d]]:
+    """:func:`early_batchnorm_layers` grouped by logical layer (its per-domain copies)."""
     root = getattr(net, "encoder", net)
     groups: dict[str, list[nn.BatchNorm2d]] = {}  # logical layer -> its per-domain copies
     for name, module in root.named_modules():
@@ -164,14 +169,24 @@ def early_batchnorm_layers(net: nn.Module) -> list[nn.BatchNorm2d]:
             groups.setdefault(logical, []).append(module)
     early = [name for name in groups if name.split(".")[0] in EARLY_STAGES]
     chosen = early or list(groups)[:EARLY_FALLBACK]
-    return [m for name in chosen for m in groups[name]]
+    return [groups[name] for name in chosen]
+
+
+class _EarlyLayersDone(Exception):
+    """Raised from a hook once every early layer has seen the batch: the rest is not needed."""
 
 
 class _MomentAccumulator:
-    """Forward hooks summing each BN layer's input channel moments over the batches it sees."""
+    """Forward hooks summing each BN layer's input channel moments over the batches it sees.
 
-    def __init__(self, layers: Sequence[nn.BatchNorm2d]):
-        self.layers = list(layers)
+    Once every logical layer has seen the current batch, the hook stops the forward pass.
+    """
+
+    def __init__(self, groups: Sequence[Sequence[nn.BatchNorm2d]]):
+        self.layers = [m for group in groups for m in group]
+        self.group_of = {id(m): g for g, group in enumerate(groups) for m in group}
+        self.count = len(groups)
+        self.seen: set[int] = set()
         self.sums: dict[int, list[Tensor]] = {}
         self.handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
 
@@ -182,6 +197,9 @@ class _MomentAccumulator:
         self.sums[id(module)] = (
             moments if previous is None else [a + b for a, b in zip(previous, moments, strict=True)]
         )
+        self.seen.add(self.group_of[id(module)])
+        if len(self.seen) == self.count:
+            raise _EarlyLayersDone
 
     def close(self) -> None:
         for handle in self.handles:
@@ -210,17 +228,23 @@ class _MomentAccumulator:
 
 @torch.no_grad()
 def bn_distance(net: nn.Module, slices: Tensor, index: int, batch_size: int = 16) -> float:
-    """Distance of ``slices`` [N, C, H, W] to domain ``index``'s BN statistics in ``net``."""
+    """Distance of ``slices`` [N, C, H, W] to domain ``index``'s BN statistics in ``net``.
+
+    Only the encoder's first layers run: the forward pass stops once they have seen a batch.
+    """
     net.eval()
-    layers = early_batchnorm_layers(net)
-    accumulator = _MomentAccumulator(layers)
+    accumulator = _MomentAccumulator(early_batchnorm_groups(net))
+    channels = getattr(getattr(net, "cfg", None), "in_channels", 1)
     try:
         device = next(net.parameters()).device
         for start in range(0, slices.shape[0], batch_size):
             batch = slices[start : start + batch_size].to(device)
             domains = torch.full((batch.shape[0],), index, dtype=torch.long, device=device)
-            channels = getattr(getattr(net, "cfg", None), "in_channels", 1)
-            net(batch.expand(-1, channels, -1, -1), domains)
+            accumulator.seen.clear()
+            try:
+                net(batch.expand(-1, channels, -1, -1), domains)
+            except _EarlyLayersDone:
+                pass
     finally:
         accumulator.close()
     return accumulator.distance()

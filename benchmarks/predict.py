@@ -1,0 +1,235 @@
+"""Prediction speed and memory: seconds per scan and peak RSS, with and without TTA.
+
+    python benchmarks/predict.py                # demo and paper models, a 256x256x100 scan
+    python benchmarks/predict.py --quick        # a 256x256x40 scan, one repetition
+    python benchmarks/predict.py --large        # also: the demo model on a 512x512x300 scan
+    python benchmarks/predict.py --device cuda  # on a GPU
+
+Each configuration runs in its own process (so peak memory is its own): a temporary run folder
+holds a randomly initialised three-domain network (timing needs no trained weights) built from
+configs/demo.yaml or configs/paper.yaml (model and preprocessing sections; fallbacks: ResNet-18
+width 0.25 at 128x128, ResNet-34 width 1.0 at 256x256). The scan is synthetic (a body with two
+bright ellipsoids, 0.6 x 0.6 x 3 mm). Timed: ``Predictor.predict`` (label map on the scan's
+grid) after a warm-up call on the same scan (the first call at new tensor shapes pays for kernel
+selection), best of the repetitions, and domain recognition on its own. Memory: peak RSS of
+the process (getrusage) and the RSS high-water mark during prediction above the RSS before it
+(psutil, sampled every 5 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import SimpleITK as sitk
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAINS = {
+    "ankle": {"calcaneus": 1, "talus": 2, "tibia": 3},
+    "knee": {"femur": 1, "fibula": 2, "patella": 3, "tibia": 4},
+    "shoulder": {"humerus": 1, "scapula": 2},
+}
+FALLBACK = {
+    "demo": ({"encoder": "resnet18", "width": 0.25}, {"patch_size": [128, 128]}),
+    "paper": ({"encoder": "resnet34", "width": 1.0}, {"patch_size": [256, 256]}),
+}
+
+
+def build_run(name: str, folder: Path) -> Path:
+    """A run folder with a random-weight network of configuration ``name``."""
+    import torch
+
+    from jointseg.config import config_from_dict, save_config
+    from jointseg.models import build_model, save_model
+    from jointseg.runs import DomainEntry, ModelEntry, RunInfo, save_run_info
+
+    path = ROOT / "configs" / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    model, preprocessing = FALLBACK[name]
+    cfg = config_from_dict(
+        {
+            "name": f"bench-{name}",
+            "datasets": [{"name": d, "folder": f"Dataset00{i}_{d}"} for i, d in enumerate(DOMAINS)],
+            "preprocessing": {**preprocessing, **data.get("preprocessing", {}), "jobs": 1},
+            "augmentation": data.get("augmentation", {}),
+            "model": {**model, **data.get("model", {}), "encoder_weights": "none"},
+        }
+    )
+    torch.manual_seed(0)
+    heads = [len(s) + 1 for s in DOMAINS.values()]
+    net = build_model(cfg.model, heads, domain_specific_bn=True, pretrained=False)
+    save_config(cfg, folder / "config.yaml")
+    save_model(net.eval(), folder / "models" / "main")
+    info = RunInfo(
+        scheme="full",
+        domains=[
+            DomainEntry(name=d, folder=f"Dataset00{i}_{d}", structures=s)
+            for i, (d, s) in enumerate(DOMAINS.items())
+        ],
+        models=[ModelEntry(name="main", path="models/main", domains=list(DOMAINS))],
+    )
+    save_run_info(folder, info)
+    return folder
+
+
+def make_scan(size: tuple[int, int, int], spacing=(0.6, 0.6, 3.0), seed: int = 0) -> sitk.Image:
+    """A synthetic MR-like scan of ``size`` (x, y, z): a body with two bright ellipsoids."""
+    nx, ny, nz = size
+    rng = np.random.default_rng(seed)
+    volume = np.empty((nz, ny, nx), np.float32)
+    y, x = np.mgrid[:ny, :nx].astype(np.float32)
+    body = ((x - nx / 2) / (0.42 * nx)) ** 2 + ((y - ny / 2) / (0.4 * ny)) ** 2 <= 1
+    for k in range(nz):  # slice by slice: no full-size temporaries beyond the volume itself
+        t = (k - nz / 2) / (0.45 * nz)
+        bones = np.zeros_like(body)
+        for cx, cy in ((0.4, 0.45), (0.62, 0.55)):
+            r = 0.12 * max(0.0, 1 - t * t) ** 0.5
+            if r > 0:
+                bones |= ((x / nx - cx) ** 2 + (y / ny - cy) ** 2) <= r * r
+        plane = np.where(bones, 900.0, np.where(body, 400.0, 20.0))
+        volume[k] = plane + rng.normal(0, 25, plane.shape)
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing(spacing)
+    return image
+
+
+class PeakRSS:
+    """RSS high-water mark of this process while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def child(spec: dict) -> dict:
+    """Measure one configuration in this process."""
+    import torch
+
+    from jointseg.inference.predictor import Predictor
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    with tempfile.TemporaryDirectory() as tmp:
+        run = build_run(spec["config"], Path(tmp) / "run")
+        predictor = Predictor.from_run(
+            run, device=spec["device"], batch_size=spec["batch_size"], tta=spec["tta"]
+        )
+        scan = make_scan(tuple(spec["size"]))
+        if spec["warmup"]:  # the first call at new shapes pays for kernel selection
+            predictor.predict(scan, domain="knee")
+            predictor.recognize(scan, refuse=False)
+        seconds = []
+        for _ in range(spec["repeats"]):
+            with PeakRSS() as memory:
+                started = time.perf_counter()
+                prediction = predictor.predict(scan, domain="knee")
+                seconds.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        predictor.recognize(scan, refuse=False)
+        recognition = time.perf_counter() - started
+    return {
+        **spec,
+        "seconds": min(seconds),
+        "recognition_seconds": recognition,
+        "grid": prediction.details["grid"],
+        "slices": prediction.details["slices"],
+        "smooth_restore": prediction.details["smooth_restore"],
+        "predict_peak_above_start_mb": (memory.peak - memory.start) / 2**20,
+        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run_child(spec: dict) -> dict:
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"configuration {spec} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 40-slice scan instead of 100")
+    parser.add_argument("--large", action="store_true", help="also a 512x512x300 scan (demo)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls; the best is kept")
+    parser.add_argument("--configs", default="demo,paper")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    size = [256, 256, 40 if args.quick else 100]
+    specs = [
+        {"config": c, "tta": tta, "size": size, "device": args.device,
+         "batch_size": args.batch_size, "threads": args.threads,
+         "repeats": args.repeats, "warmup": True}
+        for c in args.configs.split(",") for tta in (False, True)
+    ]  # fmt: skip
+    if args.large:
+        specs.append({**specs[0], "size": [512, 512, 300], "repeats": 1, "warmup": False})
+    results = []
+    header = (
+        f"{'config':7} {'scan':>12} {'grid':>9} {'TTA':>4} {'s/scan':>8} {'x':>5} "
+        f"{'recog s':>8} {'peak MB':>8} {'+MB':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for spec in specs:
+        r = run_child(spec)
+        results.append(r)
+        base = next(
+            (b for b in results if b["config"] == r["config"] and not b["tta"]
+             and b["size"] == r["size"]), r,
+        )  # fmt: skip
+        print(
+            f"{r['config']:7} {'x'.join(map(str, r['size'])):>12} "
+            f"{'x'.join(map(str, r['grid'])):>9} {'yes' if r['tta'] else 'no':>4} "
+            f"{r['seconds']:8.2f} {r['seconds'] / base['seconds']:5.2f} "
+            f"{r['recognition_seconds']:8.2f} {r['process_peak_rss_mb']:8.0f} "
+            f"{r['predict_peak_above_start_mb']:7.0f}",
+            flush=True,
+        )
+    print(
+        f"\n{results[0]['device']}, torch threads {results[0]['torch_threads']}, batch "
+        f"{args.batch_size}; x = time relative to the same model without TTA; peak MB = the "
+        "process's peak RSS; +MB = RSS high-water mark during predict() above the RSS before it."
+    )
+    if args.json:
+        from jointseg.utils.atomic import atomic_write_json
+
+        atomic_write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()
