@@ -52,3 +52,31 @@ def test_default_volumes_have_the_protocol_sizes(default_study: Path) -> None:
 def test_default_study_passes_jointseg_check(default_study: Path) -> None:
     result = CliRunner().invoke(app, ["check", str(default_study)])
     assert result.exit_code == 0, result.output
+
+
+#: Bones that meet at a joint, and the widest gap (mm) allowed between their labels: the
+#: cartilage of a child's joint (thicker at the shoulder, where the model leaves more room).
+JOINT_PAIRS = {
+    "Dataset001_Ankle": [("talus", "tibia", 5.0), ("talus", "calcaneus", 5.0)],
+    "Dataset002_Knee": [
+        ("femur", "tibia", 5.0),
+        ("femur", "patella", 6.0),
+        ("tibia", "fibula", 5.0),
+    ],
+    "Dataset003_Shoulder": [("humerus", "scapula", 7.5)],
+}
+
+
+def test_bones_that_meet_nearly_touch(default_study: Path) -> None:
+    from scipy import ndimage
+
+    for folder, pairs in JOINT_PAIRS.items():
+        structures = load_manifest(default_study / folder).structures
+        (case,) = list_cases(default_study / folder, "train")
+        label_image = sitk.ReadImage(str(case.label))
+        label = sitk.GetArrayFromImage(label_image)
+        spacing = label_image.GetSpacing()[::-1]
+        for a, b, widest in pairs:
+            distance = ndimage.distance_transform_edt(label != structures[a], sampling=spacing)
+            gap = float(distance[label == structures[b]].min())
+            assert 0.0 < gap <= widest, f"{folder}: {a}-{b} gap {gap:.1f} mm"

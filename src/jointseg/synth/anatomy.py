@@ -16,7 +16,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Physis:
-    """A growth plate across a long bone end: ``depth`` mm (adult) from the articular tip."""
+    """A growth plate across a long bone end: ``depth`` mm (adult) from the bone's tip (its
+    farthest point along the long axis: malleolus, tibial spines, humeral head)."""
 
     site: str
     depth: float
@@ -49,6 +50,9 @@ class JointSpec:
     bones: tuple[BoneSpec, ...]
     angles: dict[str, tuple[float, float]] = field(default_factory=dict)
     menisci: tuple[tuple[str, str], ...] = ()  # bone pairs with fibrocartilage wedges between
+    #: Corrections (adult mm, model world) of a bone's position where the model leaves too wide
+    #: a joint space (the arm model's humeral head sits 7 mm from the glenoid).
+    shifts: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     @property
     def labels(self) -> dict[str, int]:
@@ -78,9 +82,9 @@ JOINTS: dict[str, JointSpec] = {
                 physes=(Physis("calcaneus_apophysis", 9.0, far_end=True),),
             ),
             BoneSpec("talus", "talus_r", 2, small=True),
-            BoneSpec("tibia", "tibia_r", 3, long_bone=True, physes=(Physis("tibia_distal", 14.0),)),
+            BoneSpec("tibia", "tibia_r", 3, long_bone=True, physes=(Physis("tibia_distal", 28.0),)),
             BoneSpec(
-                "fibula", "fibula_r", 0, long_bone=True, physes=(Physis("fibula_distal", 22.0),)
+                "fibula", "fibula_r", 0, long_bone=True, physes=(Physis("fibula_distal", 27.0),)
             ),
             BoneSpec("midfoot", "foot_r", 0, part="others", small=True),
         ),
@@ -94,9 +98,9 @@ JOINTS: dict[str, JointSpec] = {
         model="myolegs",
         center_body="tibia_r",
         bones=(
-            BoneSpec("femur", "femur_r", 1, long_bone=True, physes=(Physis("femur_distal", 22.0),)),
+            BoneSpec("femur", "femur_r", 1, long_bone=True, physes=(Physis("femur_distal", 24.0),)),
             BoneSpec(
-                "fibula", "fibula_r", 2, long_bone=True, physes=(Physis("fibula_proximal", 12.0),)
+                "fibula", "fibula_r", 2, long_bone=True, physes=(Physis("fibula_proximal", 15.0),)
             ),
             BoneSpec("patella", "patella_r", 3, small=True),
             BoneSpec(
@@ -104,7 +108,7 @@ JOINTS: dict[str, JointSpec] = {
                 "tibia_r",
                 4,
                 long_bone=True,
-                physes=(Physis("tibia_proximal", 20.0, tent=0.08),),
+                physes=(Physis("tibia_proximal", 28.0, tent=0.08),),
             ),
         ),
         angles={"knee_angle_r": (0.0, 0.45)},
@@ -122,12 +126,13 @@ JOINTS: dict[str, JointSpec] = {
                 "humerus_r",
                 1,
                 long_bone=True,
-                physes=(Physis("humerus_proximal", 28.0, tent=0.35),),
+                physes=(Physis("humerus_proximal", 22.0, tent=0.35),),
             ),
             BoneSpec("scapula", "scapula_r", 2),
             BoneSpec("clavicle", "clavicle_r", 0),
         ),
         # Elevation plane, elevation and axial rotation of the arm at the side of the body.
+        shifts={"humerus": (2.2, 0.8, 0.8)},
         angles={
             "elv_angle_r": (-0.2, 0.9),
             "shoulder_elv_r": (0.0, 0.35),

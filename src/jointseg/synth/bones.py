@@ -78,7 +78,11 @@ def _physis_half_thickness(spec, age: float, sex: str) -> float:
 
 def posed_bones(joint: JointSpec, pose: Posture) -> list[tuple[np.ndarray, np.ndarray]]:
     """Rotation and translation (mm) of every bone's mesh frame in a posture."""
-    return [pose.geom_pose(bone.geom) for bone in joint.bones]
+    poses = []
+    for bone in joint.bones:
+        rotation, translation = pose.geom_pose(bone.geom)
+        poses.append((rotation, translation + np.asarray(joint.shifts.get(bone.name, (0, 0, 0)))))
+    return poses
 
 
 def evaluate_bones(
@@ -127,8 +131,12 @@ def evaluate_bones(
         wave = rng.uniform(0.25, 0.45, 2), rng.uniform(0, 2 * np.pi, 2)
         plate_c, shaft_c = _plate_and_shaft(bone, field, local_c, size, wave)
         dist = upsample(dist_c.reshape(coarse.shape), shape)
-        bone_plate = upsample(plate_c.reshape(coarse.shape), shape)
-        bone_shaft = upsample(shaft_c.reshape(coarse.shape), shape)
+        if bone.physes:
+            bone_plate = upsample(plate_c.reshape(coarse.shape), shape)
+            bone_shaft = upsample(shaft_c.reshape(coarse.shape), shape)
+        else:
+            bone_plate = np.full(shape, FAR, np.float32)
+            bone_shaft = np.zeros(shape, np.float32)
         refine = (dist > -REFINE_INSIDE_MM) & (dist < REFINE_OUTSIDE_MM)
         if bone.physes:
             refine |= (np.abs(bone_plate) < 4.0) & (dist < 2.0)

@@ -19,7 +19,7 @@ from jointseg.synth.anatomy import Posture, kinematic_model, posture
 from jointseg.synth.geometry import BodyFrame, CoarseGrid, ScanGeometry
 
 #: Belly radius (adult mm) per square-root newton of maximal force, and tendon radius.
-BELLY_MM_PER_SQRT_N = 0.5
+BELLY_MM_PER_SQRT_N = 0.6
 TENDON_MM = (1.0, 0.07)  # radius = a + b * sqrt(force)
 PIECE_MM = 10.0
 

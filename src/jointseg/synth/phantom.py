@@ -179,13 +179,16 @@ def soft_tissues(
     tissue[muscle & (septum < 0.25 + 0.06 * p.fat)] = FAT
     tissue[muscle & (septum < 0.35)] = SEPTUM
     tissue[inside & (body > -p.skin)] = SKIN
-    for blob in blobs:
-        tissue[deep & (upsample(blob, fine) < 1.5 * texture)] = FAT
-    for field, kind in vessel_fields:
-        tissue[inside & (upsample(field, fine) < 0)] = ARTERY if kind == "artery" else VEIN
-    for pocket in pockets:
-        tissue[deep & (upsample(pocket, fine) < 0.3 * texture)] = FLUID
+    # Shapes of one kind are merged on the coarse lattice, then resampled once.
+    if blobs:
+        tissue[deep & (upsample(np.minimum.reduce(blobs), fine) < 1.5 * texture)] = FAT
+    for kind, value in (("artery", ARTERY), ("vein", VEIN)):
+        fields = [field for field, k in vessel_fields if k == kind]
+        if fields:
+            tissue[inside & (upsample(np.minimum.reduce(fields), fine) < 0)] = value
+    if pockets:
+        tissue[deep & (upsample(np.minimum.reduce(pockets), fine) < 0.3 * texture)] = FLUID
     tissue[inside & (tendon < 0)] = TENDON
-    for lung in lungs:
-        tissue[deep & (upsample(lung, fine) < 0)] = LUNG
+    if lungs:
+        tissue[deep & (upsample(np.minimum.reduce(lungs), fine) < 0)] = LUNG
     return tissue

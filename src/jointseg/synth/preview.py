@@ -61,7 +61,7 @@ def write_preview(dataset_dir: Path, path: Path, subjects: int = 4) -> Path:
     fig.suptitle(f"{manifest.name}  ({names})", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=72, format="png")
     plt.close(fig)
     return path
 

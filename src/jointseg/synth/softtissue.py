@@ -199,7 +199,7 @@ def lungs(joint: str, pose: Posture, frame: BodyFrame) -> list[Blob]:
 #: effusion of 1 mm): the knee's suprapatellar pouch, the ankle's anterior and posterior
 #: recesses, the shoulder's subacromial-subdeltoid bursa.
 FLUID_POCKETS = {
-    "knee": [("tibia_r", (0.0, -36.0, 58.0), (20.0, 3.0, 16.0))],
+    "knee": [("tibia_r", (0.0, -27.0, 58.0), (20.0, 3.0, 16.0))],
     "ankle": [
         ("talus_r", (0.0, -20.0, 10.0), (12.0, 2.5, 6.0)),
         ("talus_r", (0.0, 22.0, 2.0), (10.0, 2.5, 6.0)),

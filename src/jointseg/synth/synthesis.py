@@ -115,7 +115,7 @@ def build_phantom(params: SubjectParams, scale: float = 1.0):
         skin=SKIN_MM,
         fat=params.fat_mm,
         cover=2.0 + 0.5 * params.fat_mm,
-        muscle_inflate=8.0 * params.scale,
+        muscle_inflate=12.0 * params.scale,
     )
     pockets = fluid_pockets(params.joint, pose, frame, params.effusion_mm)
     tissue = ph.soft_tissues(
