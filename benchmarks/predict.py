@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls; the best is kept")
     parser.add_argument("--configs", default="demo,paper")
+    parser.add_argument("--tta", choices=("both", "off", "on"), default="both")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -194,10 +195,12 @@ def main() -> None:
         {"config": c, "tta": tta, "size": size, "device": args.device,
          "batch_size": args.batch_size, "threads": args.threads,
          "repeats": args.repeats, "warmup": True}
-        for c in args.configs.split(",") for tta in (False, True)
+        for c in args.configs.split(",")
+        for tta in {"both": (False, True), "off": (False,), "on": (True,)}[args.tta]
     ]  # fmt: skip
     if args.large:
-        specs.append({**specs[0], "size": [512, 512, 300], "repeats": 1, "warmup": False})
+        large = {**specs[0], "config": "demo", "tta": False, "size": [512, 512, 300]}
+        specs.append({**large, "repeats": 1, "warmup": False})
     results = []
     header = (
         f"{'config':7} {'scan':>12} {'grid':>9} {'TTA':>4} {'s/scan':>8} {'x':>5} "
@@ -212,12 +215,12 @@ def main() -> None:
             (b for b in results if b["config"] == r["config"] and not b["tta"]
              and b["size"] == r["size"]), r,
         )  # fmt: skip
+        ratio = f"{r['seconds'] / base['seconds']:5.2f}" if base is not r or not r["tta"] else ""
         print(
             f"{r['config']:7} {'x'.join(map(str, r['size'])):>12} "
             f"{'x'.join(map(str, r['grid'])):>9} {'yes' if r['tta'] else 'no':>4} "
-            f"{r['seconds']:8.2f} {r['seconds'] / base['seconds']:5.2f} "
-            f"{r['recognition_seconds']:8.2f} {r['process_peak_rss_mb']:8.0f} "
-            f"{r['predict_peak_above_start_mb']:7.0f}",
+            f"{r['seconds']:8.2f} {ratio:>5} {r['recognition_seconds']:8.2f} "
+            f"{r['process_peak_rss_mb']:8.0f} {r['predict_peak_above_start_mb']:7.0f}",
             flush=True,
         )
     print(

@@ -35,6 +35,7 @@ from jointseg.data.io import (
     strip_extension,
     write_image,
 )
+from jointseg.inference.domain import DomainRecognitionError
 from jointseg.inference.label_tables import label_entries, write_label_tables
 from jointseg.inference.measurements import (
     csv_rows,
@@ -43,7 +44,7 @@ from jointseg.inference.measurements import (
     update_measurements_csv,
 )
 from jointseg.inference.meshes import MESH_FORMATS, Geometry, label_meshes, write_mesh
-from jointseg.inference.predictor import Prediction, Predictor
+from jointseg.inference.predictor import InputError, Prediction, Predictor
 from jointseg.inference.preview import render_preview
 from jointseg.utils.atomic import atomic_write_bytes, atomic_write_json
 
@@ -148,6 +149,8 @@ def predict_path(
             raise
         except Exception as error:  # reported per scan; the others go on
             if len(scans) == 1:
+                if isinstance(error, (InputError, DomainRecognitionError)):
+                    raise type(error)(f"{scan}: {_reason(error, scan)}") from None
                 raise
             result.error = _reason(error, scan)
             tqdm.write(f"[predict] {case}: FAILED - {result.error}")
