@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from jointseg.inference.meshes import Geometry, components, mask_to_mesh
+from jointseg.inference.meshes import Geometry, bounding_box, count_components, mask_to_mesh
 from jointseg.utils.atomic import atomic_write_text
 
 CSV_COLUMNS = (
@@ -49,19 +49,26 @@ def measure_structure(
     geometry: Geometry,
     name: str,
     value: int,
-    mesh: trimesh.Trimesh | None = None,
+    largest_mesh: trimesh.Trimesh | None = None,
 ) -> StructureMeasurement:
-    """Measure one structure's mask (z,y,x). ``mesh``, when given, must be of the whole mask."""
+    """Measure one structure's mask (z,y,x).
+
+    ``largest_mesh``: the surface of its largest component (as written to disk), reused for the
+    area when the structure is that one component.
+    """
     mask = np.asarray(mask, dtype=bool)
     voxels = int(mask.sum())
     if voxels == 0:
         return StructureMeasurement(name, value, 0, 0.0, 0.0, (0.0, 0.0, 0.0), None, 0)
-    _, count = components(mask)
+    count = count_components(mask)
+    mesh = largest_mesh if count == 1 else None
     if mesh is None:
         mesh = mask_to_mesh(mask, geometry, largest_only=False)
-    index = np.nonzero(mask)
-    span = np.array([a.max() - a.min() + 1 for a in index], float)[::-1]  # x, y, z
-    centroid = geometry.to_physical(np.array([[a.mean() for a in index]]))[0]
+    box = bounding_box(mask)
+    span = np.array([b.stop - b.start for b in box], float)[::-1]  # x, y, z
+    index = np.nonzero(mask[box])
+    centre = [a.mean() + b.start for a, b in zip(index, box, strict=True)]
+    centroid = geometry.to_physical(np.array([centre]))[0]
     return StructureMeasurement(
         structure=name,
         value=int(value),
@@ -87,11 +94,8 @@ def measure_labels(
     """
     results = []
     for name, value in structures.items():
-        mask = labels == value
         mesh = (meshes or {}).get(name)
-        if mesh is not None and components(mask)[1] != 1:
-            mesh = None
-        results.append(measure_structure(mask, geometry, name, value, mesh))
+        results.append(measure_structure(labels == value, geometry, name, value, mesh))
     return results
 
 

@@ -51,10 +51,33 @@ class Geometry:
         return float(np.prod(self.spacing))
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every voxel of ``mask`` (None when empty).
+
+    Found from the axis projections, without listing the voxels, so large masks stay cheap.
+    """
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected components (26-connectivity): the labelled array and their number."""
+    """Connected components (26-connectivity): the labelled array and their number.
+
+    Large masks should be cropped first (:func:`bounding_box`): the labels take 4-8 bytes a voxel.
+    """
     labelled, count = measure.label(mask, connectivity=mask.ndim, return_num=True)
     return labelled, int(count)
+
+
+def count_components(mask: np.ndarray) -> int:
+    """The number of 26-connected components of ``mask``, labelled within its bounding box."""
+    box = bounding_box(mask)
+    return 0 if box is None else components(mask[box])[1]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -68,12 +91,10 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _crop(mask: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """The padded bounding box of ``mask`` and the z,y,x index of its first voxel."""
-    nonzero = np.nonzero(mask)
-    lo = np.array([a.min() for a in nonzero])
-    hi = np.array([a.max() for a in nonzero]) + 1
-    box = mask[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
-    return np.pad(box, pad, constant_values=False), lo - pad
+    """The padded bounding box of a non-empty ``mask`` and the z,y,x index of its first voxel."""
+    box = bounding_box(mask)
+    first = np.array([b.start for b in box])  # type: ignore[union-attr]
+    return np.pad(mask[box], pad, constant_values=False), first - pad
 
 
 def mask_to_mesh(
@@ -91,9 +112,9 @@ def mask_to_mesh(
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return None
-    if largest_only:
-        mask = largest_component(mask)
     padded, first = _crop(mask, pad=1)
+    if largest_only:
+        padded = largest_component(padded)
     verts, faces, _, _ = measure.marching_cubes(
         padded.astype(np.float32), level=0.5, allow_degenerate=False
     )
