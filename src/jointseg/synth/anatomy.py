@@ -50,8 +50,9 @@ class JointSpec:
     bones: tuple[BoneSpec, ...]
     angles: dict[str, tuple[float, float]] = field(default_factory=dict)
     menisci: tuple[tuple[str, str], ...] = ()  # bone pairs with fibrocartilage wedges between
-    #: Corrections (adult mm, model world) of a bone's position where the model leaves too wide
-    #: a joint space (the arm model's humeral head sits 7 mm from the glenoid).
+    #: Corrections (adult mm, model world) of a bone's position where the model's bones overlap
+    #: or leave too wide a joint space (its calcaneus runs 6 mm into the talus, its humeral
+    #: head sits 7 mm from the glenoid).
     shifts: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     @property
@@ -90,6 +91,12 @@ JOINTS: dict[str, JointSpec] = {
         ),
         # Radians: dorsiflexion (+) / plantar flexion (-), subtalar inversion / eversion.
         angles={"ankle_angle_r": (-0.30, 0.25), "subtalar_angle_r": (-0.15, 0.15)},
+        shifts={
+            "calcaneus": (0.0, 0.0, -7.0),
+            "midfoot": (0.0, 0.0, -5.0),
+            "tibia": (0.0, 0.0, 2.0),
+            "fibula": (0.0, 0.0, 2.0),
+        },
     ),
     "knee": JointSpec(
         name="knee",
@@ -113,6 +120,7 @@ JOINTS: dict[str, JointSpec] = {
         ),
         angles={"knee_angle_r": (0.0, 0.45)},
         menisci=(("femur", "tibia"),),
+        shifts={"tibia": (0.0, 0.0, -2.5), "fibula": (0.0, 0.0, -2.5)},
     ),
     "shoulder": JointSpec(
         name="shoulder",
