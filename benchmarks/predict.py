@@ -11,7 +11,8 @@ configs/demo.yaml or configs/paper.yaml (model and preprocessing sections; fallb
 width 0.25 at 128x128, ResNet-34 width 1.0 at 256x256). The scan is synthetic (a body with two
 bright ellipsoids, 0.6 x 0.6 x 3 mm). Timed: ``Predictor.predict`` (label map on the scan's
 grid) after a warm-up call on the same scan (the first call at new tensor shapes pays for kernel
-selection), best of the repetitions, and domain recognition on its own. Memory: peak RSS of
+selection), best of the repetitions; domain recognition on its own; and ``write_case`` (label
+map, tables, meshes, measurements, preview) of the scan's true label map. Memory: peak RSS of
 the process (getrusage) and the RSS high-water mark during prediction above the RSS before it
 (psutil, sampled every 5 ms).
 """
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,25 +84,29 @@ def build_run(name: str, folder: Path) -> Path:
     return folder
 
 
-def make_scan(size: tuple[int, int, int], spacing=(0.6, 0.6, 3.0), seed: int = 0) -> sitk.Image:
-    """A synthetic MR-like scan of ``size`` (x, y, z): a body with two bright ellipsoids."""
+def make_scan(
+    size: tuple[int, int, int], spacing=(0.6, 0.6, 3.0), seed: int = 0
+) -> tuple[sitk.Image, sitk.Image]:
+    """A synthetic MR-like scan of ``size`` (x, y, z): a body with two bright ellipsoids, and
+    the ellipsoids' label map (knee values 1 and 4)."""
     nx, ny, nz = size
     rng = np.random.default_rng(seed)
     volume = np.empty((nz, ny, nx), np.float32)
+    labels = np.zeros((nz, ny, nx), np.uint8)
     y, x = np.mgrid[:ny, :nx].astype(np.float32)
     body = ((x - nx / 2) / (0.42 * nx)) ** 2 + ((y - ny / 2) / (0.4 * ny)) ** 2 <= 1
     for k in range(nz):  # slice by slice: no full-size temporaries beyond the volume itself
         t = (k - nz / 2) / (0.45 * nz)
-        bones = np.zeros_like(body)
-        for cx, cy in ((0.4, 0.45), (0.62, 0.55)):
+        for value, (cx, cy) in ((1, (0.4, 0.45)), (4, (0.62, 0.55))):
             r = 0.12 * max(0.0, 1 - t * t) ** 0.5
             if r > 0:
-                bones |= ((x / nx - cx) ** 2 + (y / ny - cy) ** 2) <= r * r
-        plane = np.where(bones, 900.0, np.where(body, 400.0, 20.0))
+                labels[k][((x / nx - cx) ** 2 + (y / ny - cy) ** 2) <= r * r] = value
+        plane = np.where(labels[k] > 0, 900.0, np.where(body, 400.0, 20.0))
         volume[k] = plane + rng.normal(0, 25, plane.shape)
-    image = sitk.GetImageFromArray(volume)
-    image.SetSpacing(spacing)
-    return image
+    image, label_map = sitk.GetImageFromArray(volume), sitk.GetImageFromArray(labels)
+    for item in (image, label_map):
+        item.SetSpacing(spacing)
+    return image, label_map
 
 
 class PeakRSS:
@@ -129,6 +135,7 @@ def child(spec: dict) -> dict:
     """Measure one configuration in this process."""
     import torch
 
+    from jointseg.inference.predict import write_case
     from jointseg.inference.predictor import Predictor
 
     if spec.get("threads"):
@@ -138,7 +145,7 @@ def child(spec: dict) -> dict:
         predictor = Predictor.from_run(
             run, device=spec["device"], batch_size=spec["batch_size"], tta=spec["tta"]
         )
-        scan = make_scan(tuple(spec["size"]))
+        scan, truth = make_scan(tuple(spec["size"]))
         if spec["warmup"]:  # the first call at new shapes pays for kernel selection
             predictor.predict(scan, domain="knee")
             predictor.recognize(scan, refuse=False)
@@ -151,6 +158,13 @@ def child(spec: dict) -> dict:
         started = time.perf_counter()
         predictor.recognize(scan, refuse=False)
         recognition = time.perf_counter() - started
+        # Outputs (meshes, measurements, preview, files) of a realistic label map: the random
+        # network's own labels would be noise.
+        labelled = replace(prediction, label_map=truth)
+        with PeakRSS() as output_memory:
+            started = time.perf_counter()
+            write_case(scan, labelled, Path(tmp) / "out", "case", ".nii.gz", spec["meshes"])
+            outputs = time.perf_counter() - started
     return {
         **spec,
         "seconds": min(seconds),
@@ -158,7 +172,9 @@ def child(spec: dict) -> dict:
         "grid": prediction.details["grid"],
         "slices": prediction.details["slices"],
         "smooth_restore": prediction.details["smooth_restore"],
+        "outputs_seconds": outputs,
         "predict_peak_above_start_mb": (memory.peak - memory.start) / 2**20,
+        "outputs_peak_above_start_mb": (output_memory.peak - output_memory.start) / 2**20,
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
     }
@@ -194,7 +210,7 @@ def main() -> None:
     specs = [
         {"config": c, "tta": tta, "size": size, "device": args.device,
          "batch_size": args.batch_size, "threads": args.threads,
-         "repeats": args.repeats, "warmup": True}
+         "repeats": args.repeats, "warmup": True, "meshes": True}
         for c in args.configs.split(",")
         for tta in {"both": (False, True), "off": (False,), "on": (True,)}[args.tta]
     ]  # fmt: skip
@@ -204,7 +220,7 @@ def main() -> None:
     results = []
     header = (
         f"{'config':7} {'scan':>12} {'grid':>9} {'TTA':>4} {'s/scan':>8} {'x':>5} "
-        f"{'recog s':>8} {'peak MB':>8} {'+MB':>7}"
+        f"{'recog s':>8} {'out s':>6} {'peak MB':>8} {'+MB':>6} {'out +MB':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -220,13 +236,16 @@ def main() -> None:
             f"{r['config']:7} {'x'.join(map(str, r['size'])):>12} "
             f"{'x'.join(map(str, r['grid'])):>9} {'yes' if r['tta'] else 'no':>4} "
             f"{r['seconds']:8.2f} {ratio:>5} {r['recognition_seconds']:8.2f} "
-            f"{r['process_peak_rss_mb']:8.0f} {r['predict_peak_above_start_mb']:7.0f}",
+            f"{r['outputs_seconds']:6.2f} {r['process_peak_rss_mb']:8.0f} "
+            f"{r['predict_peak_above_start_mb']:6.0f} {r['outputs_peak_above_start_mb']:8.0f}",
             flush=True,
         )
     print(
         f"\n{results[0]['device']}, torch threads {results[0]['torch_threads']}, batch "
         f"{args.batch_size}; x = time relative to the same model without TTA; peak MB = the "
-        "process's peak RSS; +MB = RSS high-water mark during predict() above the RSS before it."
+        "process's peak RSS; +MB = RSS high-water mark during predict() above the RSS before it; "
+        "out s / out +MB = the same for writing a case's outputs (label map, tables, meshes, "
+        "measurements, preview) of the scan's true label map."
     )
     if args.json:
         from jointseg.utils.atomic import atomic_write_json
