@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -482,3 +484,21 @@ def test_full_view_grid_covers_scans_wider_than_the_patch(predictor):
     assert same_geometry(prediction.label_map, image)
     got, want = sitk.GetArrayFromImage(prediction.label_map), sitk.GetArrayFromImage(truth)
     assert all(dice(got, want, v) > DICE_BOUND for v in (1, 2))
+
+
+def test_write_case_again_replaces_the_cases_outputs(tmp_path):
+    from jointseg.inference.predict import write_case
+    from jointseg.inference.predictor import Prediction
+
+    image, truth = make_scan("knee", 13)
+    both = Prediction(label_map=truth, domain="knee", structures=DOMAINS["knee"])
+    written = write_case(image, both, tmp_path, "k13")
+    assert written[0] == tmp_path / "k13_seg.nii.gz"
+    assert sorted(p.name for p in (tmp_path / "k13").iterdir()) == [
+        "femur.ply", "femur.stl", "tibia.ply", "tibia.stl",
+    ]  # fmt: skip
+    femur_only = sitk.Threshold(truth, 0, 1, 0)  # the tibia (2) is gone
+    write_case(image, replace(both, label_map=femur_only), tmp_path, "k13")
+    assert sorted(p.name for p in (tmp_path / "k13").iterdir()) == ["femur.ply", "femur.stl"]
+    rows = (tmp_path / "measurements.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[2].startswith("k13,knee,tibia,2,0.0,0.0")

@@ -228,6 +228,7 @@ def write_case(
     except BaseException:
         _remove(written, mesh_dir)
         raise
+    _remove_stale_meshes(mesh_dir, written)
     return written
 
 
@@ -241,6 +242,15 @@ def _remove(paths: list[Path], mesh_dir: Path) -> None:
             path.unlink()
     if mesh_dir.is_dir() and not any(mesh_dir.iterdir()):
         shutil.rmtree(mesh_dir, ignore_errors=True)
+
+
+def _remove_stale_meshes(mesh_dir: Path, written: list[Path]) -> None:
+    """Meshes an earlier prediction of the case left for structures not found this time."""
+    if not mesh_dir.is_dir():
+        return
+    for path in mesh_dir.iterdir():
+        if path.suffix.lstrip(".") in MESH_FORMATS and path not in written:
+            path.unlink()
 
 
 __all__ = [
