@@ -165,3 +165,11 @@ def test_bad_arguments_are_named(tmp_path: Path, args: list[str], message: str) 
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "data"
+    target.write_text("not a folder")
+    result = CliRunner().invoke(app, ["synth", "--out", str(target), "--subjects", "1"])
+    assert result.exit_code == 2
+    assert "exists and is not a folder" in result.output

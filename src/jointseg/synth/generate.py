@@ -158,6 +158,8 @@ def synthesize_study(
 
     joints = _validate(subjects, test_subjects, list(joints), seed, jobs, scale)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     tasks: list[tuple[SubjectParams, str, float]] = []
     for joint in joints:

@@ -34,7 +34,7 @@ def write_preview(dataset_dir: Path, path: Path, subjects: int = 4) -> Path:
     cases = [c for c in list_cases(dataset_dir, "train") if c.label is not None][:subjects]
     if not cases:
         raise ValueError(f"{dataset_dir}: no labelled training case to preview")
-    fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(cases), figsize=(2.9 * len(cases), 3.2), squeeze=False)
     for ax, case in zip(axes[0], cases, strict=False):
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(case.image))).astype(np.float32)
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))

@@ -153,7 +153,7 @@ def sample_subject(
     thickness = _uniform(rng, protocol.thickness)
     coverage = protocol.coverage * scale * float(rng.uniform(0.95, 1.1))
     slices = int(np.clip(round(coverage / thickness), 20, 40))
-    fov = _uniform(rng, protocol.fov) * (0.5 + 0.5 * scale)
+    fov = _uniform(rng, protocol.fov) * (0.5 + 0.5 * min(scale, 1.0))
     # Children carry less subcutaneous fat than adults; a wide spread between children.
     fat_mm = float(np.clip(rng.lognormal(np.log(3.0 + 0.25 * (age - 4)), 0.35), 1.5, 14.0))
     tissues = ("muscle", "fat", "marrow", "cartilage", "fluid", "tendon", "physis")
