@@ -124,8 +124,7 @@ def evaluate_bones(
         local_c = apply_affine(
             inverse, centre - inverse @ translation - centre / sigma, model_nodes
         )
-        prism = field.axis if bone.long_bone else None
-        dist_c = field.grid.sample(local_c, prism) * size
+        dist_c = field.distance(local_c) * size
         if dist_c.min() > REACH_MM:
             continue
         wave = rng.uniform(0.25, 0.45, 2), rng.uniform(0, 2 * np.pi, 2)
@@ -148,7 +147,7 @@ def evaluate_bones(
                 for c in range(3)
             ]
         )
-        dist[where] = field.grid.sample(local, prism) * size
+        dist[where] = field.distance(local) * size
         fine_plate, fine_shaft = _plate_and_shaft(bone, field, local, size, wave)
         bone_plate[where], bone_shaft[where] = fine_plate, fine_shaft
         half = _physis_half_thickness(bone, age, sex)

@@ -31,6 +31,11 @@ class BoneField:
     high: float
     direction: float  # +1 when the end nearest the joint is the high end of ``axis``
     joint_center: np.ndarray  # the joint centre in this frame, at the model's rest pose
+    cut: tuple[bool, bool] = (False, False)  # the grid cuts the bone at its low / high end
+
+    def distance(self, points: np.ndarray) -> np.ndarray:
+        """Signed distance (adult mm) at points (3, N) of the mesh frame; a cut shaft goes on."""
+        return self.grid.sample(points, self.axis if any(self.cut) else None, self.cut)
 
     def depth_from_tip(self, points: np.ndarray, far_end: bool = False) -> np.ndarray:
         """Distance (adult mm) along the long axis from the end nearest the joint into the bone
@@ -71,4 +76,7 @@ def bone_field(joint: str, bone: str) -> BoneField:
     grid = DistanceGrid(smooth.astype(np.float32), grid.origin, grid.spacing)
     lo, hi = vertices[:, axis].min(), vertices[:, axis].max()
     direction = 1.0 if abs(hi - center[axis]) < abs(center[axis] - lo) else -1.0
-    return BoneField(grid, axis, float(lo), float(hi), direction, center)
+    cut = (False, False)
+    if box is not None:
+        cut = (bool(box[0][axis] > lo + 1e-6), bool(box[1][axis] < hi - 1e-6))
+    return BoneField(grid, axis, float(lo), float(hi), direction, center, cut)

@@ -93,7 +93,7 @@ def bone_tissues(
     labels = np.array([b.label for b in joint.bones] + [0], dtype=np.uint8)
     is_small = small[maps.id1]  # id1 == -1 picks the trailing False
     # Articular zones: where another bone is near (in life, where the joint surfaces meet).
-    reach = 2.0 * p.articular + 4.0
+    reach = p.articular + 2.0
     articular = smoothstep((reach - d2) / reach)
     unossified = p.unossified * np.maximum(articular, np.where(is_small, 0.6, 0.0))
     ossified = d1 < -unossified

@@ -132,12 +132,17 @@ class DistanceGrid:
     origin: np.ndarray  # (3,) centre of voxel (0, 0, 0)
     spacing: float
 
-    def sample(self, points: np.ndarray, prism_axis: int | None = None) -> np.ndarray:
+    def sample(
+        self,
+        points: np.ndarray,
+        prism_axis: int | None = None,
+        prism_ends: tuple[bool, bool] = (True, True),
+    ) -> np.ndarray:
         """Trilinear signed distance at points (3, N).
 
         Outside the grid, the distance at the nearest grid point plus the distance to the grid
-        (an upper bound); along ``prism_axis`` the edge cross-section is simply repeated, which
-        continues a cut long bone.
+        (an upper bound); beyond the low/high end of ``prism_axis`` flagged in ``prism_ends``
+        the edge cross-section is simply repeated, which continues a cut long bone.
         """
         index = (points - self.origin[:, None]) / self.spacing
         top = np.asarray(self.values.shape, float)[:, None] - 1.0
@@ -145,7 +150,9 @@ class DistanceGrid:
         values = ndimage.map_coordinates(self.values, clamped, order=1, mode="nearest")
         beyond = index - clamped
         if prism_axis is not None:
-            beyond[prism_axis] = 0.0
+            along = beyond[prism_axis]
+            repeat = ((along < 0) & prism_ends[0]) | ((along > 0) & prism_ends[1])
+            along[repeat] = 0.0
         return values + np.sqrt((beyond**2).sum(axis=0)) * self.spacing
 
 
