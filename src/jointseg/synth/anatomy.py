@@ -276,7 +276,6 @@ def geom_mesh(model_name: str, geom: str, part: str = "all") -> tuple[np.ndarray
     mesh); ``'others'`` keeps the rest.
     """
     import mujoco
-    import trimesh
 
     model, _ = kinematic_model(model_name)
     gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, geom)
@@ -289,10 +288,31 @@ def geom_mesh(model_name: str, geom: str, part: str = "all") -> tuple[np.ndarray
     faces = model.mesh_face[f0 : f0 + nf].astype(np.int64)
     if part == "all":
         return vertices, faces
-    mesh = trimesh.Trimesh(vertices, faces, process=True)
-    parts = sorted(mesh.split(only_watertight=False), key=lambda m: abs(m.volume), reverse=True)
+    parts = mesh_parts(vertices, faces)
+    parts.sort(key=lambda f: abs(_enclosed_volume(vertices, f)), reverse=True)
     chosen = parts[:1] if part == "largest" else parts[1:]
     if not chosen:
         raise ValueError(f"geom {geom!r} has no part {part!r}")
-    merged = trimesh.util.concatenate(chosen)
-    return np.asarray(merged.vertices, float), np.asarray(merged.faces, np.int64)
+    used, compact = np.unique(np.concatenate(chosen), return_inverse=True)
+    return vertices[used], compact.reshape(-1, 3)
+
+
+def mesh_parts(vertices: np.ndarray, faces: np.ndarray) -> list[np.ndarray]:
+    """The faces of each connected part of a mesh (vertices at the same place are merged)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, merged = np.unique(np.round(vertices, 6), axis=0, return_inverse=True)
+    merged = merged.reshape(-1)[faces]
+    edges = np.concatenate([merged[:, [0, 1]], merged[:, [1, 2]]])
+    n = int(merged.max()) + 1
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    owner = component[merged[:, 0]]
+    return [faces[owner == c] for c in np.unique(owner)]
+
+
+def _enclosed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Signed volume enclosed by a closed triangle surface."""
+    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
