@@ -52,7 +52,7 @@ from jointseg.runs import RunError, RunInfo, load_run_info
 
 __all__ = ["InputError", "Prediction", "Predictor", "check_scan", "subsample_tensor"]
 
-MEMORY_BUDGET = 1.2e9  # bytes the probability restoration may take, beyond the scan itself
+MEMORY_BUDGET = 1.0e9  # bytes the probability restoration may take, beyond the scan itself
 
 Scan = str | Path | sitk.Image
 
@@ -323,7 +323,12 @@ class Predictor:
 
 
 def _probabilities_fit(image: sitk.Image, slice_shape: tuple[int, ...], classes: int) -> bool:
-    """Whether class-wise restoration fits :data:`MEMORY_BUDGET`: float16 probabilities on the
-    slice grid, plus one restored class, the running best, the labels and a mask (scan grid)."""
-    need = math.prod(image.GetSize()) * (4 + 4 + 1 + 1) + math.prod(slice_shape) * classes * 2
+    """Whether class-wise restoration fits :data:`MEMORY_BUDGET`.
+
+    It holds the float16 probabilities (2 bytes per slice voxel and class), one class as float32
+    on the slice grid and its SimpleITK copy (8 bytes per slice voxel), and on the scan's grid
+    the restored class, the running maximum, the labels and a mask (10 bytes per voxel).
+    """
+    slices = math.prod(slice_shape)
+    need = math.prod(image.GetSize()) * 10 + slices * (classes * 2 + 8)
     return need <= MEMORY_BUDGET
