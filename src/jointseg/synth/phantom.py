@@ -85,9 +85,14 @@ def bone_tissues(
     tissue: np.ndarray,
     fat_fraction: np.ndarray,
     texture: np.ndarray,
+    off_midline: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Paint cartilage, fluid, growth plates, cortex and marrow into ``tissue``; return the
-    on-disk label map and the ossified-bone mask."""
+    """Paint cartilage, fluid, menisci, growth plates, cortex and marrow into ``tissue``;
+    return the on-disk label map and the ossified-bone mask.
+
+    ``off_midline`` (> 0 away from the joint's notch) keeps menisci out of the intercondylar
+    notch, where the cruciate ligaments run instead.
+    """
     d1, d2 = maps.d1, maps.d2
     small = np.array([b.small for b in joint.bones] + [False])
     labels = np.array([b.label for b in joint.bones] + [0], dtype=np.uint8)
@@ -111,6 +116,8 @@ def bone_tissues(
         pair = ((maps.id1 == ia) & (maps.id2 == ib)) | ((maps.id1 == ib) & (maps.id2 == ia))
         wedge = pair & (d1 > 0) & (space > 2.0 * p.articular + 0.4)
         wedge &= space < 2.0 * p.articular + p.meniscus
+        if off_midline is not None:
+            wedge &= off_midline > 0
         tissue[wedge & (tissue != TENDON)] = MENISCUS
     tissue[cartilage] = CARTILAGE
     shaft = maps.shaft

@@ -32,6 +32,8 @@ from jointseg.synth.softtissue import (
 from jointseg.synth.subject import PROTOCOLS, SubjectParams
 
 SKIN_MM = 1.3
+#: Half-width (adult mm) of the knee's intercondylar notch, free of menisci.
+NOTCH_HALF_WIDTH_MM = 10.0
 
 
 @dataclass
@@ -132,7 +134,15 @@ def build_phantom(params: SubjectParams, scale: float = 1.0):
     )
     fat_fraction = np.zeros(fine, np.float32)
     bone_params = ph.BoneTissueParams.for_subject(params.age, params.scale, params.effusion_mm)
-    label, bone = ph.bone_tissues(spec, maps, bone_params, tissue, fat_fraction, texture)
+    off_midline = None
+    if spec.menisci:
+        # Medial-lateral distance (adult mm) from the knee's notch, less the notch half-width.
+        centre_x = pose.body_position(spec.center_body)[0]
+        model_x = frame.to_model(nodes.reshape(3, -1))[0].reshape(coarse.shape)
+        off_midline = upsample(np.abs(model_x - centre_x) - NOTCH_HALF_WIDTH_MM, fine)
+    label, bone = ph.bone_tissues(
+        spec, maps, bone_params, tissue, fat_fraction, texture, off_midline
+    )
     other = tissue != ph.MARROW
     fat_fraction[other] = ph.FAT_FRACTION[tissue[other]]
     # Muscle texture: streaks of intramuscular fat along the fibres (roughly the image rows).
