@@ -155,7 +155,9 @@ def test_parallel_build_is_identical(dataset: Path, tmp_path: Path):
     assert np.array_equal(serial.labels, parallel.labels)
     assert np.array_equal(serial.foreground, parallel.foreground)
     assert serial.inverse == parallel.inverse
-    meta = [json.loads((c.path / "meta.json").read_text()) for c in (serial, parallel)]
+    meta = [
+        json.loads((c.path / "meta.json").read_text(encoding="utf-8")) for c in (serial, parallel)
+    ]
     assert meta[0]["cases"] == meta[1]["cases"]
 
 

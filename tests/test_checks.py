@@ -70,7 +70,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_declared_label_that_never_occurs_is_a_warning(tmp_path: Path) -> None:
     folder = write_dataset(tmp_path)
-    manifest = json.loads((folder / "dataset.json").read_text())
+    manifest = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     manifest["labels"]["patella"] = 3
     (folder / "dataset.json").write_text(json.dumps(manifest))
     report = check_path(folder, progress=False)

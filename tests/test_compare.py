@@ -63,7 +63,7 @@ def test_table_tests_and_holm(tmp_path: Path) -> None:
     hd95 = table[(table["metric"] == "hd95") & (table["scheme"] == "individual")]
     assert list(hd95["p_value"]) == [1.0, 1.0]  # identical values: no difference
 
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     assert report == tmp_path / "out" / "compare.md"
     assert "| Scheme | ankle: talus | ankle: tibia |" in text
     assert "| **full** | 0.920 ± 0.016 | 0.826 ± 0.021 |" in text

@@ -52,7 +52,7 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     assert config.training.epochs == 7
     out = tmp_path / "run" / "config.yaml"
     save_config(config, out)
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "iterations_per_epoch" in text  # every default written out
     assert load_config(out) == config
     assert dump_config(load_config(out)) == text

@@ -173,7 +173,7 @@ def test_label_tables(tmp_path):
     assert len({e.color for e in entries}) == 3
     assert entries[1].color == label_entries({"tibia": 5})[0].color  # same bone, same colour
     paths = write_label_tables(tmp_path, "case1", structures, domain="knee")
-    table = json.loads(paths[0].read_text())
+    table = json.loads(paths[0].read_text(encoding="utf-8"))
     assert table["domain"] == "knee"
     assert [(x["value"], x["name"]) for x in table["labels"]] == [
         (0, "background"), (1, "femur"), (3, "tibia"), (12, "Odd bone"),

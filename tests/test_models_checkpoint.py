@@ -56,7 +56,7 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
         "model.json",
         "model.safetensors",
     ]
-    index = json.loads((tmp_path / "model" / "model.json").read_text())
+    index = json.loads((tmp_path / "model" / "model.json").read_text(encoding="utf-8"))
     assert index["architecture"]["head_classes"] == [4, 5, 3]
     assert index["architecture"]["domain_specific_bn"] is True
     assert index["architecture"]["model"]["encoder"] == "resnet18"

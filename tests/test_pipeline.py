@@ -45,7 +45,7 @@ def test_cv_evaluate_compare(study: Path, tmp_path: Path) -> None:
     for scheme in ("individual", "mtmd"):
         out = tmp_path / scheme
         index = run_cross_validation(cfg, study, out, scheme=scheme, splits=splits, progress=False)
-        cv = json.loads(index.read_text())
+        cv = json.loads(index.read_text(encoding="utf-8"))
         assert cv["folds"] == 2
         assert sorted(cv["predictions"]["knee"]) == [f"toy_{i:03d}" for i in range(4)]
         report = evaluate_run(out, progress=False)
@@ -56,7 +56,7 @@ def test_cv_evaluate_compare(study: Path, tmp_path: Path) -> None:
         assert metrics["dice"].between(0, 1).all()
         folders[scheme] = out
     table = compare_runs([folders["mtmd"], folders["individual"]], tmp_path / "cmp", "mtmd")
-    text = table.read_text()
+    text = table.read_text(encoding="utf-8")
     assert "individual" in text and "mtmd" in text and "p" in text
     assert (tmp_path / "cmp" / "compare.csv").is_file()
 

@@ -305,18 +305,20 @@ def test_predict_folder_writes_every_output_and_reports_the_bad_scan(trained_run
     dicom_seg = sitk.ReadImage(str(out / "dicom_k8_seg.nii.gz"))
     assert dicom_seg.GetSize() == (64, 64, 20)
     for case, structures in (("k7", DOMAINS["knee"]), ("s7", DOMAINS["shoulder"])):
-        table = json.loads((out / f"{case}_seg.json").read_text())
+        table = json.loads((out / f"{case}_seg.json").read_text(encoding="utf-8"))
         assert {x["name"]: x["value"] for x in table["labels"][1:]} == structures
         assert (out / f"{case}_seg_itksnap.txt").is_file() and (out / f"{case}_seg.ctbl").is_file()
         assert (out / f"{case}_preview.png").read_bytes()[:4] == b"\x89PNG"
-        measured = json.loads((out / f"{case}_measurements.json").read_text())
+        measured = json.loads((out / f"{case}_measurements.json").read_text(encoding="utf-8"))
         assert set(measured["structures"]) == set(structures)
         for name in structures:
             mesh = trimesh.load(out / case / f"{name}.stl")
             assert mesh.is_watertight
             assert (out / case / f"{name}.ply").is_file()
     labels = sitk.GetArrayFromImage(seg)
-    femur = json.loads((out / "k7_measurements.json").read_text())["structures"]["femur"]
+    femur = json.loads((out / "k7_measurements.json").read_text(encoding="utf-8"))["structures"][
+        "femur"
+    ]
     assert femur["volume_ml"] == pytest.approx((labels == 1).sum() * np.prod(SPACING) / 1000, 1e-3)
     femur_mesh = trimesh.load(out / "k7" / "femur.stl")
     assert femur_mesh.volume / 1000 == pytest.approx(femur["volume_ml"], rel=0.05)
@@ -446,7 +448,7 @@ def test_run_is_calibrated_on_its_study_once(trained_run, tmp_path):
     save_run_info(run, info)
 
     predictor = Predictor.from_run(run)
-    stored = json.loads((run / CALIBRATION_FILE).read_text())
+    stored = json.loads((run / CALIBRATION_FILE).read_text(encoding="utf-8"))
     assert predictor.calibration.source == "study"
     assert {k: len(v) for k, v in stored["in_domain"].items()} == {"knee": 2, "shoulder": 2}
     largest = max(v for vs in stored["in_domain"].values() for v in vs)
@@ -500,5 +502,5 @@ def test_write_case_again_replaces_the_cases_outputs(tmp_path):
     femur_only = sitk.Threshold(truth, 0, 1, 0)  # the tibia (2) is gone
     write_case(image, replace(both, label_map=femur_only), tmp_path, "k13")
     assert sorted(p.name for p in (tmp_path / "k13").iterdir()) == ["femur.ply", "femur.stl"]
-    rows = (tmp_path / "measurements.csv").read_text().splitlines()
+    rows = (tmp_path / "measurements.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 3 and rows[2].startswith("k13,knee,tibia,2,0.0,0.0")

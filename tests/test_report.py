@@ -156,7 +156,7 @@ def test_metrics_csv_rows_and_values(evaluated: tuple[Path, FakePredictor]) -> N
 
 def test_summary_json(evaluated: tuple[Path, FakePredictor]) -> None:
     run, _ = evaluated
-    summary = json.loads((run / "evaluation" / "summary.json").read_text())
+    summary = json.loads((run / "evaluation" / "summary.json").read_text(encoding="utf-8"))
     assert summary["scheme"] == "mtmd" and summary["source"] == "run"
     femur = summary["summary"]["test"]["knee"]["femur"]["dice"]
     assert femur["mean"] == pytest.approx(5 / 6)
@@ -168,7 +168,7 @@ def test_summary_json(evaluated: tuple[Path, FakePredictor]) -> None:
 
 def test_report_has_tables_plots_and_overlays(evaluated: tuple[Path, FakePredictor]) -> None:
     run, _ = evaluated
-    text = (run / "evaluation" / "report.md").read_text()
+    text = (run / "evaluation" / "report.md").read_text(encoding="utf-8")
     assert "## Subset `test` (2 subjects)" in text
     assert "## Subset `validation` (1 subject)" in text
     assert "| femur | 0.833 ± 0.236 |" in text

@@ -66,7 +66,7 @@ def test_layout_and_manifests(study: Path) -> None:
         assert len(list_cases(study / name, "train")) == 2
         assert len(list_cases(study / name, "test")) == 1
         assert all(c.label is not None for c in list_cases(study / name, "test"))
-    record = json.loads((study / "synth.json").read_text())
+    record = json.loads((study / "synth.json").read_text(encoding="utf-8"))
     assert record["seed"] == 3 and record["generator_version"] >= 1
     assert len(record["cases"]) == 9
     knee = next(c for c in record["cases"] if c["case_id"] == "knee_001")
@@ -79,7 +79,7 @@ def test_layout_and_manifests(study: Path) -> None:
 
 
 def test_every_bone_in_every_case_with_a_plausible_volume(study: Path) -> None:
-    record = json.loads((study / "synth.json").read_text())
+    record = json.loads((study / "synth.json").read_text(encoding="utf-8"))
     scales = {c["case_id"]: c["scale"] for c in record["cases"]}
     for folder, case in _cases(study):
         structures = load_manifest(folder).structures

@@ -286,7 +286,7 @@ def _print_summary(out: Path, plans: list[ModelPlan]) -> None:
     for plan in deliverable_plans(plans):
         index = out / "models" / plan.name / "model.json"
         if index.is_file():
-            meta = json.loads(index.read_text()).get("metadata", {})
+            meta = json.loads(index.read_text(encoding="utf-8")).get("metadata", {})
             dice = meta.get("best_validation_dice")
             text = f"{dice:.3f}" if isinstance(dice, float) else "n/a"
             print(f"[train] {plan.name}: best validation Dice {text}")
