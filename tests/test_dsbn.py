@@ -14,15 +14,6 @@ C = 3
 K = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _random_dsbn(seed: int = 0) -> DomainBatchNorm2d:
     """A layer whose domains all differ (affine and running statistics)."""
     generator = torch.Generator().manual_seed(seed)

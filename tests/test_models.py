@@ -20,15 +20,6 @@ SCHEMES = {  # scheme -> (head classes, domain-specific BN)
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cfg(encoder: str = "resnet18", width: float = 0.125, **kwargs) -> ModelConfig:
     return ModelConfig(encoder=encoder, width=width, projector_hidden=16, projector_dim=8, **kwargs)
 

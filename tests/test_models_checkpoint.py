@@ -19,15 +19,6 @@ from jointseg.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cfg(encoder: str = "resnet18") -> ModelConfig:
     return ModelConfig(
         encoder=encoder, width=0.125, projector_hidden=16, projector_dim=8, feature_taps=("enc3",)

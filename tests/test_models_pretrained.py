@@ -20,15 +20,6 @@ from jointseg.models import (
 from jointseg.models import pretrained as pretrained_module
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _torchvision_state(arch: str = "resnet18", seed: int = 0) -> dict[str, torch.Tensor]:
     """A state dict with torchvision's ResNet names (RGB input, fc included), random values."""
     torch.manual_seed(seed)
