@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,7 +72,15 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. training.precision=16-mixed (YAML value)",
+    )
     args = parser.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     iterations = args.iterations or (12 if args.quick else 40)
     warmup = 3
     base = load_config(
@@ -80,6 +90,7 @@ def main() -> None:
             "training.iterations_per_epoch": iterations + warmup,
             "training.validation_fraction": 0.0,
             "regularization.shape_prior.epochs": 1,
+            **overrides,
         },
     )
     batch = base.training.batch_size
@@ -96,11 +107,12 @@ def main() -> None:
             wait = sum(timer.waits) / max(1, len(timer.waits))
             results[scheme] = (step, wait)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     plain = results["shared"][0]
     print(
         f"\ntraining speed, {base.model.encoder} width {base.model.width}, "
         f"{base.preprocessing.patch_size[0]}x{base.preprocessing.patch_size[1]}, batch {batch}, "
-        f"{iterations} timed steps"
+        f"{iterations} timed steps, {device}, precision {base.training.precision}"
     )
     print(f"{'scheme':<10} {'s/step':>8} {'slices/s':>9} {'vs plain':>9} {'data wait':>10}")
     for scheme, (step, wait) in results.items():
@@ -111,6 +123,8 @@ def main() -> None:
     overhead = results["full"][0] / results["mtmd"][0] - 1
     print(f"\nfull over mtmd step-time overhead: {100 * overhead:+.1f}% (aim <= 25%)")
     print(f"peak resident memory: {peak_mb:.0f} MB")
+    if torch.cuda.is_available():
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
 
 
 if __name__ == "__main__":
