@@ -16,6 +16,7 @@ from jointseg.data.manifest import list_cases
 from jointseg.evaluation.compare import compare_runs
 from jointseg.evaluation.evaluate import evaluate_run
 from jointseg.inference.predict import predict_path
+from jointseg.runs import load_run_info
 from jointseg.synth.generate import synthesize_study
 from jointseg.training.runner import train_run
 from jointseg.utils.atomic import atomic_write_text
@@ -71,6 +72,17 @@ def _step(text: str) -> None:
     print(f"\n[demo] === {text} ===", flush=True)
 
 
+def _budget(scheme: str, run_dir: Path) -> str:
+    info = load_run_info(run_dir)
+    training = load_config(run_dir / "config.yaml").training
+    steps = training.epochs * training.iterations_per_epoch
+    networks = len(info.models)
+    return (
+        f"`{scheme}` {networks} network{'s' if networks > 1 else ''} x {steps} steps "
+        f"of {training.batch_size} slices"
+    )
+
+
 def _write_report(
     out: Path, compare_md: Path, prediction_dir: Path, runs: dict[str, Path], seconds: float
 ) -> Path:
@@ -85,6 +97,11 @@ def _write_report(
         "## Comparison on held-out subjects",
         "",
         compare_text.replace("](", f"]({compare_md.parent.relative_to(out)}/"),
+        "",
+        "Training budget (same config for both schemes): "
+        + "; ".join(_budget(scheme, run_dir) for scheme, run_dir in runs.items())
+        + ". One network per dataset thus gets as many steps per dataset as the single "
+        "multi-domain network gets for all datasets together.",
         "",
     ]
     if previews:
