@@ -15,7 +15,7 @@ from jointseg.data.checks import check_path, format_report
 from jointseg.data.manifest import list_cases
 from jointseg.evaluation.compare import compare_runs
 from jointseg.evaluation.evaluate import evaluate_run
-from jointseg.inference.predict import predict_path
+from jointseg.inference.predict import PredictionError, predict_path
 from jointseg.runs import load_run_info
 from jointseg.synth.generate import synthesize_study
 from jointseg.training.runner import train_run
@@ -31,6 +31,7 @@ def run_demo(
     test_subjects: int = 4,
     seed: int = 0,
     jobs: int = 2,
+    synth_scale: float = 1.0,
 ) -> Path:
     """Run every step of the demo into ``out``; returns the report's path. Resumable."""
     out = Path(out)
@@ -39,9 +40,8 @@ def run_demo(
     data = out / "data"
     if not (data / "synth.json").is_file():
         _step("synthesize a pediatric ankle/knee/shoulder study")
-        synthesize_study(
-            data, subjects, test_subjects, ["ankle", "knee", "shoulder"], seed, jobs, True
-        )
+        joints = ["ankle", "knee", "shoulder"]
+        synthesize_study(data, subjects, test_subjects, joints, seed, jobs, True, scale=synth_scale)
     _step("check the datasets")
     report = check_path(data, progress=False)
     print(format_report(report))
@@ -60,7 +60,11 @@ def run_demo(
     _step("predict a held-out scan: label map, meshes, measurements, preview")
     scan = list_cases(data / cfg.datasets[1].folder, "test")[0].image
     prediction_dir = out / "prediction"
-    predict_path(runs["full"], scan, prediction_dir, domain="auto")
+    try:
+        predict_path(runs["full"], scan, prediction_dir, domain="auto")
+    except PredictionError as error:  # an under-trained demo model may not recognize the joint
+        print(f"[demo] automatic joint recognition failed ({error}); using the known joint")
+        predict_path(runs["full"], scan, prediction_dir, domain=cfg.datasets[1].name)
     report_path = _write_report(
         out, compare_md, prediction_dir, runs, time.perf_counter() - started
     )
