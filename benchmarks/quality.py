@@ -1,6 +1,6 @@
 """Segmentation quality with scarce training data: every scheme and nnU-Net v2 2D, held-out set.
 
-    python benchmarks/quality.py --quick        # CPU, under an hour: demo config, 5 subjects/joint
+    python benchmarks/quality.py --quick        # CPU: demo config, short schedule, 5 subjects/joint
     python benchmarks/quality.py                # GPU: paper config, 5 and 10 subjects/joint
     python benchmarks/quality.py --no-nnunet    # jointseg schemes only
 
