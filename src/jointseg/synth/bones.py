@@ -3,8 +3,8 @@
 Each bone's distance grid (adult model, mesh frame) is sampled at the fine voxels through the
 chain scan world -> adult model world (undo mirror and growth scaling) -> smooth shape
 deformation -> mesh frame at the posed joint angles (MuJoCo forward kinematics) -> per-bone
-anisotropic shape scaling. All bones of a subject share one deformation field, so bones that
-touch keep touching.
+anisotropic shape scaling -> the knee's statistical shape modes (``shape_modes``). All bones of
+a subject share one deformation field, so bones that touch keep touching.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from jointseg.synth import growth
+from jointseg.synth import growth, shape_modes
 from jointseg.synth.anatomy import JointSpec, Posture
 from jointseg.synth.fields import bone_field
 from jointseg.synth.geometry import BodyFrame, CoarseGrid, ScanGeometry, apply_affine
@@ -96,6 +96,7 @@ def evaluate_bones(
     geometry: ScanGeometry,
     coarse: CoarseGrid,
     rng: np.random.Generator,
+    mode_coefficients: list[float] | None = None,
 ) -> BoneMaps:
     """Sample every bone on the fine grid and keep, per voxel, the two nearest.
 
@@ -124,6 +125,7 @@ def evaluate_bones(
         local_c = apply_affine(
             inverse, centre - inverse @ translation - centre / sigma, model_nodes
         )
+        local_c = shape_modes.pull_back(joint.name, bone.name, mode_coefficients, local_c)
         dist_c = field.distance(local_c) * size
         if dist_c.min() > REACH_MM:
             continue

@@ -22,7 +22,7 @@ from jointseg.synth.subject import PROTOCOLS, SubjectParams, sample_subject
 from jointseg.utils.atomic import atomic_write_json
 
 #: Bumped whenever the same seed would give different images.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLITS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
 FILE_ENDING = ".nii.gz"
 

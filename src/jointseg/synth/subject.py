@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from jointseg.synth import growth
+from jointseg.synth import growth, shape_modes
 from jointseg.synth.anatomy import joint_spec
 
 
@@ -124,6 +124,9 @@ class SubjectParams:
     motion: float  # phase error (rad) between phase-encoding lines; 0: the child kept still
     tissue_jitter: dict[str, float] = field(default_factory=dict)
     texture_seed: int = 0
+    #: Coefficients (standard deviations) of the knee's statistical shape modes; drawn last,
+    #: so that every other parameter is the same as without them.
+    shape_modes: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -190,4 +193,5 @@ def sample_subject(
         motion=round(float(rng.uniform(0.04, 0.2)) if rng.random() < 0.35 else 0.0, 4),
         tissue_jitter={t: round(float(rng.normal(1.0, 0.06)), 4) for t in tissues},
         texture_seed=int(rng.integers(0, 2**31 - 1)),
+        shape_modes=shape_modes.sample_coefficients(rng) if shape_modes.has_modes(joint) else [],
     )

@@ -98,6 +98,7 @@ def build_phantom(params: SubjectParams, scale: float = 1.0):
         geometry,
         coarse,
         rng,
+        params.shape_modes,
     )
     fine, acq, sub = geometry.fine_shape, geometry.shape, geometry.sub
     slow = np.repeat(smooth_noise(rng, acq, (2.0, 24.0, 24.0)), sub, axis=0)
