@@ -67,7 +67,7 @@ JOINTS = ("ankle", "knee", "shoulder")
 QUICK_OVERRIDES = {
     "training.epochs": 2,
     "training.transfer_pretrain_epochs": 1,
-    "regularization.shape_prior.epochs": 2,
+    "regularization.shape_prior.steps": 200,
 }
 
 

@@ -89,7 +89,7 @@ def main() -> None:
             "training.epochs": 1,
             "training.iterations_per_epoch": iterations + warmup,
             "training.validation_fraction": 0.0,
-            "regularization.shape_prior.epochs": 1,
+            "regularization.shape_prior.steps": 20,
             **overrides,
         },
     )

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_runs_every_step(tmp_path: Path) -> None:
     config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     config["training"].update({"epochs": 1, "iterations_per_epoch": 3, "validation_every": 1})
-    config["regularization"]["shape_prior"]["epochs"] = 1
+    config["regularization"]["shape_prior"]["steps"] = 5
     config["preprocessing"]["patch_size"] = [96, 96]
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")

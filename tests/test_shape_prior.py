@@ -23,6 +23,7 @@ from jointseg.models.shape_autoencoder import (
     save_autoencoder,
 )
 from jointseg.training.shape_prior import (
+    _random_affine,
     adversarial_losses,
     obtain_shape_autoencoder,
     train_shape_autoencoder,
@@ -60,7 +61,9 @@ def onehot(masks: np.ndarray, k: int = 4) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def trained():
     """32x32 masks with depth 2 give an 8x8 code: the code grid of 128x128 patches at depth 4."""
-    cfg = ShapePriorConfig(epochs=8, batch_size=16, lr=5e-3, base_channels=8, code_channels=16)
+    cfg = ShapePriorConfig(
+        steps=160, batch_size=16, lr=5e-3, base_channels=8, code_channels=16, depth=2, pool=1
+    )
     ae, report = train_shape_autoencoder(
         shapes(320, seed=0),
         4,
@@ -68,7 +71,6 @@ def trained():
         seed=0,
         validation_masks=shapes(64, seed=1),
         progress=False,
-        depth=2,
     )
     return ae, report
 
@@ -159,12 +161,12 @@ def test_latent_discriminator_gives_one_logit_per_sample():
 
 def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(1)
-    ae = ShapeAutoencoder(num_classes=4, base_channels=4, code_channels=3, depth=2)
+    ae = ShapeAutoencoder(num_classes=4, base_channels=4, code_channels=3, depth=2, pool=2)
     save_autoencoder(ae, tmp_path / "prior", metadata={"train_dice": 0.9})
     assert sorted(p.name for p in (tmp_path / "prior").iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
     loaded = load_autoencoder(tmp_path / "prior")
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
-    x = torch.rand(2, 4, 8, 8)
+    x = torch.rand(2, 4, 16, 16)
     torch.testing.assert_close(loaded(x), ae(x), rtol=0, atol=0)
     assert load_autoencoder(tmp_path / "prior" / WEIGHTS_FILE).architecture() == ae.architecture()
     with pytest.raises(FileNotFoundError, match=WEIGHTS_FILE):
@@ -176,30 +178,57 @@ def test_training_reconstructs_held_out_masks(trained):
     assert report["validation_dice"] >= 0.85, report
     assert report["train_dice"] >= 0.85
     assert all(d is not None and d >= 0.7 for d in report["validation_dice_per_class"])
-    assert report["loss_per_epoch"][-1] < 0.5 * report["loss_per_epoch"][0]
+    assert report["loss_per_pass"][-1] < 0.5 * report["loss_per_pass"][0]
     assert not ae.training and not any(p.requires_grad for p in ae.parameters())
 
 
 def test_training_is_deterministic_and_leaves_global_rng_alone():
-    cfg = ShapePriorConfig(epochs=1, batch_size=8, lr=1e-3, base_channels=4, code_channels=4)
+    cfg = ShapePriorConfig(
+        steps=3, batch_size=8, lr=1e-3, base_channels=4, code_channels=4, depth=2, pool=2
+    )
     masks = shapes(16, seed=2)
     torch.manual_seed(123)
-    ae1, report1 = train_shape_autoencoder(masks, 4, cfg, seed=7, progress=False, depth=2)
+    ae1, report1 = train_shape_autoencoder(masks, 4, cfg, seed=7, progress=False)
     after = torch.rand(1)
     torch.manual_seed(123)
-    ae2, report2 = train_shape_autoencoder(masks, 4, cfg, seed=7, progress=False, depth=2)
+    ae2, report2 = train_shape_autoencoder(masks, 4, cfg, seed=7, progress=False)
     assert torch.equal(after, torch.rand(1))
-    assert report1["loss_per_epoch"] == report2["loss_per_epoch"]
+    assert report1["loss_per_pass"] == report2["loss_per_pass"]
+    assert len(report1["loss_per_pass"]) == 2  # 3 batches of 8 from 16 masks: two passes
     for (name, a), b in zip(ae1.state_dict().items(), ae2.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
 def test_training_rejects_bad_masks():
-    cfg = ShapePriorConfig(epochs=1)
+    cfg = ShapePriorConfig(steps=1, depth=2, pool=1)
     with pytest.raises(ValueError, match="0..3"):
-        train_shape_autoencoder(np.full((2, 16, 16), 4), 4, cfg, progress=False, depth=2)
+        train_shape_autoencoder(np.full((2, 16, 16), 4), 4, cfg, progress=False)
     with pytest.raises(ValueError, match="multiples of 4"):
-        train_shape_autoencoder(np.zeros((2, 10, 16), int), 4, cfg, progress=False, depth=2)
+        train_shape_autoencoder(np.zeros((2, 10, 16), int), 4, cfg, progress=False)
+    with pytest.raises(ValueError, match="multiples of 8"):  # pool 2 x 2^2
+        train_shape_autoencoder(np.zeros((2, 12, 16), int), 4, cfg.model_copy(update={"pool": 2}))
+
+
+def test_random_affine_keeps_one_hot_and_roughly_the_area():
+    masks = shapes(8, seed=4)
+    x = onehot(masks)
+    generator = torch.Generator().manual_seed(0)
+    moved = _random_affine(x, generator)
+    assert moved.shape == x.shape and torch.equal(moved.sum(1), torch.ones_like(moved[:, 0]))
+    area, moved_area = x[:, 1:].sum(), moved[:, 1:].sum()
+    # scale within 0.85-1.15 per axis, shift may push a little outside the patch
+    assert 0.6 * area < moved_area < 1.4 * area
+    assert not torch.equal(moved, x)
+
+
+def test_pooled_autoencoder_geometry():
+    ae = ShapeAutoencoder(num_classes=3, base_channels=4, code_channels=5, depth=2, pool=2)
+    x = torch.softmax(torch.randn(2, 3, 32, 32), 1)
+    assert ae.factor == 8
+    assert ae.encode(x).shape == (2, 5, 4, 4) and ae(x).shape == (2, 3, 32, 32)
+    # the encoder sees 2x2 block means: maps with equal block means get equal codes
+    blocky = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+    assert torch.allclose(ae.encode(blocky), ae.encode(x), atol=1e-5)
 
 
 def test_obtain_reuses_a_saved_prior(tmp_path):
@@ -228,7 +257,8 @@ def test_shape_prior_equals_squared_code_distance(trained):
         3 * gt + torch.randn(gt.shape, generator=torch.Generator().manual_seed(0)), 1
     )
     with torch.no_grad():
-        per_sample = ((ae.encode(pred) - ae.encode(gt)) ** 2).sum(dim=(1, 2, 3))
+        code = ae.encode(gt)
+        per_sample = ((ae.encode(pred) - code) ** 2).sum(dim=(1, 2, 3)) / code[0].numel()
     assert shape_prior_loss(ae, pred, gt).item() == pytest.approx(
         per_sample.mean().item(), rel=1e-5
     )

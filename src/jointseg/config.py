@@ -141,14 +141,22 @@ class SupConConfig(Section):
     )
 
 
+LAMBDA_SHAPE_DEFAULT = 1.0
+
+
 class ShapePriorConfig(Section):
-    lambda_shape: float = Field(0.01, ge=0)
+    lambda_shape: float = Field(
+        LAMBDA_SHAPE_DEFAULT, ge=0, description="Weight of the mean squared code distance."
+    )
     lambda_adv: float = Field(0.0, ge=0)
     code_channels: int = Field(16, ge=1)
     base_channels: int = Field(16, ge=1)
-    epochs: int = Field(10, ge=1)
+    depth: int = Field(3, ge=1, description="Stride-2 stages of the auto-encoder.")
+    pool: int = Field(2, ge=1, description="Label maps are averaged over pool x pool blocks first.")
+    steps: int = Field(400, ge=1, description="Optimizer steps of the auto-encoder's training.")
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (one-cycle schedule).")
+    augment: bool = Field(True, description="Random rotation, scale and shift of the masks.")
     autoencoder: str | None = Field(
         None, description="Path to a trained shape auto-encoder to reuse instead of training one."
     )

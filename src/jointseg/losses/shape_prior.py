@@ -110,7 +110,11 @@ def call_frozen(module: nn.Module, method: str, *inputs: Tensor) -> Tensor:
 def shape_prior_loss(
     autoencoder: ShapeAutoencoder, predicted_probabilities: Tensor, target_onehot: Tensor
 ) -> Tensor:
-    """``mean_b || E(pred_b) - E(gt_b) ||^2`` (squared L2 over the whole code of each sample).
+    """``mean_b || E(pred_b) - E(gt_b) ||^2 / |code|``: the squared code distance of each
+    sample divided by the code's size (channels x height x width), averaged over the batch.
+
+    The division keeps the term's scale, and so ``lambda_shape``, independent of the code's
+    size and of the patch size.
 
     ``E`` is the auto-encoder's encoder, used frozen: gradients flow into
     ``predicted_probabilities`` and never into its parameters (whatever their ``requires_grad``).
@@ -125,7 +129,7 @@ def shape_prior_loss(
     code_pred = call_frozen(autoencoder, "encode", predicted_probabilities.to(dtype))
     with torch.no_grad():
         code_gt = call_frozen(autoencoder, "encode", target_onehot.to(dtype))
-    return (code_pred - code_gt).pow(2).flatten(1).sum(dim=1).mean()
+    return (code_pred - code_gt).pow(2).flatten(1).mean(dim=1).mean()
 
 
 def adversarial_losses(

@@ -1,9 +1,12 @@
 """Convolutional auto-encoder of label maps: the multi-joint shape prior's representation.
 
 The input is a [B, K, H, W] map of class probabilities (one-hot ground truth or a softmax
-prediction) in the union label space; the code is a [B, code_channels, H/2^depth, W/2^depth]
-map. Normalization is GroupNorm, and nothing depends on ``train()``/``eval()``: the frozen prior
-behaves the same inside a training loop that switches its parent module to train mode.
+prediction) in the union label space. It is first averaged over ``pool`` x ``pool`` blocks (a
+shape prior needs the outline, not every pixel, and this makes it four times cheaper at
+``pool=2``); the code is a [B, code_channels, H/(pool 2^depth), W/(pool 2^depth)] map, and the
+decoder's logits are upsampled (bilinear) back to H x W. Normalization is GroupNorm, and
+nothing depends on ``train()``/``eval()``: the frozen prior behaves the same inside a training
+loop that switches its parent module to train mode.
 
 Saved as ``shape_autoencoder.safetensors`` (weights) + ``shape_autoencoder.json`` (architecture
 and metadata) in one folder.
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -40,21 +44,28 @@ def _block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequentia
 
 
 class ShapeAutoencoder(nn.Module):
-    """Label-map auto-encoder: ``depth`` stride-2 stages down to the code, and back up.
+    """Label-map auto-encoder: ``pool`` x ``pool`` averaging, then ``depth`` stride-2 stages
+    down to the code, and back up.
 
     Stage ``i`` has ``base_channels * 2^i`` channels (at most ``8 * base_channels``).
     """
 
     def __init__(
-        self, num_classes: int, base_channels: int = 16, code_channels: int = 16, depth: int = 4
+        self,
+        num_classes: int,
+        base_channels: int = 16,
+        code_channels: int = 16,
+        depth: int = 4,
+        pool: int = 1,
     ):
         super().__init__()
-        if num_classes < 2 or base_channels < 1 or code_channels < 1 or depth < 1:
-            raise ValueError("need num_classes >= 2 and positive channels and depth")
+        if num_classes < 2 or base_channels < 1 or code_channels < 1 or depth < 1 or pool < 1:
+            raise ValueError("need num_classes >= 2 and positive channels, depth and pool")
         self.num_classes = num_classes
         self.base_channels = base_channels
         self.code_channels = code_channels
         self.depth = depth
+        self.pool = pool
         widths = [base_channels * min(2**i, 8) for i in range(depth)]
 
         encoder: list[nn.Module] = []
@@ -80,7 +91,7 @@ class ShapeAutoencoder(nn.Module):
     @property
     def factor(self) -> int:
         """Spatial downsampling factor between a label map and its code."""
-        return 2**self.depth
+        return self.pool * 2**self.depth
 
     def architecture(self) -> dict[str, int]:
         return {
@@ -88,10 +99,11 @@ class ShapeAutoencoder(nn.Module):
             "base_channels": self.base_channels,
             "code_channels": self.code_channels,
             "depth": self.depth,
+            "pool": self.pool,
         }
 
     def encode(self, x: Tensor) -> Tensor:
-        """[B, K, H, W] probabilities or one-hot -> code [B, code, H/2^depth, W/2^depth]."""
+        """[B, K, H, W] probabilities or one-hot -> code [B, code, H/factor, W/factor]."""
         if x.dim() != 4 or x.shape[1] != self.num_classes:
             raise ValueError(
                 f"expected [B, {self.num_classes}, H, W] class maps, got {tuple(x.shape)}"
@@ -100,11 +112,18 @@ class ShapeAutoencoder(nn.Module):
             raise ValueError(
                 f"height and width must be multiples of {self.factor}, got {tuple(x.shape[2:])}"
             )
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool)
         return self.encoder(x)
 
     def decode(self, code: Tensor) -> Tensor:
         """Code -> [B, K, H, W] logits."""
-        return self.decoder(code)
+        logits = self.decoder(code)
+        if self.pool > 1:
+            logits = F.interpolate(
+                logits, scale_factor=self.pool, mode="bilinear", align_corners=False
+            )
+        return logits
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
@@ -166,6 +185,7 @@ def load_autoencoder(directory: Path, device: str | torch.device = "cpu") -> Sha
         base_channels=int(config["base_channels"]),
         code_channels=int(config["code_channels"]),
         depth=int(config["depth"]),
+        pool=int(config.get("pool", 1)),
     )
     ae.load_state_dict(load_file(str(weights), device="cpu"))
     return ae.to(device).freeze()

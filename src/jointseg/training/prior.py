@@ -17,6 +17,7 @@ from jointseg.utils.distributed import is_global_zero
 
 PRIOR_DIR = "shape_prior"
 MAX_PRIOR_MASKS = 4000
+WEAK_PRIOR_DICE = 0.5
 
 
 def _masks(splits: list[DomainSplit], label_space: LabelSpace, validation: bool) -> np.ndarray:
@@ -74,6 +75,11 @@ def shape_prior_for(
             dice = report.get("train_dice")
         text = f"{dice:.3f}" if isinstance(dice, float) else "n/a"
         print(f"[train] shape prior: reconstruction Dice {text} ({directory})")
+        if isinstance(dice, float) and dice < WEAK_PRIOR_DICE:
+            print(
+                f"[train] warning: the shape prior reconstructs the masks poorly (Dice below "
+                f"{WEAK_PRIOR_DICE}); raise regularization.shape_prior.steps"
+            )
     discriminator = None
     if prior_cfg.lambda_adv > 0:
         discriminator = LatentDiscriminator(code_channels=autoencoder.code_channels)
