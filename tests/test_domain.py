@@ -13,11 +13,13 @@ from jointseg.inference.domain import (
     Calibration,
     Candidate,
     DomainRecognitionError,
+    ReferenceStats,
     bn_distance,
     decide,
     early_batchnorm_layers,
     recognize_domain,
     refusal_message,
+    scan_descriptor,
     subsample_indices,
 )
 from jointseg.models import build_model
@@ -130,6 +132,51 @@ def test_recognition_picks_each_domain_and_refuses_noise(fitted_net):
     assert noise.scores[0].distance > calibration.threshold
     message = refusal_message(noise)
     assert "smooth" in message and "striped" in message and "--domain" in message
+
+
+def test_reference_distance_is_a_floored_mean_squared_z_score():
+    ref = ReferenceStats.fit([np.array([0.0, 1.0, 5.0]), np.array([2.0, 1.0, 5.0])])
+    assert ref.scans == 2
+    np.testing.assert_allclose(ref.mean, [1.0, 1.0, 5.0])
+    np.testing.assert_allclose(ref.std, [np.sqrt(2), 0.0, 0.0])
+    floor2 = (0.1 * 0.0) ** 2 + 1e-24  # median of (sqrt 2, 0, 0) is 0: only the tiny floor
+    assert ref.distance(ref.mean) == 0.0
+    value = ref.distance(np.array([1.0 + np.sqrt(2), 1.0, 5.0]))
+    assert value == pytest.approx((2.0 / (2.0 + floor2)) / 3)
+    wider = ReferenceStats.fit([np.array([0.0, 0.0]), np.array([2.0, 4.0])])  # std sqrt2, 2sqrt2
+    floor = 0.1 * np.median([np.sqrt(2), 2 * np.sqrt(2)])
+    expected = np.mean([1.0 / (2 + floor**2), 4.0 / (8 + floor**2)])
+    assert wider.distance(np.array([2.0, 4.0])) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="another network"):
+        ref.distance(np.zeros(4))
+    with pytest.raises(ValueError, match="at least two"):
+        ReferenceStats.fit([np.zeros(3)])
+
+
+def test_recognition_with_measured_references(fitted_net):
+    def descriptor(volume, index):
+        return scan_descriptor(fitted_net, torch.from_numpy(volume).unsqueeze(1), index)
+
+    makers = {"smooth": smooth_volume, "striped": striped_volume}
+    references = {
+        name: ReferenceStats.fit([descriptor(make(seed), i) for seed in range(400, 406)])
+        for i, (name, make) in enumerate(makers.items())
+    }
+    candidates = [Candidate(name, fitted_net, i, references[name]) for i, name in enumerate(makers)]
+    in_domain = {
+        name: [references[name].distance(descriptor(make(s), i)) for s in (500, 501)]
+        for i, (name, make) in enumerate(makers.items())
+    }
+    calibration = Calibration.from_distances(in_domain)
+    for seed in range(600, 604):
+        for name, make in makers.items():
+            decision = recognize_domain(candidates, make(seed), calibration)
+            assert decision.domain == name and decision.confidence > 0.9
+            other = decision.scores[1].distance
+            assert other > 10 * decision.scores[0].distance
+    assert recognize_domain(candidates, noise_volume(7), calibration).domain is None
+    with pytest.raises(ValueError, match="every candidate"):
+        recognize_domain([candidates[0], Candidate("x", fitted_net, 1)], smooth_volume(1))
 
 
 def test_decide_softmax_and_threshold():

@@ -457,6 +457,41 @@ def test_run_is_calibrated_on_its_study_once(trained_run, tmp_path):
     assert Predictor.from_run(run).calibration.source == "file"
 
 
+def test_fitted_references_recognize_every_domain(trained_run, tmp_path):
+    import shutil
+
+    from jointseg.inference.domain import CALIBRATION_FILE
+    from jointseg.inference.predictor import Predictor
+    from jointseg.inference.reference import REFERENCE_FILE, fit_recognition
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    plain = Predictor.from_run(run, calibrate=False)
+    volumes = {
+        name: (
+            [plain.recognition_volume(make_scan(name, seed)[0]) for seed in (30, 31, 32, 33)],
+            [plain.recognition_volume(make_scan(name, seed)[0]) for seed in (34, 35)],
+        )
+        for name in DOMAINS
+    }
+    calibration = fit_recognition(run, volumes)
+    assert calibration is not None and (run / REFERENCE_FILE).is_file()
+    assert (run / CALIBRATION_FILE).is_file()
+    assert {k: len(v) for k, v in calibration.in_domain.items()} == {"knee": 2, "shoulder": 2}
+    predictor = Predictor.from_run(run)
+    assert all(c.reference is not None for c in predictor.candidates())
+    for name in DOMAINS:
+        for seed in (36, 37):
+            decision = predictor.recognize(make_scan(name, seed)[0])
+            assert decision.domain == name and decision.confidence > 0.9
+    assert predictor.recognize(noise_scan(3), refuse=False).domain is None
+    # one training scan is not enough for a reference: nothing is written
+    shutil.rmtree(run)
+    shutil.copytree(trained_run, run)
+    assert fit_recognition(run, {n: (v[0][:1], v[1]) for n, v in volumes.items()}) is None
+    assert not (run / REFERENCE_FILE).exists()
+
+
 def _side_by_side(left: sitk.Image, right: sitk.Image) -> sitk.Image:
     joined = np.concatenate([sitk.GetArrayFromImage(left), sitk.GetArrayFromImage(right)], axis=2)
     image = sitk.GetImageFromArray(joined)

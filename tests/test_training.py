@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from jointseg.config import ConfigError, config_from_dict
+from jointseg.inference.domain import Calibration
+from jointseg.inference.reference import load_references
 from jointseg.models import load_model
 from jointseg.runs import RunError, load_run_info
 from jointseg.training.runner import train_run
@@ -42,7 +44,7 @@ def tiny_config(**training) -> dict:
             "optimizer": {"lr": 0.01, "warmup_epochs": 0},
             **training,
         },
-        "regularization": {"shape_prior": {"epochs": 1, "base_channels": 4, "code_channels": 4}},
+        "regularization": {"shape_prior": {"steps": 2, "base_channels": 4, "code_channels": 4}},
     }
 
 
@@ -70,6 +72,10 @@ def test_each_scheme_trains_and_saves_loadable_models(study: Path, tmp_path: Pat
         assert next(iter(out.logits.values())).shape == (2, min(classes, 4), 32, 32)
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert (tmp_path / "run" / "curves.png").is_file()
+    # domain recognition references from 2 training cases, calibrated on the held-out one
+    assert sorted(load_references(tmp_path / "run")) == ["ankle", "knee"]
+    calibration = Calibration.load(tmp_path / "run")
+    assert {k: len(v) for k, v in calibration.in_domain.items()} == {"knee": 1, "ankle": 1}
     if scheme == "full":
         assert (
             tmp_path / "run" / "models" / "shape_prior" / "shape_autoencoder.safetensors"

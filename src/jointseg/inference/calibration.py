@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from jointseg.data.io import ScanReadError, read_image
 from jointseg.data.manifest import DatasetError, list_cases
-from jointseg.inference.domain import CALIBRATION_FACTOR, Calibration, bn_distance
+from jointseg.inference.domain import CALIBRATION_FACTOR, Calibration, candidate_distance
 from jointseg.inference.slices import check_scan, subsample_tensor
 
 if TYPE_CHECKING:
@@ -26,13 +26,12 @@ CASES_PER_DOMAIN = 3
 
 
 def in_domain_distance(predictor: Predictor, domain: str, scan: str | Path | sitk.Image) -> float:
-    """The distance of ``scan`` to ``domain``'s own BN statistics."""
+    """The distance of ``scan`` to ``domain`` (its reference, else its BN statistics)."""
     image = scan if isinstance(scan, sitk.Image) else read_image(scan)
     check_scan(image)
-    route = predictor.routes[domain]
     slices = subsample_tensor(predictor.recognition_volume(image))
-    net = predictor.networks[route.model]
-    return bn_distance(net, slices, route.index, predictor.batch_size)
+    candidate = next(c for c in predictor.candidates() if c.name == domain)
+    return candidate_distance(candidate, slices, predictor.batch_size)
 
 
 def calibrate_domains(

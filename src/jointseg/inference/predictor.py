@@ -34,9 +34,11 @@ from jointseg.inference.domain import (
     Candidate,
     DomainDecision,
     DomainRecognitionError,
+    ReferenceStats,
     recognize_domain,
     refusal_message,
 )
+from jointseg.inference.reference import load_references
 from jointseg.inference.slices import (
     InputError,
     check_scan,
@@ -110,6 +112,7 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
         self.calibration = calibration or Calibration()
+        self.references: dict[str, ReferenceStats] = {}
         self.label_space: LabelSpace = info.label_space()
         self.routes = {d.name: self._route(d.name) for d in info.domains}
 
@@ -152,6 +155,7 @@ class Predictor:
             net, _ = load_model(folder, map_location=where)
             networks[entry.name] = net.eval()
         predictor = cls(run, config, info, networks, where, batch_size, tta, Calibration.load(run))
+        predictor.references = load_references(run)
         if calibrate and not Calibration.exists(run):
             from jointseg.inference.calibration import calibrate_from_study
 
@@ -273,7 +277,18 @@ class Predictor:
         return self.recognition_case(image).image
 
     def candidates(self) -> list[Candidate]:
-        return [Candidate(name, self.networks[r.model], r.index) for name, r in self.routes.items()]
+        """Every domain with its network; with its measured reference when the run has one
+        for every domain (distances of both kinds are not comparable)."""
+        complete = all(name in self.references for name in self.routes)
+        return [
+            Candidate(
+                name,
+                self.networks[r.model],
+                r.index,
+                self.references[name] if complete else None,
+            )
+            for name, r in self.routes.items()
+        ]
 
     def recognize(self, scan: Scan, refuse: bool = True) -> DomainDecision:
         """Which domain the scan belongs to; raises :class:`DomainRecognitionError` when none

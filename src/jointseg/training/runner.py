@@ -16,6 +16,7 @@ from jointseg.data.cache import SliceCache, preprocess_study
 from jointseg.data.labels import DomainLabels, LabelSpace
 from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.data.splits import fold_cases, load_splits
+from jointseg.inference.reference import REFERENCE_FILE, fit_recognition
 from jointseg.models import build_model, save_model
 from jointseg.models.checkpoint import load_weights
 from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, save_run_info
@@ -164,9 +165,30 @@ def train_run(
     )
     if primary:
         save_run_info(out, info)
+        _fit_recognition(out, caches, subjects)
         plot_curves(out, [p.name for p in plans])
         _print_summary(out, plans)
     return info
+
+
+def _fit_recognition(
+    out: Path, caches: dict[str, SliceCache], subjects: dict[str, tuple[list[str], list[str]]]
+) -> None:
+    """Measure the run's domain references and calibration from its training slice cache."""
+    volumes = {
+        name: tuple(
+            [np.asarray(caches[name].images[caches[name].rows([case])]) for case in cases]
+            for cases in split
+        )
+        for name, split in subjects.items()
+    }
+    calibration = fit_recognition(out, volumes)  # type: ignore[arg-type]
+    if calibration is None:
+        print("[train] domain recognition: fewer than two training scans in a domain; it will "
+              "use the BN running statistics")  # fmt: skip
+    else:
+        print(f"[train] domain recognition: references measured, refusal threshold "
+              f"{calibration.threshold:.3g} ({out / REFERENCE_FILE})")  # fmt: skip
 
 
 def _train_plan(
