@@ -28,7 +28,8 @@ per dataset, counted by the trainer as its own process time (augmentation in-pro
 does the same with wall-clock seconds; ``iterations`` gives each nnU-Net network as many
 optimizer steps as one jointseg network (``training.epochs x training.iterations_per_epoch``)
 at nnU-Net's own batch size. ``--quick`` shortens the demo schedule (QUICK_OVERRIDES:
-2 epochs of 40 batches, 1 transfer pre-training epoch, 200 shape-prior steps) and predicts
+2 epochs of 40 batches per network whatever its number of datasets, 1 transfer pre-training
+epoch, 200 shape-prior steps) and predicts
 without nnU-Net's mirroring, as jointseg evaluates without flips (``evaluation.tta``).
 
 Printed and written to ``--out`` (default benchmarks/out/quality/): Dice per structure
@@ -65,6 +66,7 @@ NNUNET = "nnU-Net 2d"
 JOINTS = ("ankle", "knee", "shoulder")
 #: --quick: the demo config with a shorter schedule, so that all six schemes fit an hour.
 QUICK_OVERRIDES = {
+    "training.iterations_per_dataset": False,  # every network 80 steps, as measured
     "training.epochs": 2,
     "training.transfer_pretrain_epochs": 1,
     "regularization.shape_prior.steps": 200,

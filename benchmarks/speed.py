@@ -186,6 +186,7 @@ from jointseg.training.runner import train_run
 iterations, warmup = {iterations}, 3
 base = load_config({str(ROOT / "configs" / "demo.yaml")!r}, {{
     "training.epochs": 1, "training.iterations_per_epoch": iterations + warmup,
+    "training.iterations_per_dataset": False,
     "training.validation_fraction": 0.0, "regularization.shape_prior.steps": 20}})
 out = {{"batch": base.training.batch_size, "patch": base.preprocessing.patch_size,
         "encoder": base.model.encoder, "width": base.model.width}}

@@ -90,6 +90,7 @@ def main() -> None:
             "training.iterations_per_epoch": iterations + warmup,
             "training.validation_fraction": 0.0,
             "regularization.shape_prior.steps": 20,
+            "training.iterations_per_dataset": False,
             **overrides,
         },
     )

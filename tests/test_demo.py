@@ -24,7 +24,8 @@ def test_demo_runs_every_step(tmp_path: Path) -> None:
     text = report.read_text(encoding="utf-8")
     assert text.index("## Comparison on held-out subjects") < text.index("## A held-out scan")
     assert "| **full** |" in text and "| individual |" in text
-    assert "`individual` 3 networks x 3 steps" in text
+    # iterations_per_dataset (demo config): the 3-joint network takes 3 x 3 steps per epoch
+    assert "`full` 1 network x 9 steps" in text and "`individual` 3 networks x 3 steps" in text
     prediction = tmp_path / "out" / "prediction"
     assert len(list(prediction.glob("*_seg.nii.gz"))) == 1
     assert len(list(prediction.glob("*_preview.png"))) == 1

@@ -82,6 +82,26 @@ def test_each_scheme_trains_and_saves_loadable_models(study: Path, tmp_path: Pat
         ).is_file()
 
 
+def test_iterations_per_dataset_scale_the_steps_of_multi_domain_networks(
+    study: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(epochs=1, iterations_per_epoch=3, iterations_per_dataset=True)
+
+    def steps(run: Path, name: str) -> int:
+        state = torch.load(run / "checkpoints" / name / "last.ckpt", weights_only=True)
+        return state["global_step"]
+
+    cfg = config_from_dict({**config, "scheme": "mtmd"})
+    assert cfg.training.iterations(2) == 6 and cfg.training.iterations(1) == 3
+    train_run(cfg, study, tmp_path / "mtmd", progress=False)
+    assert steps(tmp_path / "mtmd", "main") == 6  # two datasets x 3
+    cfg = config_from_dict({**config, "scheme": "individual"})
+    train_run(cfg, study, tmp_path / "individual", progress=False)
+    assert [steps(tmp_path / "individual", d) for d in ("knee", "ankle")] == [3, 3]
+    off = config_from_dict({**tiny_config(epochs=1, iterations_per_epoch=3), "scheme": "mtmd"})
+    assert off.training.iterations(2) == 3
+
+
 def test_union_head_covers_every_structure_once() -> None:
     plans = plan_scheme("shared", ["knee", "ankle"])
     assert [p.label_space for p in plans] == ["union"]

@@ -109,6 +109,12 @@ class OptimizerConfig(Section):
 class TrainingConfig(Section):
     epochs: int = Field(10, ge=1)
     iterations_per_epoch: int = Field(50, ge=1)
+    iterations_per_dataset: bool = Field(
+        False,
+        description="Multiply iterations_per_epoch by the number of datasets a network trains "
+        "on: every scheme then takes as many steps per dataset (an epoch as a pass over every "
+        "dataset).",
+    )
     batch_size: int = Field(12, ge=1)
     sampling: Literal["balanced", "proportional", "sqrt"] = "balanced"
     empty_slice_keep: float = Field(
@@ -130,6 +136,10 @@ class TrainingConfig(Section):
         None, ge=1, description="Epochs of the transfer scheme's pre-training (default: epochs)."
     )
     seed: int = 0
+
+    def iterations(self, datasets: int) -> int:
+        """Optimizer steps per epoch of a network trained on ``datasets`` datasets."""
+        return self.iterations_per_epoch * (max(1, datasets) if self.iterations_per_dataset else 1)
 
 
 class SupConConfig(Section):

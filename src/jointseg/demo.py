@@ -79,11 +79,24 @@ def _step(text: str) -> None:
 def _budget(scheme: str, run_dir: Path) -> str:
     info = load_run_info(run_dir)
     training = load_config(run_dir / "config.yaml").training
-    steps = training.epochs * training.iterations_per_epoch
+    steps = {training.epochs * training.iterations(len(m.domains)) for m in info.models}
     networks = len(info.models)
     return (
-        f"`{scheme}` {networks} network{'s' if networks > 1 else ''} x {steps} steps "
-        f"of {training.batch_size} slices"
+        f"`{scheme}` {networks} network{'s' if networks > 1 else ''} x "
+        f"{'/'.join(str(n) for n in sorted(steps))} steps of {training.batch_size} slices"
+    )
+
+
+def _budget_note(run_dir: Path) -> str:
+    if load_config(run_dir / "config.yaml").training.iterations_per_dataset:
+        return (
+            "Every network takes the same number of steps per dataset it trains on "
+            "(`training.iterations_per_dataset`): the single multi-domain network as many in "
+            "all as the networks of one dataset each together."
+        )
+    return (
+        "One network per dataset thus gets as many steps per dataset as the single "
+        "multi-domain network gets for all datasets together."
     )
 
 
@@ -104,8 +117,8 @@ def _write_report(
         "",
         "Training budget (same config for both schemes): "
         + "; ".join(_budget(scheme, run_dir) for scheme, run_dir in runs.items())
-        + ". One network per dataset thus gets as many steps per dataset as the single "
-        "multi-domain network gets for all datasets together.",
+        + ". "
+        + _budget_note(next(iter(runs.values()))),
         "",
     ]
     if previews:

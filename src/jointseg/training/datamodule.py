@@ -52,7 +52,7 @@ class PlanDataModule(L.LightningDataModule):
             self.caches,
             [s.train_cases for s in self.splits],
             batch_size=training.batch_size,
-            iterations=training.iterations_per_epoch,
+            iterations=training.iterations(domains),
             policy=training.sampling,
             empty_slice_keep=training.empty_slice_keep,
             min_per_domain=min(2 if self.contrastive else 1, training.batch_size // domains or 1),

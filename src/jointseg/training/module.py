@@ -146,7 +146,7 @@ class SegmentationModule(L.LightningModule):
                 nesterov=True,
                 weight_decay=opt_cfg.weight_decay,
             )
-        warmup = opt_cfg.warmup_epochs * self.cfg.training.iterations_per_epoch
+        warmup = opt_cfg.warmup_epochs * self.cfg.training.iterations(len(self.plan.domains))
         schedule = lr_lambda(opt_cfg.schedule, warmup, self.total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {

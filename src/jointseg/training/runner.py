@@ -222,7 +222,7 @@ def _train_plan(
         cfg,
         plan,
         label_space,
-        epochs * cfg.training.iterations_per_epoch,
+        epochs * cfg.training.iterations(len(plan.domains)),
         shape_autoencoder=autoencoder,
         discriminator=discriminator,
     )
@@ -243,7 +243,7 @@ def _train_plan(
         limit_val_batches=1.0 if has_validation else 0,
         check_val_every_n_epoch=cfg.training.validation_every,
         num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, cfg.training.iterations_per_epoch // 2)),
+        log_every_n_steps=max(1, min(50, cfg.training.iterations(len(plan.domains)) // 2)),
         gradient_clip_val=cfg.training.gradient_clip,
         precision=cfg.training.precision if torch.cuda.is_available() else "32-true",
         **_device_arguments(devices),
