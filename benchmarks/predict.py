@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,6 +34,7 @@ import numpy as np
 import psutil
 import SimpleITK as sitk
 import yaml
+from _child import run_json_child
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = {
@@ -185,13 +184,7 @@ def child(spec: dict) -> dict:
 
 
 def run_child(spec: dict) -> dict:
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise RuntimeError(f"configuration {spec} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json_child(__file__, spec, f"configuration {spec}")
 
 
 def main() -> None:

@@ -50,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from _child import run_json_child  # noqa: E402
 from _nnunet import NnUNet, TreeMemory  # noqa: E402
 
 SIZE = (256, 256, 100)  # x, y, z
@@ -154,13 +155,7 @@ def warm_child(spec: dict) -> dict:
 def jointseg_warm(config: str, tta: bool, repeats: int, batch_size: int, scan: Path) -> dict:
     spec = {"config": config, "tta": tta, "repeats": repeats, "batch_size": batch_size,
             "scan": str(scan)}  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise RuntimeError(f"jointseg {config} failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json_child(__file__, spec, f"jointseg {config}", tail=2000)
 
 
 def jointseg_cold(run: Path, scan: Path, work: Path) -> dict:

@@ -151,13 +151,8 @@ class SupConConfig(Section):
     )
 
 
-LAMBDA_SHAPE_DEFAULT = 1.0
-
-
 class ShapePriorConfig(Section):
-    lambda_shape: float = Field(
-        LAMBDA_SHAPE_DEFAULT, ge=0, description="Weight of the mean squared code distance."
-    )
+    lambda_shape: float = Field(1.0, ge=0, description="Weight of the mean squared code distance.")
     lambda_adv: float = Field(0.0, ge=0)
     code_channels: int = Field(16, ge=1)
     base_channels: int = Field(16, ge=1)

@@ -30,8 +30,7 @@ def in_domain_distance(predictor: Predictor, domain: str, scan: str | Path | sit
     image = scan if isinstance(scan, sitk.Image) else read_image(scan)
     check_scan(image)
     slices = subsample_tensor(predictor.recognition_volume(image))
-    candidate = next(c for c in predictor.candidates() if c.name == domain)
-    return candidate_distance(candidate, slices, predictor.batch_size)
+    return candidate_distance(predictor.candidate(domain), slices, predictor.batch_size)
 
 
 def calibrate_domains(

@@ -277,18 +277,16 @@ class Predictor:
         return self.recognition_case(image).image
 
     def candidates(self) -> list[Candidate]:
-        """Every domain with its network; with its measured reference when the run has one
-        for every domain (distances of both kinds are not comparable)."""
+        """Every domain as a recognition candidate (see :meth:`candidate`)."""
+        return [self.candidate(name) for name in self.routes]
+
+    def candidate(self, domain: str) -> Candidate:
+        """``domain`` with its network; with its measured reference when the run has one for
+        every domain (distances of both kinds are not comparable)."""
+        route = self.routes[domain]
         complete = all(name in self.references for name in self.routes)
-        return [
-            Candidate(
-                name,
-                self.networks[r.model],
-                r.index,
-                self.references[name] if complete else None,
-            )
-            for name, r in self.routes.items()
-        ]
+        reference = self.references[domain] if complete else None
+        return Candidate(domain, self.networks[route.model], route.index, reference)
 
     def recognize(self, scan: Scan, refuse: bool = True) -> DomainDecision:
         """Which domain the scan belongs to; raises :class:`DomainRecognitionError` when none

@@ -96,7 +96,7 @@ def fit_recognition(
     in_domain: dict[str, list[float]] = {}
     for name in predictor.domains:
         train, held_out = volumes[name]
-        candidate = next(c for c in predictor.candidates() if c.name == name)
+        candidate = predictor.candidate(name)
         in_domain[name] = [
             candidate_distance(candidate, subsample_tensor(v), batch_size)
             for v in (held_out or train)

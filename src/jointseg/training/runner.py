@@ -175,9 +175,9 @@ def _fit_recognition(
     out: Path, caches: dict[str, SliceCache], subjects: dict[str, tuple[list[str], list[str]]]
 ) -> None:
     """Measure the run's domain references and calibration from its training slice cache."""
-    volumes = {
+    volumes = {  # read-only memory-mapped views: only the recognition subsample is read
         name: tuple(
-            [np.asarray(caches[name].images[caches[name].rows([case])]) for case in cases]
+            [caches[name].images[slice(*caches[name].case_slices[case])] for case in cases]
             for cases in split
         )
         for name, split in subjects.items()
