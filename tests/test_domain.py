@@ -10,19 +10,28 @@ from torch import nn
 
 from jointseg.config import ModelConfig
 from jointseg.inference.domain import (
-    Calibration,
     Candidate,
     DomainRecognitionError,
-    ReferenceStats,
-    bn_distance,
     decide,
-    early_batchnorm_layers,
     recognize_domain,
     refusal_message,
-    scan_descriptor,
-    subsample_indices,
 )
 from jointseg.models import build_model
+from jointseg.models.domain_reference import (
+    CONTENT_WEIGHT,
+    Calibration,
+    DomainReference,
+    ReferenceStats,
+)
+from jointseg.models.scan_features import (
+    DomainPath,
+    ScanFeatures,
+    bn_distance,
+    early_batchnorm_layers,
+    head_index,
+    scan_features,
+    subsample_indices,
+)
 
 CFG = ModelConfig(encoder="resnet18", width=0.25, decoder_channels=(32, 32, 16, 16, 16))
 
@@ -68,7 +77,7 @@ def fitted_net() -> nn.Module:
 
 
 def _candidates(net):
-    return [Candidate("smooth", net, 0), Candidate("striped", net, 1)]
+    return [Candidate("smooth", DomainPath(net, 0)), Candidate("striped", DomainPath(net, 1))]
 
 
 def test_subsample_indices_cover_the_stack():
@@ -153,18 +162,82 @@ def test_reference_distance_is_a_floored_mean_squared_z_score():
         ReferenceStats.fit([np.zeros(3)])
 
 
+def test_reference_spread_is_pooled_over_the_other_domains():
+    own = [np.array([0.0, 1.0]), np.array([2.0, 1.0])]  # variances 2, 0
+    other = [np.array([5.0, 0.0]), np.array([5.0, 4.0]), np.array([5.0, 2.0])]  # variances 0, 4
+    lone = [np.array([9.0, 9.0])]  # a single scan has no variance: left out
+    ref = ReferenceStats.fit(own, [other, lone])
+    np.testing.assert_allclose(ref.mean, [1.0, 1.0])
+    np.testing.assert_allclose(ref.std, np.sqrt([(2 + 0) / 2, (0 + 4) / 2]))
+    assert ref.scans == 2
+    floor2 = (0.1 * np.median(ref.std)) ** 2
+    expected = np.mean([(3 - 1) ** 2 / (1 + floor2), (1 - 1) ** 2 / (2 + floor2)])
+    assert ref.distance(np.array([3.0, 1.0])) == pytest.approx(expected)
+
+
+def test_scan_features_are_the_early_moments_and_the_heads_reading(fitted_net):
+    volume = torch.from_numpy(smooth_volume(3)).unsqueeze(1)
+    features = scan_features(DomainPath(fitted_net, 1), volume, batch_size=5)
+    assert features.appearance.shape == (5 * 2 * 16,)  # 5 layers x (means, log-variances) x 16
+    # content: log mean class probability (2 classes) and logit of the mean top probability
+    with torch.no_grad():
+        probabilities = torch.softmax(
+            fitted_net(volume, torch.ones(12, dtype=torch.long)).logits[1], 1
+        )
+    mean = probabilities.double().mean(dim=(0, 2, 3)).numpy()
+    top = probabilities.double().max(1).values.mean().item()
+    expected = np.append(np.log(mean + 1e-3), np.log(top / (1 - top)))
+    np.testing.assert_allclose(features.content, expected, rtol=1e-6)
+    # a union head reads only the domain's channels, in the given order
+    union = scan_features(DomainPath(fitted_net, 1, select=(1, 0)), volume)
+    np.testing.assert_allclose(union.content[:2], np.log(mean[::-1] + 1e-3), rtol=1e-6)
+    np.testing.assert_allclose(union.appearance, features.appearance)
+
+
+def test_domain_reference_ranks_by_appearance_and_content_and_refuses_by_appearance():
+    def stats(mean, std):
+        return ReferenceStats(np.array(mean, float), np.array(std, float), 4)
+
+    reference = DomainReference(stats([0.0, 0.0], [1.0, 1.0]), stats([1.0], [0.5]))
+    ranking, refusal = reference.distances(ScanFeatures(np.array([1.0, 2.0]), np.array([2.0])))
+    floor2 = 0.1**2  # 0.1 x median spread, squared
+    appearance = np.mean([1 / (1 + floor2), 4 / (1 + floor2)])
+    content = 1 / (0.25 + 0.05**2)
+    assert refusal == pytest.approx(appearance)
+    assert ranking == pytest.approx(appearance + CONTENT_WEIGHT * content)
+    # the decision ranks by the first, refuses by the second
+    calibration = Calibration(threshold=3.0, temperature=1.0)
+    decision = decide({"a": 5.0, "b": 6.0}, calibration, refusal={"a": 3.5, "b": 1.0})
+    assert decision.scores[0].name == "a" and decision.domain is None
+    assert decide({"a": 5.0, "b": 6.0}, calibration, refusal={"a": 2.5, "b": 9}).domain == "a"
+    # the threshold comes from refusal distances, the temperature from ranking distances
+    calibrated = Calibration.from_distances({"a": [1.0, 2.0]}, 4.0, {"a": [3.0, 5.0]})
+    assert (calibrated.threshold, calibrated.temperature) == (8.0, 4.0)
+
+
+def test_head_index_follows_the_heads():
+    two_heads = build_model(CFG, [2, 2], domain_specific_bn=True)
+    one_head = build_model(CFG, [3], domain_specific_bn=False)
+    assert head_index(two_heads, ["ankle", "knee"], "knee") == 1
+    assert head_index(one_head, ["ankle", "knee"], "knee") == 0
+
+
 def test_recognition_with_measured_references(fitted_net):
-    def descriptor(volume, index):
-        return scan_descriptor(fitted_net, torch.from_numpy(volume).unsqueeze(1), index)
+    def features(volume, index):
+        path = DomainPath(fitted_net, index)
+        return scan_features(path, torch.from_numpy(volume).unsqueeze(1))
 
     makers = {"smooth": smooth_volume, "striped": striped_volume}
     references = {
-        name: ReferenceStats.fit([descriptor(make(seed), i) for seed in range(400, 406)])
+        name: DomainReference.fit([features(make(seed), i) for seed in range(400, 406)])
         for i, (name, make) in enumerate(makers.items())
     }
-    candidates = [Candidate(name, fitted_net, i, references[name]) for i, name in enumerate(makers)]
+    candidates = [
+        Candidate(name, DomainPath(fitted_net, i), references[name])
+        for i, name in enumerate(makers)
+    ]
     in_domain = {
-        name: [references[name].distance(descriptor(make(s), i)) for s in (500, 501)]
+        name: [references[name].distances(features(make(s), i))[1] for s in (500, 501)]
         for i, (name, make) in enumerate(makers.items())
     }
     calibration = Calibration.from_distances(in_domain)
@@ -176,7 +249,9 @@ def test_recognition_with_measured_references(fitted_net):
             assert other > 10 * decision.scores[0].distance
     assert recognize_domain(candidates, noise_volume(7), calibration).domain is None
     with pytest.raises(ValueError, match="every candidate"):
-        recognize_domain([candidates[0], Candidate("x", fitted_net, 1)], smooth_volume(1))
+        recognize_domain(
+            [candidates[0], Candidate("x", DomainPath(fitted_net, 1))], smooth_volume(1)
+        )
 
 
 def test_decide_softmax_and_threshold():

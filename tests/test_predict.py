@@ -398,7 +398,9 @@ def test_bad_inputs_fail_clearly_without_outputs(trained_run, tmp_path):
 def test_union_head_maps_to_the_domains_labels(trained_run, tmp_path):
     import shutil
 
+    from jointseg.inference.domain import decide
     from jointseg.inference.predictor import Predictor
+    from jointseg.models.domain_reference import Calibration
     from jointseg.runs import load_run_info
 
     run = tmp_path / "shared"
@@ -417,6 +419,12 @@ def test_union_head_maps_to_the_domains_labels(trained_run, tmp_path):
     assert predictor.routes["shoulder"].select == (0, 3, 4)
     prediction = predictor.predict(make_scan("shoulder", 1)[0], domain="shoulder")
     assert set(np.unique(sitk.GetArrayFromImage(prediction.label_map))) <= {0, 3, 7}
+    # distinct distances (each domain's own reference) are not overridden by the union head's
+    # tie-break, which is for the equal distances of shared BN statistics
+    volume = predictor.recognition_volume(make_scan("shoulder", 1)[0])
+    for knee, shoulder, expected in ((1.0, 2.0, "knee"), (2.0, 1.0, "shoulder")):
+        decision = decide({"knee": knee, "shoulder": shoulder}, Calibration(threshold=10.0))
+        assert predictor._break_ties(decision, volume).domain == expected
 
 
 def test_run_is_calibrated_on_its_study_once(trained_run, tmp_path):
@@ -424,8 +432,8 @@ def test_run_is_calibrated_on_its_study_once(trained_run, tmp_path):
     import shutil
 
     from jointseg.data.manifest import DatasetManifest, write_manifest
-    from jointseg.inference.domain import CALIBRATION_FACTOR, CALIBRATION_FILE
     from jointseg.inference.predictor import Predictor
+    from jointseg.models.domain_reference import CALIBRATION_FACTOR, CALIBRATION_FILE
     from jointseg.runs import load_run_info
 
     study = tmp_path / "study"
@@ -460,9 +468,8 @@ def test_run_is_calibrated_on_its_study_once(trained_run, tmp_path):
 def test_fitted_references_recognize_every_domain(trained_run, tmp_path):
     import shutil
 
-    from jointseg.inference.domain import CALIBRATION_FILE
     from jointseg.inference.predictor import Predictor
-    from jointseg.inference.reference import REFERENCE_FILE, fit_recognition
+    from jointseg.models.domain_reference import CALIBRATION_FILE, REFERENCE_FILE, fit_recognition
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -474,7 +481,8 @@ def test_fitted_references_recognize_every_domain(trained_run, tmp_path):
         )
         for name in DOMAINS
     }
-    calibration = fit_recognition(run, volumes)
+    paths = {c.name: c.path for c in plain.candidates()}
+    calibration = fit_recognition(run, paths, volumes)
     assert calibration is not None and (run / REFERENCE_FILE).is_file()
     assert (run / CALIBRATION_FILE).is_file()
     assert {k: len(v) for k, v in calibration.in_domain.items()} == {"knee": 2, "shoulder": 2}
@@ -488,7 +496,7 @@ def test_fitted_references_recognize_every_domain(trained_run, tmp_path):
     # one training scan is not enough for a reference: nothing is written
     shutil.rmtree(run)
     shutil.copytree(trained_run, run)
-    assert fit_recognition(run, {n: (v[0][:1], v[1]) for n, v in volumes.items()}) is None
+    assert fit_recognition(run, paths, {n: (v[0][:1], v[1]) for n, v in volumes.items()}) is None
     assert not (run / REFERENCE_FILE).exists()
 
 

@@ -193,6 +193,15 @@ def test_normalization_zero_mean_unit_std_within_clip():
     assert float(out.min()) == pytest.approx((low - clipped.mean()) / scale, rel=1e-4)
 
 
+def test_float64_scan_is_normalized_and_left_untouched():
+    array = np.random.default_rng(0).normal(50.0, 10.0, size=(4, 32, 32))  # float64, small
+    image = sitk.GetImageFromArray(array)
+    cfg = PreprocessingConfig(target_spacing=None, patch_size=(32, 32), clip_percentiles=(1, 99))
+    out = preprocess_case(image, None, cfg).image
+    assert abs(float(out.mean())) < 1e-4
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), array)
+
+
 def test_padding_takes_the_low_clip_value():
     image, _ = blob_case(shape=(3, 40, 40), spacing=(0.5, 0.5, 2.0))
     cfg = PreprocessingConfig(target_spacing=None, patch_size=(64, 64))

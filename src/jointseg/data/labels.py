@@ -65,6 +65,10 @@ class LabelSpace:
         names = list(self.domains[domain].structures)
         return np.asarray([0, *(1 + self.structure_names.index(n) for n in names)], dtype=np.int64)
 
+    def union_channels(self, name: str) -> tuple[int, ...]:
+        """The union classes of domain ``name``'s local classes, background first."""
+        return tuple(int(c) for c in self.local_to_union(self.domain_index(name)))
+
     def union_to_local(self, domain: int) -> np.ndarray:
         """For domain ``domain``: union class index -> local index (0 for foreign structures)."""
         lut = np.zeros(self.num_classes, dtype=np.int64)

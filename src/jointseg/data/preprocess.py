@@ -175,7 +175,7 @@ def intensity_statistics(
     plane = image.GetSize()[0] * image.GetSize()[1]
     while step > 1 and math.gcd(step, plane) != 1:
         step += 1
-    sample = np.asarray(flat[::step], dtype=np.float64)
+    sample = np.array(flat[::step], dtype=np.float64)  # a copy: clipped in place below
     low, high = (float(v) for v in np.percentile(sample, percentiles))
     np.clip(sample, low, high, out=sample)
     mean, std = float(sample.mean()), float(sample.std())

@@ -1,10 +1,11 @@
 """Calibrating domain recognition on scans of known domain, stored in the run folder.
 
-The refusal threshold is :data:`~jointseg.inference.domain.CALIBRATION_FACTOR` times the largest
-distance of scans to their own domain's statistics, and the softmax temperature their median
-(:meth:`Calibration.from_distances`). When a run has no ``domain_calibration.json`` yet and its
-study folder is still where it was trained, :func:`calibrate_from_study` measures a few of each
-domain's validation cases (training cases when it has none) and writes the file, once.
+The refusal threshold is :data:`~jointseg.models.domain_reference.CALIBRATION_FACTOR` times the
+largest refusal distance of scans to their own domain, and the softmax temperature the median of
+their ranking distances (:meth:`Calibration.from_distances`). When a run has no
+``domain_calibration.json`` yet and its study folder is still where it was trained,
+:func:`calibrate_from_study` measures a few of each domain's validation cases (training cases
+when it has none) and writes the file, once.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import SimpleITK as sitk
 
 from jointseg.data.io import ScanReadError, read_image
 from jointseg.data.manifest import DatasetError, list_cases
-from jointseg.inference.domain import CALIBRATION_FACTOR, Calibration, candidate_distance
-from jointseg.inference.slices import check_scan, subsample_tensor
+from jointseg.inference.domain import candidate_distances
+from jointseg.inference.slices import check_scan
+from jointseg.models.domain_reference import CALIBRATION_FACTOR, Calibration
+from jointseg.models.scan_features import subsample_tensor
 
 if TYPE_CHECKING:
     from jointseg.inference.predictor import Predictor
@@ -25,12 +28,14 @@ if TYPE_CHECKING:
 CASES_PER_DOMAIN = 3
 
 
-def in_domain_distance(predictor: Predictor, domain: str, scan: str | Path | sitk.Image) -> float:
-    """The distance of ``scan`` to ``domain`` (its reference, else its BN statistics)."""
+def in_domain_distances(
+    predictor: Predictor, domain: str, scan: str | Path | sitk.Image
+) -> tuple[float, float]:
+    """The (ranking, refusal) distances of ``scan`` to ``domain``."""
     image = scan if isinstance(scan, sitk.Image) else read_image(scan)
     check_scan(image)
     slices = subsample_tensor(predictor.recognition_volume(image))
-    return candidate_distance(predictor.candidate(domain), slices, predictor.batch_size)
+    return candidate_distances(predictor.candidate(domain), slices, predictor.batch_size)
 
 
 def calibrate_domains(
@@ -40,12 +45,16 @@ def calibrate_domains(
     save: bool = True,
 ) -> Calibration:
     """Calibrate on ``scans`` (domain -> scans of it); save into the run and use it."""
-    distances = {
-        name: [in_domain_distance(predictor, name, scan) for scan in items]
+    scores = {
+        name: [in_domain_distances(predictor, name, scan) for scan in items]
         for name, items in scans.items()
         if items
     }
-    calibration = Calibration.from_distances(distances, factor)
+    calibration = Calibration.from_distances(
+        {name: [a for _, a in pairs] for name, pairs in scores.items()},
+        factor,
+        {name: [r for r, _ in pairs] for name, pairs in scores.items()},
+    )
     calibration.source = "scans"
     if save:
         calibration.save(predictor.run_dir)

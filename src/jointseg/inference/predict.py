@@ -198,9 +198,14 @@ def write_case(
     document["seconds"] = round(prediction.seconds, 3)
     if prediction.decision is not None:
         document["domain_scores"] = {
-            s.name: {"distance": round(s.distance, 5), "confidence": round(s.confidence, 4)}
+            s.name: {
+                "distance": round(s.distance, 5),
+                "refusal_distance": round(s.refusal, 5),
+                "confidence": round(s.confidence, 4),
+            }
             for s in prediction.decision.scores
         }
+        document["refusal_threshold"] = round(prediction.decision.threshold, 5)
     title = f"{case}: {prediction.domain}"
     if prediction.confidence is not None:
         title += f" (confidence {prediction.confidence:.2f})"

@@ -29,30 +29,32 @@ from jointseg.data.preprocess import (
     restore_probabilities,
 )
 from jointseg.inference.domain import (
-    CALIBRATION_FACTOR,
-    Calibration,
     Candidate,
     DomainDecision,
     DomainRecognitionError,
-    ReferenceStats,
     recognize_domain,
     refusal_message,
 )
-from jointseg.inference.reference import load_references
 from jointseg.inference.slices import (
     InputError,
     check_scan,
     flip_sets,
     full_view_preprocessing,
-    head_logits,
     restore_class_probabilities,
-    subsample_tensor,
     to_disk_values,
     torch_device,
 )
+from jointseg.models.domain_reference import (
+    CALIBRATION_FACTOR,
+    Calibration,
+    DomainReference,
+    load_references,
+)
+from jointseg.models.network import head_logits
+from jointseg.models.scan_features import DomainPath, head_index, subsample_tensor
 from jointseg.runs import RunError, RunInfo, load_run_info
 
-__all__ = ["InputError", "Prediction", "Predictor", "check_scan", "subsample_tensor"]
+__all__ = ["InputError", "Prediction", "Predictor", "check_scan"]
 
 MEMORY_BUDGET = 1.0e9  # bytes the probability restoration may take, beyond the scan itself
 
@@ -112,7 +114,7 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
         self.calibration = calibration or Calibration()
-        self.references: dict[str, ReferenceStats] = {}
+        self.references: dict[str, DomainReference] = {}
         self.label_space: LabelSpace = info.label_space()
         self.routes = {d.name: self._route(d.name) for d in info.domains}
 
@@ -173,11 +175,10 @@ class Predictor:
     def _route(self, domain: str) -> Route:
         entry = self.info.model_for(domain)
         net = self.networks[entry.name]
-        index = entry.domains.index(domain) if getattr(net, "num_heads", 1) > 1 else 0
+        index = head_index(net, entry.domains, domain)
         select = None
         if entry.label_space == "union":
-            position = self.label_space.domain_index(domain)
-            select = tuple(int(c) for c in self.label_space.local_to_union(position))
+            select = self.label_space.union_channels(domain)
         return Route(entry.name, index, select)
 
     # ------------------------------------------------------------------------ prediction
@@ -286,7 +287,8 @@ class Predictor:
         route = self.routes[domain]
         complete = all(name in self.references for name in self.routes)
         reference = self.references[domain] if complete else None
-        return Candidate(domain, self.networks[route.model], route.index, reference)
+        path = DomainPath(self.networks[route.model], route.index, route.select)
+        return Candidate(domain, path, reference)
 
     def recognize(self, scan: Scan, refuse: bool = True) -> DomainDecision:
         """Which domain the scan belongs to; raises :class:`DomainRecognitionError` when none
@@ -303,15 +305,18 @@ class Predictor:
         return decision
 
     def _break_ties(self, decision: DomainDecision, volume: np.ndarray) -> DomainDecision:
-        """Domains sharing one model and BN (shared/union schemes) score the same; among them
-        pick the one whose structures cover most of the union head's predicted foreground."""
+        """Without references, domains sharing one model and BN (shared/union schemes) score
+        the same; among them pick the one whose structures cover most of the union head's
+        predicted foreground."""
         if decision.domain is None:
             return decision
         best = self.routes[decision.domain]
+        top = decision.scores[0].distance
         tied = [
             s.name
             for s in decision.scores
             if (self.routes[s.name].model, self.routes[s.name].index) == (best.model, best.index)
+            and math.isclose(s.distance, top, rel_tol=1e-9)
         ]
         if len(tied) < 2 or best.select is None:
             return decision

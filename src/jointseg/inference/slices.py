@@ -7,11 +7,9 @@ import math
 import numpy as np
 import SimpleITK as sitk
 import torch
-from torch import Tensor, nn
 
 from jointseg.config import PreprocessingConfig
 from jointseg.data.preprocess import InverseInfo, canonical_axes, resolve_slice_axis
-from jointseg.inference.domain import subsample_indices
 
 PATCH_MULTIPLE = 32  # the network's input sides must be multiples of this
 MAX_IN_PLANE = 1024  # a full-view grid wider than this falls back to the training patch
@@ -82,28 +80,6 @@ def flip_sets(flip_axes: list[int] | tuple[int, ...]) -> list[tuple[int, ...]]:
     for d in dims:
         flips += [(*f, d) for f in flips]
     return flips
-
-
-def model_input(net: nn.Module, x: Tensor) -> Tensor:
-    """Grayscale slices [B, 1, H, W] replicated to the network's input channels."""
-    channels = getattr(getattr(net, "cfg", None), "in_channels", 1)
-    return x if x.shape[1] == channels else x.expand(-1, channels, -1, -1)
-
-
-def head_logits(net: nn.Module, x: Tensor, index: int) -> Tensor:
-    """Logits [B, C, H, W] of head/BN ``index`` for a batch of slices [B, 1, H, W]."""
-    x = model_input(net, x)
-    domains = torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
-    out = net(x, domains)
-    if len(out.logits) == 1:
-        return next(iter(out.logits.values()))
-    return torch.stack(out.per_sample())
-
-
-def subsample_tensor(volume: np.ndarray) -> Tensor:
-    """The recognition subsample of a slice stack [S, H, W] as a tensor [N, 1, H, W]."""
-    picked = volume[subsample_indices(len(volume))]
-    return torch.from_numpy(np.ascontiguousarray(picked, dtype=np.float32)).unsqueeze(1)
 
 
 def restore_class_probabilities(probabilities: np.ndarray, inverse: InverseInfo) -> sitk.Image:

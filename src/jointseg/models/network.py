@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from jointseg.config import ModelConfig
@@ -150,3 +151,19 @@ def build_model(
 
         load_encoder_weights(net, cfg.encoder_weights)
     return net
+
+
+def model_input(net: nn.Module, x: Tensor) -> Tensor:
+    """Grayscale slices [B, 1, H, W] replicated to the network's input channels."""
+    channels = getattr(getattr(net, "cfg", None), "in_channels", 1)
+    return x if x.shape[1] == channels else x.expand(-1, channels, -1, -1)
+
+
+def head_logits(net: nn.Module, x: Tensor, index: int) -> Tensor:
+    """Logits [B, C, H, W] of head/BN ``index`` for a batch of slices [B, 1, H, W]."""
+    x = model_input(net, x)
+    domains = torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
+    out = net(x, domains)
+    if len(out.logits) == 1:
+        return next(iter(out.logits.values()))
+    return torch.stack(out.per_sample())

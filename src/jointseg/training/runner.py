@@ -16,9 +16,10 @@ from jointseg.data.cache import SliceCache, preprocess_study
 from jointseg.data.labels import DomainLabels, LabelSpace
 from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.data.splits import fold_cases, load_splits
-from jointseg.inference.reference import REFERENCE_FILE, fit_recognition
-from jointseg.models import build_model, save_model
+from jointseg.models import build_model, load_model, save_model
 from jointseg.models.checkpoint import load_weights
+from jointseg.models.domain_reference import REFERENCE_FILE, fit_recognition
+from jointseg.models.scan_features import DomainPath, head_index
 from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, save_run_info
 from jointseg.training.checkpoint_io import AtomicCheckpointIO
 from jointseg.training.curves import plot_curves
@@ -165,16 +166,26 @@ def train_run(
     )
     if primary:
         save_run_info(out, info)
-        _fit_recognition(out, caches, subjects)
+        _fit_recognition(out, deliverable_plans(plans), label_space, caches, subjects)
         plot_curves(out, [p.name for p in plans])
         _print_summary(out, plans)
     return info
 
 
 def _fit_recognition(
-    out: Path, caches: dict[str, SliceCache], subjects: dict[str, tuple[list[str], list[str]]]
+    out: Path,
+    plans: list[ModelPlan],
+    label_space: LabelSpace,
+    caches: dict[str, SliceCache],
+    subjects: dict[str, tuple[list[str], list[str]]],
 ) -> None:
     """Measure the run's domain references and calibration from its training slice cache."""
+    paths = {}
+    for plan in plans:
+        net, _ = load_model(out / "models" / plan.name)
+        for domain in plan.domains:
+            select = label_space.union_channels(domain) if plan.label_space == "union" else None
+            paths[domain] = DomainPath(net, head_index(net, plan.domains, domain), select)
     volumes = {  # read-only memory-mapped views: only the recognition subsample is read
         name: tuple(
             [caches[name].images[slice(*caches[name].case_slices[case])] for case in cases]
@@ -182,7 +193,7 @@ def _fit_recognition(
         )
         for name, split in subjects.items()
     }
-    calibration = fit_recognition(out, volumes)  # type: ignore[arg-type]
+    calibration = fit_recognition(out, paths, volumes)  # type: ignore[arg-type]
     if calibration is None:
         print("[train] domain recognition: fewer than two training scans in a domain; it will "
               "use the BN running statistics")  # fmt: skip
