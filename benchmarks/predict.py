@@ -10,13 +10,14 @@
 Each configuration runs in its own process (so peak memory is its own): a temporary run folder
 holds a randomly initialised three-domain network (timing needs no trained weights) built from
 configs/demo.yaml or configs/paper.yaml (model and preprocessing sections; fallbacks: ResNet-18
-width 0.25 at 128x128, ResNet-34 width 1.0 at 256x256). The scan is synthetic (a body with two
-bright ellipsoids, 0.6 x 0.6 x 3 mm). Timed: ``Predictor.predict`` (label map on the scan's
-grid) after a warm-up call on the same scan (the first call at new tensor shapes pays for kernel
-selection), best of the repetitions; domain recognition on its own; and ``write_case`` (label
-map, tables, meshes, measurements, preview) of the scan's true label map. Memory: peak RSS of
-the process (getrusage) and the RSS high-water mark during prediction above the RSS before it
-(psutil, sampled every 5 ms).
+width 0.25 at 128x128, ResNet-34 width 1.0 at 256x256), with recognition references measured on
+two small synthetic scans per domain, so that recognition takes the path of a trained run. The
+scan is synthetic (a body with two bright ellipsoids, 0.6 x 0.6 x 3 mm). Timed:
+``Predictor.predict`` (label map on the scan's grid) after a warm-up call on the same scan (the
+first call at new tensor shapes pays for kernel selection), best of the repetitions; domain
+recognition on its own; and ``write_case`` (label map, tables, meshes, measurements, preview) of
+the scan's true label map. Memory: peak RSS of the process (getrusage) and the RSS high-water
+mark during prediction above the RSS before it (psutil, sampled every 5 ms).
 """
 
 from __future__ import annotations
@@ -82,7 +83,24 @@ def build_run(name: str, folder: Path) -> Path:
         models=[ModelEntry(name="main", path="models/main", domains=list(DOMAINS))],
     )
     save_run_info(folder, info)
+    fit_references(folder)
     return folder
+
+
+def fit_references(run: Path) -> None:
+    """Recognition references from two small synthetic scans per domain (as training does)."""
+    from jointseg.inference.predictor import Predictor
+    from jointseg.models.domain_reference import fit_recognition
+
+    predictor = Predictor.from_run(run, calibrate=False)
+    volumes = {
+        c.name: (
+            [predictor.recognition_volume(make_scan((96, 96, 12), seed=s)[0]) for s in (i, i + 10)],
+            [],
+        )
+        for i, c in enumerate(predictor.candidates())
+    }
+    fit_recognition(run, {c.name: c.path for c in predictor.candidates()}, volumes)
 
 
 def make_scan(
