@@ -88,18 +88,21 @@ def build_run(name: str, folder: Path) -> Path:
 
 
 def fit_references(run: Path) -> None:
-    """Recognition references from two small synthetic scans per domain (as training does)."""
+    """Recognition references from two small synthetic scans per domain (as training does): the
+    knee's look like the timed scan, the other domains' are blurred, so that recognition runs
+    as on a trained run (the knee's head only; the others stop after the early layers)."""
     from jointseg.inference.predictor import Predictor
     from jointseg.models.domain_reference import fit_recognition
 
     predictor = Predictor.from_run(run, calibrate=False)
-    volumes = {
-        c.name: (
-            [predictor.recognition_volume(make_scan((96, 96, 12), seed=s)[0]) for s in (i, i + 10)],
-            [],
-        )
-        for i, c in enumerate(predictor.candidates())
-    }
+
+    def scan(domain: str, seed: int) -> np.ndarray:
+        image = make_scan((96, 96, 12), seed=seed)[0]
+        if domain != "knee":
+            image = sitk.SmoothingRecursiveGaussian(image, 2.0)
+        return predictor.recognition_volume(image)
+
+    volumes = {name: ([scan(name, 1), scan(name, 2)], []) for name in DOMAINS}
     fit_recognition(run, {c.name: c.path for c in predictor.candidates()}, volumes)
 
 

@@ -12,6 +12,7 @@ from jointseg.config import ModelConfig
 from jointseg.inference.domain import (
     Candidate,
     DomainRecognitionError,
+    candidate_distances,
     decide,
     recognize_domain,
     refusal_message,
@@ -247,6 +248,18 @@ def test_recognition_with_measured_references(fitted_net):
             assert decision.domain == name and decision.confidence > 0.9
             other = decision.scores[1].distance
             assert other > 10 * decision.scores[0].distance
+            # a candidate that cannot win keeps its appearance distance as a lower bound of
+            # its ranking distance; the others are exact
+            slices = torch.from_numpy(make(seed)).unsqueeze(1)
+            full = {c.name: candidate_distances(c, slices) for c in candidates}
+            assert min(full, key=lambda n: full[n][0]) == name
+            for score in decision.scores:
+                ranking, appearance = full[score.name]
+                assert score.refusal == pytest.approx(appearance)
+                expected = ranking if score.complete else appearance
+                assert score.distance == pytest.approx(expected)
+            assert decision.scores[0].complete and not decision.scores[1].complete
+            assert ">= " in decision.describe()
     assert recognize_domain(candidates, noise_volume(7), calibration).domain is None
     with pytest.raises(ValueError, match="every candidate"):
         recognize_domain(

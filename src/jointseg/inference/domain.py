@@ -7,18 +7,32 @@ a ranking distance (appearance and content) and a refusal distance (appearance);
 the BN running statistics of the domain's early layers give both. The candidate with the
 smallest ranking distance wins, ``confidence = softmax(-distance / temperature)``; the scan is
 refused when that candidate's refusal distance exceeds the calibrated ``threshold``.
+
+Only the appearance needs no more than the encoder's first layers; the content needs the whole
+network. Candidates are therefore taken in order of appearance distance, and one whose
+appearance distance alone is already no smaller than the best ranking distance found cannot win
+(the content term is never negative): its head is not run, and its ranking distance is reported
+as that lower bound (``DomainScore.complete`` False). The decision is the same as with every
+candidate complete; usually one or two heads run instead of all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from torch import Tensor
 
 from jointseg.models.domain_reference import Calibration, DomainReference
-from jointseg.models.scan_features import DomainPath, bn_distance, scan_features, subsample_tensor
+from jointseg.models.scan_features import (
+    DomainPath,
+    appearance_descriptor,
+    bn_distance,
+    content_descriptor,
+    scan_features,
+    subsample_tensor,
+)
 
 
 class DomainRecognitionError(ValueError):
@@ -37,12 +51,14 @@ class Candidate:
 
 @dataclass(frozen=True)
 class DomainScore:
-    """A candidate's ranking distance, refusal distance and softmax confidence."""
+    """A candidate's ranking distance (a lower bound when not ``complete``), refusal distance
+    and softmax confidence."""
 
     name: str
     distance: float
     confidence: float
     refusal: float
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,7 +72,7 @@ class DomainDecision:
 
     def describe(self) -> str:
         parts = ", ".join(
-            f"{s.name}: distance {s.distance:.3g}"
+            f"{s.name}: distance {'' if s.complete else '>= '}{s.distance:.3g}"
             + (f" (appearance {s.refusal:.3g})" if s.refusal != s.distance else "")
             + f", confidence {s.confidence:.2f}"
             for s in self.scores
@@ -70,8 +86,7 @@ def candidate_distances(
     """(ranking, refusal) distances to the candidate's references, or twice the distance to
     its BN running statistics when it has none."""
     if candidate.reference is not None:
-        features = scan_features(candidate.path, slices, batch_size)
-        return candidate.reference.distances(features)
+        return candidate.reference.distances(scan_features(candidate.path, slices, batch_size))
     distance = bn_distance(candidate.path.net, slices, candidate.path.index, batch_size)
     return distance, distance
 
@@ -80,10 +95,11 @@ def decide(
     distances: dict[str, float],
     calibration: Calibration | None = None,
     refusal: dict[str, float] | None = None,
+    bounds: Collection[str] = (),
 ) -> DomainDecision:
     """Turn candidate distances into a decision: the smallest ranking distance wins, and the
     scan is refused (``domain`` None) when its refusal distance (``refusal``, else its ranking
-    distance) is above the threshold."""
+    distance) is above the threshold. ``bounds``: candidates whose distance is a lower bound."""
     calibration = calibration or Calibration()
     refusal = refusal or distances
     names = list(distances)
@@ -93,7 +109,13 @@ def decide(
     confidence = weights / weights.sum()
     order = np.argsort(values, kind="stable")
     scores = [
-        DomainScore(names[i], float(values[i]), float(confidence[i]), float(refusal[names[i]]))
+        DomainScore(
+            names[i],
+            float(values[i]),
+            float(confidence[i]),
+            float(refusal[names[i]]),
+            names[i] not in bounds,
+        )
         for i in order
     ]
     best = scores[0]
@@ -115,12 +137,24 @@ def recognize_domain(
     if len({c.reference is None for c in candidates}) > 1:
         raise ValueError("either every candidate has a reference or none has")
     slices = subsample_tensor(volume)
-    scores = {c.name: candidate_distances(c, slices, batch_size) for c in candidates}
-    return decide(
-        {name: r for name, (r, _) in scores.items()},
-        calibration,
-        {name: a for name, (_, a) in scores.items()},
-    )
+    if candidates[0].reference is None:
+        scores = {c.name: candidate_distances(c, slices, batch_size) for c in candidates}
+        return decide({name: r for name, (r, _) in scores.items()}, calibration)
+    appearance = {
+        c.name: c.reference.appearance.distance(appearance_descriptor(c.path, slices, batch_size))
+        for c in candidates
+        if c.reference is not None
+    }
+    ranking: dict[str, float] = {}
+    bounds = []
+    for c in sorted(candidates, key=lambda c: appearance[c.name]):
+        if appearance[c.name] >= min(ranking.values(), default=np.inf):
+            ranking[c.name] = appearance[c.name]  # cannot win: a lower bound is enough
+            bounds.append(c.name)
+        elif c.reference is not None:
+            content = content_descriptor(c.path, slices, batch_size)
+            ranking[c.name] = c.reference.ranking(appearance[c.name], content)
+    return decide(ranking, calibration, appearance, bounds)
 
 
 def refusal_message(decision: DomainDecision) -> str:

@@ -102,7 +102,11 @@ class DomainReference:
     def distances(self, features: ScanFeatures) -> tuple[float, float]:
         """(ranking distance, refusal distance) of a scan's features (module doc)."""
         appearance = self.appearance.distance(features.appearance)
-        return appearance + CONTENT_WEIGHT * self.content.distance(features.content), appearance
+        return self.ranking(appearance, features.content), appearance
+
+    def ranking(self, appearance: float, content: np.ndarray) -> float:
+        """The ranking distance from the appearance distance and the content descriptor."""
+        return appearance + CONTENT_WEIGHT * self.content.distance(content)
 
     @classmethod
     def fit(

@@ -12,7 +12,8 @@ descriptors come out of one forward pass (:func:`scan_features`):
   (background and each structure) over the subsample, and the logit of the mean top-class
   probability (how sure the head is).
 
-Both are compared with a domain's measured reference (:mod:`jointseg.models.domain_reference`).
+The appearance pass stops after those layers; the content pass runs the whole network. Both are
+compared with a domain's measured reference (:mod:`jointseg.models.domain_reference`).
 Runs without references use :func:`bn_distance`, the Gaussian Kullback-Leibler divergence of the
 early layers' input statistics to their running statistics, averaged over channels and layers:
 
@@ -104,8 +105,7 @@ class _MomentAccumulator:
     Once every logical layer has seen the current batch, the hook stops the forward pass.
     """
 
-    def __init__(self, groups: Sequence[Sequence[nn.BatchNorm2d]], stop: bool = True):
-        self.stop = stop
+    def __init__(self, groups: Sequence[Sequence[nn.BatchNorm2d]]):
         self.layers = [m for group in groups for m in group]
         self.group_of = {id(m): g for g, group in enumerate(groups) for m in group}
         self.count = len(groups)
@@ -121,7 +121,7 @@ class _MomentAccumulator:
             moments if previous is None else [a + b for a, b in zip(previous, moments, strict=True)]
         )
         self.seen.add(self.group_of[id(module)])
-        if self.stop and len(self.seen) == self.count:
+        if len(self.seen) == self.count:
             raise _EarlyLayersDone
 
     def close(self) -> None:
@@ -189,29 +189,38 @@ def bn_distance(net: nn.Module, slices: Tensor, index: int, batch_size: int = 16
     return _early_moments(net, slices, index, batch_size).distance()
 
 
+def appearance_descriptor(path: DomainPath, slices: Tensor, batch_size: int = 16) -> np.ndarray:
+    """The appearance descriptor of ``slices`` [N, 1, H, W] as ``path`` runs them (module doc);
+    only the encoder's first layers run."""
+    return _early_moments(path.net, slices, path.index, batch_size).descriptor()
+
+
 @torch.no_grad()
-def scan_features(path: DomainPath, slices: Tensor, batch_size: int = 16) -> ScanFeatures:
-    """Appearance and content descriptors of ``slices`` [N, 1, H, W] as ``path`` runs them."""
+def content_descriptor(path: DomainPath, slices: Tensor, batch_size: int = 16) -> np.ndarray:
+    """The content descriptor of ``slices`` [N, 1, H, W] as ``path``'s head reads them."""
     net = path.net.eval()
-    accumulator = _MomentAccumulator(early_batchnorm_groups(net), stop=False)
+    device = next(net.parameters()).device
     probability_sum, top_sum, count = None, 0.0, 0
-    try:
-        device = next(net.parameters()).device
-        for start in range(0, slices.shape[0], batch_size):
-            logits = head_logits(net, slices[start : start + batch_size].to(device), path.index)
-            if path.select is not None:
-                logits = logits[:, list(path.select)]
-            probabilities = torch.softmax(logits.double(), dim=1)
-            sums = probabilities.sum(dim=(0, 2, 3))
-            probability_sum = sums if probability_sum is None else probability_sum + sums
-            top_sum += float(probabilities.max(dim=1).values.sum())
-            count += probabilities[:, 0].numel()
-    finally:
-        accumulator.close()
+    for start in range(0, slices.shape[0], batch_size):
+        logits = head_logits(net, slices[start : start + batch_size].to(device), path.index)
+        if path.select is not None:
+            logits = logits[:, list(path.select)]
+        probabilities = torch.softmax(logits.double(), dim=1)
+        sums = probabilities.sum(dim=(0, 2, 3))
+        probability_sum = sums if probability_sum is None else probability_sum + sums
+        top_sum += float(probabilities.max(dim=1).values.sum())
+        count += probabilities[:, 0].numel()
     mean_probabilities = (probability_sum / count).cpu().numpy()
     top = min(top_sum / count, 1.0 - 1e-6)
-    content = np.append(np.log(mean_probabilities + PROBABILITY_FLOOR), np.log(top / (1.0 - top)))
-    return ScanFeatures(accumulator.descriptor(), content)
+    return np.append(np.log(mean_probabilities + PROBABILITY_FLOOR), np.log(top / (1.0 - top)))
+
+
+def scan_features(path: DomainPath, slices: Tensor, batch_size: int = 16) -> ScanFeatures:
+    """Both descriptors of ``slices`` [N, 1, H, W] as ``path`` runs them."""
+    return ScanFeatures(
+        appearance_descriptor(path, slices, batch_size),
+        content_descriptor(path, slices, batch_size),
+    )
 
 
 def head_index(net: nn.Module, model_domains: Sequence[str], domain: str) -> int:
