@@ -49,8 +49,9 @@ FALLBACK = {
 }
 
 
-def build_run(name: str, folder: Path) -> Path:
-    """A run folder with a random-weight network of configuration ``name``."""
+def build_run(name: str, folder: Path, size: tuple[int, int, int] | None = None) -> Path:
+    """A run folder with a random-weight network of configuration ``name``; with ``size``, its
+    recognition references measured on scans of that size."""
     import torch
 
     from jointseg.config import config_from_dict, save_config
@@ -83,21 +84,23 @@ def build_run(name: str, folder: Path) -> Path:
         models=[ModelEntry(name="main", path="models/main", domains=list(DOMAINS))],
     )
     save_run_info(folder, info)
-    fit_references(folder)
+    if size is not None:
+        fit_references(folder, size)
     return folder
 
 
-def fit_references(run: Path) -> None:
-    """Recognition references from two small synthetic scans per domain (as training does): the
-    knee's look like the timed scan, the other domains' are blurred, so that recognition runs
-    as on a trained run (the knee's head only; the others stop after the early layers)."""
+def fit_references(run: Path, size: tuple[int, int, int]) -> None:
+    """Recognition references from two synthetic scans of ``size`` per domain (as training
+    does): the knee's look like the timed scan, the other domains' are blurred, so that
+    recognition runs as on a trained run (the knee's head only; the others stop after the early
+    layers)."""
     from jointseg.inference.predictor import Predictor
     from jointseg.models.domain_reference import fit_recognition
 
     predictor = Predictor.from_run(run, calibrate=False)
 
     def scan(domain: str, seed: int) -> np.ndarray:
-        image = make_scan((96, 96, 12), seed=seed)[0]
+        image = make_scan(size, seed=seed)[0]
         if domain != "knee":
             image = sitk.SmoothingRecursiveGaussian(image, 2.0)
         return predictor.recognition_volume(image)
@@ -163,7 +166,7 @@ def child(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     with tempfile.TemporaryDirectory() as tmp:
-        run = build_run(spec["config"], Path(tmp) / "run")
+        run = build_run(spec["config"], Path(tmp) / "run", tuple(spec["size"]))
         predictor = Predictor.from_run(
             run, device=spec["device"], batch_size=spec["batch_size"], tta=spec["tta"]
         )
