@@ -500,6 +500,28 @@ def test_fitted_references_recognize_every_domain(trained_run, tmp_path):
     assert not (run / REFERENCE_FILE).exists()
 
 
+def test_references_of_an_older_format_are_ignored_with_their_calibration(trained_run, tmp_path):
+    import json
+    import shutil
+
+    from jointseg.inference.predictor import Predictor
+    from jointseg.models.domain_reference import CALIBRATION_FILE, REFERENCE_FILE
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    old = {
+        "format_version": 1,
+        "domains": {d: {"scans": 4, "mean": [0.0], "std": [1.0]} for d in DOMAINS},
+    }
+    (run / REFERENCE_FILE).write_text(json.dumps(old), encoding="utf-8")
+    (run / CALIBRATION_FILE).write_text(json.dumps({"threshold": 1e6}), encoding="utf-8")
+    with pytest.warns(UserWarning, match="format 1"):
+        predictor = Predictor.from_run(run, calibrate=False)
+    assert predictor.references == {} and predictor.calibration.source == "default"
+    assert all(c.reference is None for c in predictor.candidates())
+    assert predictor.recognize(noise_scan(3), refuse=False).domain is None
+
+
 def _side_by_side(left: sitk.Image, right: sitk.Image) -> sitk.Image:
     joined = np.concatenate([sitk.GetArrayFromImage(left), sitk.GetArrayFromImage(right)], axis=2)
     image = sitk.GetImageFromArray(joined)

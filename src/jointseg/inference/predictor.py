@@ -46,6 +46,7 @@ from jointseg.inference.slices import (
 )
 from jointseg.models.domain_reference import (
     CALIBRATION_FACTOR,
+    REFERENCE_FILE,
     Calibration,
     DomainReference,
     load_references,
@@ -156,9 +157,14 @@ class Predictor:
                 )
             net, _ = load_model(folder, map_location=where)
             networks[entry.name] = net.eval()
-        predictor = cls(run, config, info, networks, where, batch_size, tta, Calibration.load(run))
-        predictor.references = load_references(run)
-        if calibrate and not Calibration.exists(run):
+        references = load_references(run)
+        # references of an older format are ignored, and with them the calibration measured
+        # in their units: recognition falls back to the BN statistics and their calibration
+        stale = (run / REFERENCE_FILE).is_file() and not references
+        calibration = Calibration() if stale else Calibration.load(run)
+        predictor = cls(run, config, info, networks, where, batch_size, tta, calibration)
+        predictor.references = references
+        if calibrate and (stale or not Calibration.exists(run)):
             from jointseg.inference.calibration import calibrate_from_study
 
             calibrate_from_study(predictor)
