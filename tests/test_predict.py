@@ -311,6 +311,10 @@ def test_predict_folder_writes_every_output_and_reports_the_bad_scan(trained_run
         assert (out / f"{case}_preview.png").read_bytes()[:4] == b"\x89PNG"
         measured = json.loads((out / f"{case}_measurements.json").read_text(encoding="utf-8"))
         assert set(measured["structures"]) == set(structures)
+        scores = measured["domain_scores"]  # --domain auto: every candidate's distances
+        assert set(scores) == set(DOMAINS) and measured["refusal_threshold"] > 0
+        winner = min(scores, key=lambda name: scores[name]["distance"])
+        assert winner == measured["domain"] and not scores[winner]["distance_is_lower_bound"]
         for name in structures:
             mesh = trimesh.load(out / case / f"{name}.stl")
             assert mesh.is_watertight

@@ -201,6 +201,7 @@ def write_case(
             s.name: {
                 "distance": round(s.distance, 5),
                 "refusal_distance": round(s.refusal, 5),
+                "distance_is_lower_bound": not s.complete,
                 "confidence": round(s.confidence, 4),
             }
             for s in prediction.decision.scores

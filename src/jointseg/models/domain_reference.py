@@ -244,6 +244,7 @@ def fit_recognition(
     volumes: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
     factor: float = CALIBRATION_FACTOR,
     batch_size: int = 16,
+    progress: bool = True,
 ) -> Calibration | None:
     """Measure the references and the calibration of a trained run and store both.
 
@@ -261,7 +262,8 @@ def fit_recognition(
     references: dict[str, DomainReference] = {}
     in_domain: dict[str, list[float]] = {}
     ranking: dict[str, list[float]] = {}
-    with tqdm(total=len(paths), desc="recognition references", unit="domain") as bar:
+    bar = tqdm(total=len(paths), desc="recognition references", unit="domain", disable=not progress)
+    with bar:
         for name, path in paths.items():
             seen = {  # every domain's training scans as ``name`` runs them
                 other: [scan_features(path, s, batch_size) for s in train]

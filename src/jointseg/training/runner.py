@@ -166,7 +166,7 @@ def train_run(
     )
     if primary:
         save_run_info(out, info)
-        _fit_recognition(out, deliverable_plans(plans), label_space, caches, subjects)
+        _fit_recognition(out, deliverable_plans(plans), label_space, caches, subjects, progress)
         plot_curves(out, [p.name for p in plans])
         _print_summary(out, plans)
     return info
@@ -178,6 +178,7 @@ def _fit_recognition(
     label_space: LabelSpace,
     caches: dict[str, SliceCache],
     subjects: dict[str, tuple[list[str], list[str]]],
+    progress: bool = True,
 ) -> None:
     """Measure the run's domain references and calibration from its training slice cache."""
     paths = {}
@@ -193,7 +194,7 @@ def _fit_recognition(
         )
         for name, split in subjects.items()
     }
-    calibration = fit_recognition(out, paths, volumes)  # type: ignore[arg-type]
+    calibration = fit_recognition(out, paths, volumes, progress=progress)  # type: ignore[arg-type]
     if calibration is None:
         print("[train] domain recognition: fewer than two training scans in a domain; it will "
               "use the BN running statistics")  # fmt: skip
