@@ -24,12 +24,12 @@ from jointseg.models.domain_reference import (
     DomainReference,
     ReferenceStats,
 )
+from jointseg.models.network import head_index
 from jointseg.models.scan_features import (
     DomainPath,
     ScanFeatures,
     bn_distance,
     early_batchnorm_layers,
-    head_index,
     scan_features,
     subsample_indices,
 )

@@ -140,10 +140,12 @@ def recognize_domain(
     if candidates[0].reference is None:
         scores = {c.name: candidate_distances(c, slices, batch_size) for c in candidates}
         return decide({name: r for name, (r, _) in scores.items()}, calibration)
+    references = {c.name: c.reference for c in candidates if c.reference is not None}
     appearance = {
-        c.name: c.reference.appearance.distance(appearance_descriptor(c.path, slices, batch_size))
+        c.name: references[c.name].appearance.distance(
+            appearance_descriptor(c.path, slices, batch_size)
+        )
         for c in candidates
-        if c.reference is not None
     }
     ranking: dict[str, float] = {}
     bounds = []
@@ -151,9 +153,9 @@ def recognize_domain(
         if appearance[c.name] >= min(ranking.values(), default=np.inf):
             ranking[c.name] = appearance[c.name]  # cannot win: a lower bound is enough
             bounds.append(c.name)
-        elif c.reference is not None:
+        else:
             content = content_descriptor(c.path, slices, batch_size)
-            ranking[c.name] = c.reference.ranking(appearance[c.name], content)
+            ranking[c.name] = references[c.name].ranking(appearance[c.name], content)
     return decide(ranking, calibration, appearance, bounds)
 
 

@@ -51,8 +51,8 @@ from jointseg.models.domain_reference import (
     DomainReference,
     load_references,
 )
-from jointseg.models.network import head_logits
-from jointseg.models.scan_features import DomainPath, head_index, subsample_tensor
+from jointseg.models.network import head_index, head_logits
+from jointseg.models.scan_features import DomainPath, subsample_tensor
 from jointseg.runs import RunError, RunInfo, load_run_info
 
 __all__ = ["InputError", "Prediction", "Predictor", "check_scan"]

@@ -167,3 +167,8 @@ def head_logits(net: nn.Module, x: Tensor, index: int) -> Tensor:
     if len(out.logits) == 1:
         return next(iter(out.logits.values()))
     return torch.stack(out.per_sample())
+
+
+def head_index(net: nn.Module, model_domains: Sequence[str], domain: str) -> int:
+    """The head (and BN) index of ``domain`` in a network trained on ``model_domains``."""
+    return list(model_domains).index(domain) if getattr(net, "num_heads", 1) > 1 else 0

@@ -221,8 +221,3 @@ def scan_features(path: DomainPath, slices: Tensor, batch_size: int = 16) -> Sca
         appearance_descriptor(path, slices, batch_size),
         content_descriptor(path, slices, batch_size),
     )
-
-
-def head_index(net: nn.Module, model_domains: Sequence[str], domain: str) -> int:
-    """The head (and BN) index of ``domain`` in a network trained on ``model_domains``."""
-    return list(model_domains).index(domain) if getattr(net, "num_heads", 1) > 1 else 0

@@ -157,7 +157,8 @@ def fit_similarity(
     source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None
 ) -> Similarity:
     """Weighted least-squares similarity (proper rotation) taking paired points (n, 3) onto
-    (n, 3) (Umeyama's solution)."""
+    (n, 3) (Umeyama's solution; trimesh's weighted ``procrustes`` is not optimal for non-uniform
+    weights, which the symmetric ICP below uses)."""
     w = np.full(len(source), 1.0 / len(source)) if weights is None else weights / weights.sum()
     mu_s, mu_t = w @ source, w @ target
     a, b = source - mu_s, target - mu_t

@@ -19,7 +19,8 @@ from jointseg.data.splits import fold_cases, load_splits
 from jointseg.models import build_model, load_model, save_model
 from jointseg.models.checkpoint import load_weights
 from jointseg.models.domain_reference import REFERENCE_FILE, fit_recognition
-from jointseg.models.scan_features import DomainPath, head_index
+from jointseg.models.network import head_index
+from jointseg.models.scan_features import DomainPath
 from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, save_run_info
 from jointseg.training.checkpoint_io import AtomicCheckpointIO
 from jointseg.training.curves import plot_curves
