@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 DEMO_OUT ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast test-kernels lint format bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS) || test $$? -eq 5  # 5: no slow test selected
+
+# The tests that bound a model trained in the test, again under another CPU's kernels
+# (PyTorch's portable kernels, oneDNN at SSE4.1): drift in a bound shows where it starts.
+# benchmarks/kernels.py runs any command under every setting this CPU can emulate.
+KERNEL_ENV ?= ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41
+test-kernels: $(STAMP)
+	$(KERNEL_ENV) $(BIN)/python -m pytest -q -m trains $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x $(PYTEST_ARGS)

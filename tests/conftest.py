@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ import torch
 from jointseg.data.io import write_image
 from jointseg.data.manifest import DatasetManifest, write_manifest
 
-# Tiny test tensors run fastest, and most predictably on a shared machine, on one thread.
-torch.set_num_threads(1)
+# Tiny test tensors run fastest, and most predictably on a shared machine, on one thread;
+# JOINTSEG_TEST_THREADS sets another count (benchmarks/kernels.py runs the suite with 1 and 2).
+TEST_THREADS = int(os.environ.get("JOINTSEG_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
 
 
 def make_volume_pair(

@@ -22,6 +22,9 @@ from jointseg.models.domain_reference import REFERENCE_FILE
 from jointseg.synth.generate import synthesize_study
 from jointseg.training.runner import train_run
 
+# Bounds on a trained model: CI runs these tests under a second CPU-kernel setting too.
+pytestmark = pytest.mark.trains
+
 ROOT = Path(__file__).resolve().parents[1]
 JOINTS = {"ankle": "Dataset001_Ankle", "knee": "Dataset002_Knee", "shoulder": "Dataset003_Shoulder"}
 

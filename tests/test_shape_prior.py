@@ -30,6 +30,9 @@ from jointseg.training.shape_prior import (
     union_training_masks,
 )
 
+# Bounds on a trained model: CI runs these tests under a second CPU-kernel setting too.
+pytestmark = pytest.mark.trains
+
 ANKLE = DomainLabels("ankle", {"calcaneus": 1, "talus": 2, "tibia": 3})
 KNEE = DomainLabels("knee", {"femur": 1, "fibula": 2, "patella": 3, "tibia": 4})
 # union: 0 background, 1 calcaneus, 2 talus, 3 tibia, 4 femur, 5 fibula, 6 patella

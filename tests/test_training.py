@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -119,13 +120,40 @@ def _final_weights(run: Path, name: str = "main") -> dict[str, torch.Tensor]:
     return net.state_dict()
 
 
+def _validated_epochs(run: Path, plan: str = "main") -> list[float]:
+    frame = pd.read_csv(run / "logs" / plan / "metrics.csv")
+    return frame["val/dice"].dropna().tolist()
+
+
+@pytest.mark.trains
 def test_learns_the_toy_task(study: Path, tmp_path: Path) -> None:
-    config = tiny_config(epochs=4, iterations_per_epoch=25, validation_every=4)
+    # Trained to a target above the bound (at most 12 x 25 steps), not for a fixed step count:
+    # the steps a model needs to get there follow the CPU's floating-point kernels.
+    config = tiny_config(epochs=12, iterations_per_epoch=25, validation_every=1, target_dice=0.9)
     config["model"]["width"] = 0.25
     cfg = config_from_dict({**config, "scheme": "mtmd"})
     train_run(cfg, study, tmp_path / "run", progress=False)
     _, meta = load_model(tmp_path / "run" / "models" / "main")
     assert meta["best_validation_dice"] > 0.8
+    dice = _validated_epochs(tmp_path / "run")
+    assert len(dice) == 12 or (dice[-1] >= 0.9 and max(dice[:-1], default=0) < 0.9)
+
+
+def test_training_stops_at_the_target_dice(study: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from jointseg.training.runner import StopAtTarget
+
+    stop = StopAtTarget(0.9)
+    for dice, expected in ((0.89, False), (0.9, True), (0.95, True)):
+        trainer = SimpleNamespace(callback_metrics={"val/dice": torch.tensor(dice)}, should_stop=0)
+        stop.on_validation_end(trainer, None)
+        assert bool(trainer.should_stop) is expected
+    unreachable = config_from_dict(
+        {**tiny_config(epochs=3, iterations_per_epoch=2, target_dice=1.0), "scheme": "mtmd"}
+    )
+    train_run(unreachable, study, tmp_path / "capped", progress=False)
+    assert len(_validated_epochs(tmp_path / "capped")) == 3  # the cap
 
 
 class Interrupt(RuntimeError):

@@ -128,6 +128,13 @@ class TrainingConfig(Section):
     gradient_clip: float | None = Field(12.0, gt=0)
     precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
     validation_every: int = Field(1, ge=1, description="Validate every N epochs.")
+    target_dice: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Stop once the validation Dice reaches this; epochs is then the cap. "
+        "Needs validation subjects.",
+    )
     validation_fraction: float = Field(
         0.2, ge=0, lt=1, description="Share of training subjects held out for validation."
     )

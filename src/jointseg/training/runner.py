@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -30,6 +31,8 @@ from jointseg.training.prior import shape_prior_for
 from jointseg.training.schemes import ModelPlan, deliverable_plans, plan_scheme
 from jointseg.utils.distributed import is_global_zero
 from jointseg.utils.seed import seed_everything
+
+logger = logging.getLogger(__name__)
 
 
 class EpochReseed(L.Callback):
@@ -264,6 +267,7 @@ def _train_plan(
         use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
         callbacks=[checkpoint, EpochReseed(datamodule), *(extra_callbacks or [])]
+        + _target_stop(cfg, has_validation)
         + ([TQDMProgressBar(refresh_rate=5)] if progress else []),
         logger=[
             CSVLogger(out / "logs", name=plan.name, version=""),
@@ -280,6 +284,35 @@ def _train_plan(
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
         _export(module, plan, checkpoint, out, label_space)
+
+
+class StopAtTarget(L.Callback):
+    """Stops training once the validation Dice reaches ``target`` (``epochs`` stays the cap).
+
+    A model trained to a target has the same quality wherever it trains; the steps it takes to
+    get there follow the data, the seed and even the CPU's floating-point kernels.
+    """
+
+    def __init__(self, target: float, monitor: str = "val/dice"):
+        self.target = target
+        self.monitor = monitor
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and float(value) >= self.target:
+            logger.info("%s %.4f reached the target %.4f", self.monitor, float(value), self.target)
+            trainer.should_stop = True
+
+
+def _target_stop(cfg: ExperimentConfig, has_validation: bool) -> list[L.Callback]:
+    """``training.target_dice`` as a callback, where there is validation data to measure it."""
+    target = cfg.training.target_dice
+    if target is None:
+        return []
+    if not has_validation:
+        logger.warning("training.target_dice needs validation subjects: training all epochs")
+        return []
+    return [StopAtTarget(target)]
 
 
 def _device_arguments(devices: int) -> dict:
