@@ -23,7 +23,7 @@ import SimpleITK as sitk
 import yaml
 from tqdm import tqdm
 
-from jointseg.data.io import read_image, write_image
+from jointseg.data.io import read_image, verify_scans, write_image
 from jointseg.data.manifest import Case, DatasetError, list_cases, load_manifest
 from jointseg.evaluation.metrics import METRICS, score_case
 from jointseg.evaluation.report import summarize, write_report
@@ -161,6 +161,9 @@ def score_plan(
     plan: EvalPlan, out_dir: Path, predictor: LabelPredictor | None, progress: bool = True
 ) -> pd.DataFrame:
     """Predict (or read) and score every case; save predictions; one row per case and structure."""
+    verify_scans(  # every unreadable file listed before anything is predicted
+        path for case in plan.cases for path in (case.label, case.prediction or case.image)
+    )
     rows: list[dict[str, Any]] = []
     for case in tqdm(plan.cases, desc="evaluate", unit="case", disable=not progress):
         reference = read_image(case.label)
