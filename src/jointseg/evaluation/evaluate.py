@@ -161,9 +161,6 @@ def score_plan(
     plan: EvalPlan, out_dir: Path, predictor: LabelPredictor | None, progress: bool = True
 ) -> pd.DataFrame:
     """Predict (or read) and score every case; save predictions; one row per case and structure."""
-    verify_scans(  # every unreadable file listed before anything is predicted
-        path for case in plan.cases for path in (case.label, case.prediction or case.image)
-    )
     rows: list[dict[str, Any]] = []
     for case in tqdm(plan.cases, desc="evaluate", unit="case", disable=not progress):
         reference = read_image(case.label)
@@ -216,6 +213,9 @@ def evaluate_run(
             f"{run_dir}: nothing to evaluate (no labelled test case, validation or "
             "out-of-fold subject)"
         )
+    verify_scans(  # every unreadable file listed before anything is predicted
+        path for case in plan.cases for path in (case.label, case.prediction or case.image)
+    )
     if predictor is None and any(c.prediction is None for c in plan.cases):
         from jointseg.inference.predictor import Predictor
 
