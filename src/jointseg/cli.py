@@ -18,25 +18,41 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder holding the dataset folders.")]
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: BaseException | str, code: int) -> None:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from jointseg.config import ConfigError
+def _data_errors() -> tuple[type[Exception], ...]:
+    """Bad input data (unreadable or refused scans, invalid datasets): exit status 1."""
     from jointseg.data.io import ScanReadError
     from jointseg.data.manifest import DatasetError
+    from jointseg.inference.domain import DomainRecognitionError
+    from jointseg.inference.predict import PredictionError
+    from jointseg.inference.slices import InputError
+
+    return (ScanReadError, DatasetError, PredictionError, InputError, DomainRecognitionError)
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """A command called wrongly (arguments, config, run folder): exit status 2."""
+    from jointseg.config import ConfigError
     from jointseg.runs import RunError
 
-    return (ConfigError, DatasetError, ScanReadError, RunError, FileNotFoundError, ValueError)
+    return (ConfigError, RunError, FileNotFoundError, ValueError)
 
 
 def _run(func, *args, **kwargs):
+    """Call ``func``; a data error exits with status 1, a usage error with 2, each with its
+    message and without a traceback."""
     try:
         return func(*args, **kwargs)
-    except _user_errors() as error:
-        _fail(error)
+    except _data_errors() as error:
+        _fail(error, 1)
+    except _usage_errors() as error:
+        _fail(error, 2)
+    except EOFError as error:  # click would turn it into a bare "Aborted!"
+        _fail(f"unexpected end of a file: {error}", 1)
 
 
 @app.command()

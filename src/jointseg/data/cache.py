@@ -211,15 +211,10 @@ def _run(tasks: list[_Task], jobs: int, progress: bool, desc: str) -> list[Any]:
 
 
 def _header_shape(path: Path, cfg: PreprocessingConfig) -> tuple[int, int, int]:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise scan_io.ScanReadError(f"{path}: cannot read the scan header") from None
-    if reader.GetDimension() != 3:
-        raise DatasetError(f"{path}: expected a 3D scan, got size {reader.GetSize()}")
-    return slice_stack_shape(reader.GetSize(), reader.GetSpacing(), reader.GetDirection(), cfg)
+    header = scan_io.read_header(path)
+    if header.dimension != 3:
+        raise DatasetError(f"{path}: expected a 3D scan, got size {header.size}")
+    return slice_stack_shape(header.size, header.spacing, header.direction, cfg)
 
 
 def _try_load(folder: Path, key: str) -> SliceCache | None:
@@ -252,6 +247,9 @@ def _write(
     desc: str,
 ) -> None:
     """Build the cache in a temporary folder beside ``folder`` and rename it into place."""
+    scan_io.verify_scans(  # every unreadable file listed before anything is written
+        path for case in cases for path in (case.image, case.label) if path is not None
+    )
     shapes = [_header_shape(case.image, cfg) for case in cases]
     bounds = np.cumsum([0] + [s[0] for s in shapes])
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"

@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from jointseg.data.io import ScanReadError, geometry_mismatches, read_image, scan_extension
+from jointseg.data.io import ScanReadError, count_nonfinite, geometry_mismatches, read_image
 from jointseg.data.manifest import (
     Case,
     DatasetError,
@@ -137,23 +137,9 @@ def _read(path: Path, report: CheckReport) -> sitk.Image | None:
     return image
 
 
-def _nonfinite_count(path: Path, array: np.ndarray) -> int:
-    """Count NaN/inf voxels; NIfTI is read raw with nibabel since ITK's reader zeroes NaNs."""
-    if scan_extension(path) in (".nii", ".nii.gz"):
-        import nibabel
-
-        nifti = nibabel.load(str(path))
-        if not np.issubdtype(nifti.get_data_dtype(), np.floating):
-            return 0
-        return int(np.count_nonzero(~np.isfinite(np.asarray(nifti.dataobj))))
-    if np.issubdtype(array.dtype, np.floating):
-        return int(np.count_nonzero(~np.isfinite(array)))
-    return 0
-
-
 def _check_intensities(path: Path, image: sitk.Image, report: CheckReport) -> None:
     array = sitk.GetArrayViewFromImage(image)
-    count = _nonfinite_count(path, array)
+    count = count_nonfinite(path, image)
     if count:
         report.errors.append(Problem(path, f"{count} NaN or infinite intensities"))
     elif np.ptp(array) == 0:

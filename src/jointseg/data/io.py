@@ -1,8 +1,23 @@
-"""Reading and writing scans (NIfTI, NRRD, MHA, DICOM series) through SimpleITK."""
+"""Reading and writing scans (NIfTI, NRRD, MHA, DICOM series) through SimpleITK.
+
+Every scan and label map is read through :func:`read_image` (voxels) or :func:`read_header`
+(geometry only). Before ITK sees a file its integrity is verified, because ITK fills a file that
+is cut short with zeros instead of failing: a gzip stream is read through once (its CRC and
+length checked), a NIfTI header's voxel count is compared with the bytes the file holds, and a
+DICOM series is checked for missing and duplicated slices. Every failure is a
+:class:`ScanReadError` whose message names the file and the problem.
+"""
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
+import re
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +27,35 @@ from jointseg.utils.atomic import atomic_path
 
 SCAN_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 22  # bytes per read when verifying a compressed stream
+_POSITION_TAG = "0020|0032"  # DICOM Image Position (Patient)
+_ORIENTATION_TAG = "0020|0037"  # DICOM Image Orientation (Patient)
+
 
 class ScanReadError(OSError):
     """A scan that cannot be read; the message names the path and the problem."""
+
+
+@dataclass(frozen=True)
+class ScanHeader:
+    """What a scan's header says, read without its voxels."""
+
+    path: Path
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    components: int
+    pixel_type: str
+
+    @property
+    def dimension(self) -> int:
+        return len(self.size)
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.size)
 
 
 def scan_extension(path: str | os.PathLike[str]) -> str | None:
@@ -39,49 +80,294 @@ def is_dicom_dir(path: str | os.PathLike[str]) -> bool:
     return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
+# ------------------------------------------------------------------------------------ reading
 def read_image(path: str | os.PathLike[str]) -> sitk.Image:
     """Read a scan file or a DICOM series folder, keeping spacing, origin and direction.
 
-    Raises :class:`ScanReadError` naming the path for a missing, unreadable or corrupt scan.
+    The file is verified first (:func:`verify_scan`). Raises :class:`ScanReadError` naming the
+    path for a missing, empty, cut short, corrupt, multi-channel or unsupported scan.
     """
     path = Path(path)
-    if not path.exists():
-        raise ScanReadError(f"{path}: no such file or folder")
+    verify_scan(path)
     if path.is_dir():
-        return _read_dicom_series(path)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(_dicom_files(path))
+        try:
+            return reader.Execute()
+        except RuntimeError as error:
+            raise ScanReadError(
+                f"{path}: cannot read the DICOM series: {_itk_reason(error)}"
+            ) from None
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise ScanReadError(
-            f"{path}: cannot read the scan (corrupt or unsupported): {first}"
+            f"{path}: cannot read the scan (corrupt or unsupported): {_itk_reason(error)}"
         ) from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ScanReadError(
-            f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-            "a single-channel scan is expected"
-        )
+    _check_components(path, image.GetNumberOfComponentsPerPixel())
     return image
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def read_header(path: str | os.PathLike[str]) -> ScanHeader:
+    """The header of a scan file or DICOM series folder, without reading its voxels.
+
+    Cheap checks only (an empty file, a NIfTI header promising more voxels than an uncompressed
+    file holds); :func:`verify_scan` checks a compressed stream through.
+    """
+    path = Path(path)
+    _check_exists(path)
+    if path.is_dir():
+        files = _dicom_files(path)
+        header = _file_header(Path(files[0]), what="DICOM file")
+        return ScanHeader(
+            path, (*header.size[:2], len(files)), header.spacing, header.origin,
+            header.direction, header.components, header.pixel_type,
+        )  # fmt: skip
+    if not _is_gzip(path):
+        _check_nifti_length(path, _head(path), path.stat().st_size)
+    header = _file_header(path)
+    _check_components(path, header.components)
+    return header
+
+
+def verify_scan(path: str | os.PathLike[str]) -> ScanHeader:
+    """Check that a scan's data is whole, without decoding it into an image; its header.
+
+    A gzip stream is read through (CRC and length), a NIfTI header's voxel count is compared
+    with the data present, and a DICOM series is checked for missing or duplicated slices.
+    """
+    path = Path(path)
+    header = read_header(path)
+    if path.is_dir():
+        _check_slice_positions(path, _dicom_files(path))
+    elif _is_gzip(path):
+        head, length = _gzip_contents(path)
+        _check_nifti_length(path, head, length)
+    return header
+
+
+def verify_scans(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """:func:`verify_scan` every path; one :class:`ScanReadError` lists every problem found."""
+    problems = []
+    for path in paths:
+        try:
+            verify_scan(path)
+        except ScanReadError as error:
+            problems.append(str(error))
+    if len(problems) == 1:
+        raise ScanReadError(problems[0])
+    if problems:
+        listed = "\n".join(f"  - {problem}" for problem in problems)
+        raise ScanReadError(f"{len(problems)} unreadable files:\n{listed}")
+
+
+def count_nonfinite(path: str | os.PathLike[str], image: sitk.Image) -> int:
+    """NaN/inf voxels of a scan read by :func:`read_image`.
+
+    ITK's NIfTI reader turns NaNs into zeros, so a floating-point NIfTI file's raw voxels are
+    counted from the file itself.
+    """
+    if scan_extension(path) in (".nii", ".nii.gz"):
+        import nibabel
+
+        nifti = nibabel.load(str(path))
+        if not np.issubdtype(nifti.get_data_dtype(), np.floating):
+            return 0
+        return int(np.count_nonzero(~np.isfinite(np.asarray(nifti.dataobj))))
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating):
+        return int(np.count_nonzero(~np.isfinite(array)))
+    return 0
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise ScanReadError(f"{path}: no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ScanReadError(f"{path}: an empty file (0 bytes); an interrupted copy?")
+
+
+def _check_components(path: Path, components: int) -> None:
+    if components != 1:
+        raise ScanReadError(
+            f"{path}: has {components} components per voxel; a single-channel scan is expected"
+        )
+
+
+def _file_header(path: Path, what: str = "scan") -> ScanHeader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        if path.is_file() and _is_gzip(path):
+            _gzip_contents(path)  # a damaged stream: say so rather than ITK's guess
+        raise ScanReadError(
+            f"{path}: cannot read the {what} (corrupt or unsupported): {_itk_reason(error)}"
+        ) from None
+    return ScanHeader(
+        path=path,
+        size=tuple(int(s) for s in reader.GetSize()),
+        spacing=tuple(reader.GetSpacing()),
+        origin=tuple(reader.GetOrigin()),
+        direction=tuple(reader.GetDirection()),
+        components=int(reader.GetNumberOfComponents()),
+        pixel_type=sitk.GetPixelIDValueAsString(reader.GetPixelID()),
+    )
+
+
+def _itk_reason(error: RuntimeError) -> str:
+    """The last meaningful line of an ITK error, without source locations and object addresses."""
+    lines = [line.strip() for line in str(error).strip().splitlines()]
+    lines = [
+        line
+        for line in lines
+        if line
+        and not line.startswith("Exception thrown in SimpleITK")
+        and line != "Reason: No such file or directory"
+    ]
+    text = lines[-1] if lines else "unknown error"
+    text = re.sub(r"^(sitk::ERROR|ITK ERROR): (\w+\(0x[0-9a-f]+\): )?", "", text)
+    text = re.sub(r"^\[\w+\] \w+: ", "", text)
+    if "Unable to determine ImageIO reader" in text:
+        return "no reader recognizes it (unknown format, or a damaged header)"
+    if "File cannot be read" in text:
+        return "the file is damaged or cut short"
+    return text
+
+
+# ------------------------------------------------------------------------ compressed streams
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == _GZIP_MAGIC
+
+
+def _head(path: Path, size: int = 540) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(size)
+
+
+def _gzip_contents(path: Path) -> tuple[bytes, int]:
+    """The first bytes and the total length of a gzip file's contents, read through once."""
+    head, length = b"", 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(_CHUNK):
+                if len(head) < 540:
+                    head += chunk[: 540 - len(head)]
+                length += len(chunk)
+    except EOFError:
+        raise ScanReadError(
+            f"{path}: the file is cut short: its compressed data ends before the end of "
+            "the stream (an interrupted copy?)"
+        ) from None
+    except gzip.BadGzipFile as error:
+        raise ScanReadError(
+            f"{path}: corrupt compressed data: {error} (the file was damaged)"
+        ) from None
+    except zlib.error as error:
+        raise ScanReadError(
+            f"{path}: corrupt compressed data: {error} (the file was damaged)"
+        ) from None
+    return head, length
+
+
+def _nifti_layout(head: bytes) -> tuple[int, int, tuple[int, ...]] | None:
+    """(data offset, data bytes, dims) of a single-file NIfTI-1/2 header; None if not one."""
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack_from(order + "i", head)[0] == 348:
+            if head[344:348] != b"n+1\x00":
+                return None
+            dims = struct.unpack_from(order + "8h", head, 40)
+            bitpix = struct.unpack_from(order + "h", head, 72)[0]
+            offset = int(struct.unpack_from(order + "f", head, 108)[0])
+            break
+        if len(head) >= 540 and struct.unpack_from(order + "i", head)[0] == 540:
+            if head[4:8] != b"n+2\x00":
+                return None
+            dims = struct.unpack_from(order + "8q", head, 16)
+            bitpix = struct.unpack_from(order + "h", head, 14)[0]
+            offset = struct.unpack_from(order + "q", head, 168)[0]
+            break
+    else:
+        return None
+    rank = dims[0]
+    if not 1 <= rank <= 7 or bitpix <= 0 or any(d < 1 for d in dims[1 : rank + 1]):
+        return None  # a damaged header: ITK's reader names it
+    shape = tuple(int(d) for d in dims[1 : rank + 1])
+    return offset, math.prod(shape) * bitpix // 8, shape
+
+
+def _check_nifti_length(path: Path, head: bytes, available: int) -> None:
+    layout = _nifti_layout(head)
+    if layout is None:
+        return
+    offset, need, shape = layout
+    if offset + need > available:
+        held = max(0, available - offset)
+        raise ScanReadError(
+            f"{path}: the header promises {'x'.join(map(str, shape))} voxels "
+            f"({need} bytes) but the file holds only {held} bytes of voxel data "
+            f"({100 * held / need:.0f}%): cut short, or a wrong header"
+        )
+
+
+# ----------------------------------------------------------------------------------- DICOM
+def _dicom_files(folder: Path) -> list[str]:
+    """The files of a folder's DICOM series (the largest series when there are several)."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise ScanReadError(f"{folder}: a folder without any DICOM series")
-    if len(series) > 1:
-        # Take the largest series; multi-echo or multi-series folders are common.
-        series = sorted(
-            series,
-            key=lambda s: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)),
-            reverse=True,
+    files = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series]
+    # Take the largest series; multi-echo or multi-series folders are common.
+    return list(max(files, key=len))
+
+
+def _check_slice_positions(folder: Path, files: list[str]) -> None:
+    """Refuse a series with two slices at one position or a gap where slices are missing."""
+    if len(files) < 3:
+        return
+    positions, normal = [], None
+    reader = sitk.ImageFileReader()
+    for name in files:
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as error:
+            raise ScanReadError(
+                f"{name}: cannot read the DICOM file: {_itk_reason(error)}"
+            ) from None
+        if not reader.HasMetaDataKey(_POSITION_TAG) or not reader.HasMetaDataKey(_ORIENTATION_TAG):
+            return  # without positions the reader orders by other means; nothing to compare
+        if normal is None:
+            row_col = _numbers(reader.GetMetaData(_ORIENTATION_TAG))
+            if len(row_col) != 6:
+                return
+            normal = np.cross(row_col[:3], row_col[3:])
+        positions.append(float(np.dot(_numbers(reader.GetMetaData(_POSITION_TAG)), normal)))
+    order = np.argsort(positions, kind="stable")
+    where = np.asarray(positions)[order]
+    names = [Path(files[i]).name for i in order]
+    steps = np.diff(where)
+    step = float(np.median(steps))
+    duplicates = [i for i, d in enumerate(steps) if d <= max(1e-3, 1e-3 * step)]
+    if duplicates:
+        pairs = ", ".join(f"{names[i]} and {names[i + 1]} at {where[i]:.4g} mm" for i in duplicates)
+        raise ScanReadError(f"{folder}: duplicated slices: {pairs}")
+    uneven = [i for i, d in enumerate(steps) if abs(d - step) > 0.1 * step]
+    if uneven:
+        gaps = ", ".join(
+            f"{steps[i]:.4g} mm between {names[i]} ({where[i]:.4g} mm) and "
+            f"{names[i + 1]} ({where[i + 1]:.4g} mm)"
+            for i in uneven
         )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as error:
-        raise ScanReadError(f"{folder}: cannot read the DICOM series: {error}") from None
+        raise ScanReadError(
+            f"{folder}: missing slices: the slices are {step:.4g} mm apart, but {gaps}"
+        )
+
+
+def _numbers(text: str) -> np.ndarray:
+    return np.asarray([float(v) for v in text.strip().split("\\") if v.strip()])
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike[str], compress: bool = True) -> None:

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 import yaml
 from tqdm import tqdm
 
-from jointseg.data.io import read_image, write_image
+from jointseg.data.io import read_image, verify_scans, write_image
 from jointseg.data.manifest import Case, DatasetError, list_cases, load_manifest
 from jointseg.evaluation.metrics import METRICS, score_case
 from jointseg.evaluation.report import summarize, write_report
@@ -213,6 +213,9 @@ def evaluate_run(
             f"{run_dir}: nothing to evaluate (no labelled test case, validation or "
             "out-of-fold subject)"
         )
+    verify_scans(  # every unreadable file listed before anything is predicted
+        path for case in plan.cases for path in (case.label, case.prediction or case.image)
+    )
     if predictor is None and any(c.prediction is None for c in plan.cases):
         from jointseg.inference.predictor import Predictor
 

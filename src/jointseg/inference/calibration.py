@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 
-from jointseg.data.io import ScanReadError, read_image
+from jointseg.data.io import ScanReadError
 from jointseg.data.manifest import DatasetError, list_cases
 from jointseg.inference.domain import candidate_distances
-from jointseg.inference.slices import check_scan
+from jointseg.inference.slices import load_scan
 from jointseg.models.domain_reference import CALIBRATION_FACTOR, Calibration
 from jointseg.models.scan_features import subsample_tensor
 
@@ -32,8 +32,7 @@ def in_domain_distances(
     predictor: Predictor, domain: str, scan: str | Path | sitk.Image
 ) -> tuple[float, float]:
     """The (ranking, refusal) distances of ``scan`` to ``domain``."""
-    image = scan if isinstance(scan, sitk.Image) else read_image(scan)
-    check_scan(image)
+    image = load_scan(scan)
     slices = subsample_tensor(predictor.recognition_volume(image))
     return candidate_distances(predictor.candidate(domain), slices, predictor.batch_size)
 

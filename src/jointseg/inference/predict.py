@@ -30,7 +30,6 @@ from tqdm import tqdm
 from jointseg.data.io import (
     SCAN_EXTENSIONS,
     is_dicom_dir,
-    read_image,
     scan_extension,
     strip_extension,
     write_image,
@@ -46,6 +45,7 @@ from jointseg.inference.measurements import (
 from jointseg.inference.meshes import MESH_FORMATS, Geometry, label_meshes, write_mesh
 from jointseg.inference.predictor import InputError, Prediction, Predictor
 from jointseg.inference.preview import render_preview
+from jointseg.inference.slices import load_scan
 from jointseg.utils.atomic import atomic_write_bytes, atomic_write_json
 
 MEASUREMENTS_CSV = "measurements.csv"
@@ -139,7 +139,7 @@ def predict_path(
         progress.set_postfix_str(case)
         result = CaseResult(case, scan)
         try:
-            image = read_image(scan)
+            image = load_scan(scan)
             prediction = predictor.predict(image, domain=domain)
             result.domain, result.confidence = prediction.domain, prediction.confidence
             result.outputs = write_case(

@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from jointseg.config import ExperimentConfig, load_config
-from jointseg.data.io import read_image
 from jointseg.data.labels import LabelSpace
 from jointseg.data.preprocess import (
     PreprocessedCase,
@@ -40,6 +39,7 @@ from jointseg.inference.slices import (
     check_scan,
     flip_sets,
     full_view_preprocessing,
+    load_scan,
     restore_class_probabilities,
     to_disk_values,
     torch_device,
@@ -197,8 +197,7 @@ class Predictor:
         that fits none with :class:`DomainRecognitionError`).
         """
         started = time.perf_counter()
-        image = read_image(scan) if not isinstance(scan, sitk.Image) else scan
-        check_scan(image)
+        image = load_scan(scan)
         decision, trained_grid = None, None
         if domain == "auto":
             trained_grid = self.recognition_case(image)
@@ -299,8 +298,7 @@ class Predictor:
     def recognize(self, scan: Scan, refuse: bool = True) -> DomainDecision:
         """Which domain the scan belongs to; raises :class:`DomainRecognitionError` when none
         fits (unless ``refuse`` is False, then ``decision.domain`` is None)."""
-        image = read_image(scan) if not isinstance(scan, sitk.Image) else scan
-        check_scan(image)
+        image = load_scan(scan)
         return self._recognize(self.recognition_volume(image), refuse)
 
     def _recognize(self, volume: np.ndarray, refuse: bool = True) -> DomainDecision:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from jointseg.config import PreprocessingConfig
+from jointseg.data.io import read_header, read_image
 from jointseg.data.preprocess import InverseInfo, canonical_axes, resolve_slice_axis
 
+MAX_SCAN_VOXELS = 1 << 30  # larger scans are refused from their header, before reading
+BYTES_PER_VOXEL = 5  # peak memory of a prediction per scan voxel, roughly
 PATCH_MULTIPLE = 32  # the network's input sides must be multiples of this
 MAX_IN_PLANE = 1024  # a full-view grid wider than this falls back to the training patch
 
@@ -20,19 +24,43 @@ class InputError(ValueError):
 
 
 def check_scan(image: sitk.Image) -> None:
-    """Refuse what cannot be a 3D single-channel scan, with the reason."""
-    if image.GetNumberOfComponentsPerPixel() != 1:
+    """Refuse what cannot be segmented (not a 3D single-channel scan, too large, constant)."""
+    _check_shape(image.GetSize(), image.GetNumberOfComponentsPerPixel())
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(image)
+    if stats.GetMinimum() == stats.GetMaximum():
         raise InputError(
-            f"the scan has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-            "a single-channel scan is needed"
+            f"every voxel has the same intensity ({stats.GetMinimum():g}); there is nothing to "
+            "segment"
         )
-    if image.GetDimension() != 3:
+
+
+def load_scan(scan: str | Path | sitk.Image) -> sitk.Image:
+    """A scan to segment, checked: a file or DICOM folder is refused from its header alone
+    (before its voxels take memory) when it is not 3D, single-channel and small enough."""
+    if not isinstance(scan, sitk.Image):
+        header = read_header(scan)
+        _check_shape(header.size, header.components)
+        scan = read_image(scan)
+    check_scan(scan)
+    return scan
+
+
+def _check_shape(size: tuple[int, ...], components: int) -> None:
+    if components != 1:
         raise InputError(
-            f"the scan is {image.GetDimension()}D (size {image.GetSize()}); a 3D scan is needed"
+            f"the scan has {components} components per voxel; a single-channel scan is needed"
         )
-    if min(image.GetSize()) < 2:
+    if len(size) != 3:
+        raise InputError(f"the scan is {len(size)}D (size {size}); a 3D scan is needed")
+    if min(size) < 2:
+        raise InputError(f"the scan is a single 2D slice (size {size}); a 3D scan is needed")
+    voxels = math.prod(size)
+    if voxels > MAX_SCAN_VOXELS:
         raise InputError(
-            f"the scan is a single 2D slice (size {image.GetSize()}); a 3D scan is needed"
+            f"the scan has {voxels:,} voxels (size {size}), more than the {MAX_SCAN_VOXELS:,} "
+            f"this program segments (about {BYTES_PER_VOXEL} bytes of memory per voxel); "
+            "crop or resample it first"
         )
 
 

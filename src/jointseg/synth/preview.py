@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from jointseg.data.io import read_image
 from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.synth.anatomy import joint_spec
 from jointseg.utils.atomic import atomic_path
@@ -36,10 +37,11 @@ def write_preview(dataset_dir: Path, path: Path, subjects: int = 4) -> Path:
         raise ValueError(f"{dataset_dir}: no labelled training case to preview")
     fig, axes = plt.subplots(1, len(cases), figsize=(2.9 * len(cases), 3.2), squeeze=False)
     for ax, case in zip(axes[0], cases, strict=False):
-        image = sitk.GetArrayFromImage(sitk.ReadImage(str(case.image))).astype(np.float32)
-        label = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
+        scan = read_image(case.image)
+        image = sitk.GetArrayFromImage(scan).astype(np.float32)
+        label = sitk.GetArrayFromImage(read_image(case.label))
         k = _mid_slice(image, label)
-        spacing = sitk.ReadImage(str(case.image)).GetSpacing()
+        spacing = scan.GetSpacing()
         high = np.percentile(image[k], 99.5) or 1.0
         ax.imshow(
             image[k],
