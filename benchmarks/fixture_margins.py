@@ -1,6 +1,6 @@
 """Margins of the trained-model bounds in the test suite, for one CPU-kernel setting and seed.
 
-The tests in tests/test_predict.py train a small model to a target validation Dice and bound
+The prediction tests train (tests/tiny_model.py) a small model to a target validation Dice and bound
 what it predicts. This script trains that fixture with ``--seed`` and prints every bounded
 quantity beside its bound, with the margin left. Run it under other CPU kernels to see how
 far the bounds are from failing on other machines:
@@ -27,10 +27,10 @@ import SimpleITK as sitk
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import test_predict as tp  # noqa: E402
-
+import tests.tiny_model as tp  # noqa: E402
 from jointseg.inference.predictor import Predictor  # noqa: E402
 
 
@@ -74,8 +74,8 @@ def measure(seed: int) -> dict[str, tuple[float, float, str]]:
             tp.make_scan("knee", 11),
             tp.make_scan("knee", 12),
         )
-        got = predictor.predict(tp._side_by_side(left, right), domain="knee").label_map
-        truth = tp._side_by_side(left_truth, right_truth)
+        got = predictor.predict(tp.side_by_side(left, right), domain="knee").label_map
+        truth = tp.side_by_side(left_truth, right_truth)
         rows["wide knee Dice"] = (_min_dice(got, truth, (1, 2)), tp.DICE_BOUND, ">")
         for name in tp.DOMAINS:
             for scan_seed in (36, 37, 22):

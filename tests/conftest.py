@@ -72,3 +72,18 @@ def write_dataset(
 @pytest.fixture
 def toy_dataset(tmp_path: Path) -> Path:
     return write_dataset(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A run folder of the tiny two-domain model of tests/tiny_model.py, trained once."""
+    from tests.tiny_model import train_run
+
+    return train_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="session")
+def predictor(trained_run: Path):
+    from jointseg.inference.predictor import Predictor
+
+    return Predictor.from_run(trained_run, batch_size=8)

@@ -26,8 +26,8 @@ import jointseg
 from jointseg.cli import app
 from jointseg.data.io import ScanReadError, read_image, verify_scan
 from tests.conftest import make_volume_pair, write_dataset
-from tests.test_predict import DOMAINS, train_run, write_dicom_series
 from tests.test_training import tiny_config
+from tests.tiny_model import DOMAINS, train_run, write_dicom_series
 
 
 # ------------------------------------------------------------------------------- damages
@@ -117,7 +117,7 @@ def test_dicom_series_with_a_missing_or_duplicated_slice(tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete run folder of the two test domains (its network is not trained)."""
-    return train_run(tmp_path_factory.mktemp("untrained"), steps=0)
+    return train_run(tmp_path_factory.mktemp("untrained"), max_steps=0)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,6 @@
 """Scans as they come: orientations, anisotropy, tiny fields of view, voxel types, and scans that
 are refused (constant, 4D, multi-channel, too large) with the file named."""
 
-# The fixtures trained_run and predictor come from test_predict, imported by name.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import itertools
@@ -17,14 +14,10 @@ import SimpleITK as sitk
 from jointseg.inference import slices
 from jointseg.inference.predict import predict_path
 from jointseg.inference.predictor import InputError
-from tests.test_predict import (  # noqa: F401  (fixtures)
-    DOMAINS,
-    OBLIQUE,
-    make_scan,
-    predictor,
-    same_geometry,
-    trained_run,
-)
+from tests.tiny_model import DOMAINS, OBLIQUE, make_scan, same_geometry
+
+# Bounds on a trained model: CI runs these tests under a second CPU-kernel setting too.
+pytestmark = pytest.mark.trains
 
 ORIENTATIONS = list(
     itertools.product(itertools.permutations(range(3)), itertools.product((0, 1), repeat=3))
