@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -84,12 +86,31 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise ScanReadError(f"{folder}: cannot read the DICOM series: {error}") from None
 
 
+_LOW_SPACE = 1 << 20  # bytes free after a write below which the file is read back
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike[str], compress: bool = True) -> None:
-    """Write ``image`` atomically; the format follows the extension."""
+    """Write ``image`` atomically; the format follows the extension.
+
+    ITK's NIfTI writer truncates a file silently when the disk fills up; when little space is
+    left after the write, the file is read back, and a damaged one raises
+    :class:`jointseg.utils.atomic.DiskFullError` (the previous file stays).
+    """
     if scan_extension(path) is None:
         raise ValueError(f"{path}: unsupported extension, use one of {SCAN_EXTENSIONS}")
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
+        if shutil.disk_usage(tmp.parent).free < _LOW_SPACE:
+            _check_written(tmp, image)
+
+
+def _check_written(path: Path, image: sitk.Image) -> None:
+    try:
+        ok = sitk.ReadImage(str(path)).GetSize() == image.GetSize()
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise OSError(errno.ENOSPC, "no space left on device", str(path))
 
 
 def array_to_image(
