@@ -18,9 +18,9 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder holding the dataset folders.")]
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception, code: int = 2) -> None:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -33,10 +33,19 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _run(func, *args, **kwargs):
+    from jointseg.utils.atomic import DiskFullError, is_disk_full
+
     try:
         return func(*args, **kwargs)
+    except DiskFullError as error:
+        _fail(error, code=1)
     except _user_errors() as error:
         _fail(error)
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error):
+            raise
+        where = f" while writing {error.filename}" if getattr(error, "filename", None) else ""
+        _fail(RuntimeError(f"no space left on device{where}"), code=1)
 
 
 @app.command()
@@ -194,6 +203,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     meshes: Annotated[bool, typer.Option(help="Write per-structure meshes.")] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo scans whose outputs are complete (default: skip them).")
+    ] = False,
 ) -> None:
     """Predict label maps, per-bone meshes, measurements and previews."""
     from jointseg.inference.predict import predict_path
@@ -209,6 +221,7 @@ def predict(
         batch_size=batch_size,
         threads=threads,
         meshes=meshes,
+        overwrite=overwrite,
     )
 
 

@@ -93,7 +93,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike[str], compress: bool 
     """Write ``image`` atomically; the format follows the extension.
 
     ITK's NIfTI writer truncates a file silently when the disk fills up; when little space is
-    left after the write, the file is read back, and a damaged one raises
+    left after the write, the file is read back and compared, and a damaged one raises
     :class:`jointseg.utils.atomic.DiskFullError` (the previous file stays).
     """
     if scan_extension(path) is None:
@@ -106,7 +106,10 @@ def write_image(image: sitk.Image, path: str | os.PathLike[str], compress: bool 
 
 def _check_written(path: Path, image: sitk.Image) -> None:
     try:
-        ok = sitk.ReadImage(str(path)).GetSize() == image.GetSize()
+        written = sitk.ReadImage(str(path))
+        ok = written.GetSize() == image.GetSize() and np.array_equal(
+            sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(image)
+        )
     except RuntimeError:
         ok = False
     if not ok:
