@@ -349,7 +349,6 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path: Path, damage, caplog) -
     assert np.array_equal(second.images, images) and np.array_equal(second.labels, labels)
 
 
-@pytest.mark.slow
 def test_two_processes_preprocessing_into_one_cache(preprocess_setup) -> None:
     config, study = preprocess_setup
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
