@@ -123,6 +123,7 @@ TRAINING = {
         "epochs": 2,
         "iterations_per_epoch": 3,
         "batch_size": 4,
+        "validation_every": 1,  # a checkpoint per epoch
         "validation_fraction": 0.34,
         "optimizer": {"lr": 0.01, "warmup_epochs": 0},
     },
@@ -378,7 +379,12 @@ def concurrent_preprocess() -> str:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         env.pop(FAULT_ENV, None)
         procs = [
-            subprocess.Popen([*command, "-d", str(study)], env=env, stdout=subprocess.PIPE)
+            subprocess.Popen(
+                [*command, "-d", str(study)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             for _ in range(2)
         ]
         for proc in procs:

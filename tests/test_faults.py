@@ -494,3 +494,22 @@ def test_full_real_disk_while_writing_an_image(small_tmpfs: Path, name: str) -> 
         write_image(sitk.GetImageFromArray(noise), path)
     assert path.read_bytes() == before
     assert not temporaries(small_tmpfs)
+
+
+def test_last_checkpoint_is_written_at_every_epoch_end(tmp_path: Path, monkeypatch) -> None:
+    """Also when validation does not improve (Lightning's save_last would skip it then)."""
+    from jointseg.training.module import SegmentationModule
+    from jointseg.training.runner import train_run
+    from tests.test_training import tiny_config
+
+    def constant_dice(self) -> None:
+        self.log("val/dice", 0.5)
+
+    monkeypatch.setattr(SegmentationModule, "on_validation_epoch_end", constant_dice)
+    write_dataset(tmp_path, "Dataset001_Knee", cases=3, structures={"femur": 1, "tibia": 2})
+    write_dataset(tmp_path, "Dataset002_Ankle", cases=3, structures={"talus": 1, "tibia": 2})
+    config = {**tiny_config(epochs=3, iterations_per_epoch=1), "scheme": "mtmd"}
+    train_run(config_from_dict(config), tmp_path, tmp_path / "run", progress=False)
+    folder = tmp_path / "run" / "checkpoints" / "main"
+    assert torch.load(folder / "best.ckpt", weights_only=True)["epoch"] == 0
+    assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 2

@@ -262,9 +262,13 @@ def _train_plan(
         filename="best",
         monitor="val/dice" if has_validation else None,
         mode="max",
-        save_last=True,
         save_top_k=1,
         enable_version_counter=False,
+    )
+    # Lightning's save_last writes last.ckpt only when the best one improved; this writes it at
+    # every epoch end, after the best one (a resumed run repeats at most one epoch)
+    latest = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False
     )
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -280,6 +284,7 @@ def _train_plan(
         plugins=[AtomicCheckpointIO()],
         callbacks=[
             checkpoint,
+            latest,
             EpochReseed(datamodule),
             RandomStates(),
             FlushLogs(),
