@@ -8,6 +8,7 @@ SIGKILL at that point (see ``jointseg.utils.faults``). A full disk is simulated 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import functools
@@ -133,8 +134,9 @@ TRAINING = {
 
 @functools.cache
 def _training_study() -> tuple[Path, Path, Path]:
-    """(config, study, uninterrupted run), made once per process (kept until it exits)."""
+    """(config, study, uninterrupted run), made once per process, removed when it exits."""
     root = Path(tempfile.mkdtemp(prefix="jointseg-robustness-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     folders = ["Dataset001_Knee", "Dataset002_Ankle"]
     for folder in folders:
         write_toy_dataset(root / folder)
