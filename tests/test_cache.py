@@ -89,7 +89,9 @@ def test_cache_contents(dataset: Path):
     assert min(dice) > 0.9
 
 
-def test_cache_hit_reads_no_volume_and_hashes_no_file(dataset: Path, counted_reads, monkeypatch):
+def test_cache_hit_reads_no_volume_and_hashes_no_input_file(
+    dataset: Path, counted_reads, monkeypatch
+):
     first = build(dataset)
     assert len(counted_reads) == 6  # 3 images + 3 labels
     counted_reads.clear()
@@ -97,7 +99,9 @@ def test_cache_hit_reads_no_volume_and_hashes_no_file(dataset: Path, counted_rea
     original = cache_module.file_sha256
     monkeypatch.setattr(cache_module, "file_sha256", lambda p: hashed.append(p) or original(p))
     second = build(dataset)
-    assert counted_reads == [] and hashed == []
+    # only the cache's own arrays are hashed (verified), no input file
+    assert counted_reads == [] and all(second.path in p.parents for p in hashed)
+    assert sorted(p.name for p in hashed) == ["foreground.npy", "images.npy", "labels.npy"]
     assert second.path == first.path
     assert np.array_equal(second.images, first.images)
     # `jobs` does not belong to the key

@@ -18,7 +18,7 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder holding the dataset folders.")]
 
 
-def _fail(error: BaseException | str, code: int) -> None:
+def _fail(error: BaseException | str, code: int = 2) -> None:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=code)
 
@@ -43,16 +43,25 @@ def _usage_errors() -> tuple[type[Exception], ...]:
 
 
 def _run(func, *args, **kwargs):
-    """Call ``func``; a data error exits with status 1, a usage error with 2, each with its
-    message and without a traceback."""
+    """Call ``func``; a data error or a full disk exits with status 1, a usage error with 2,
+    each with its message and without a traceback."""
+    from jointseg.utils.atomic import DiskFullError, is_disk_full
+
     try:
         return func(*args, **kwargs)
+    except DiskFullError as error:
+        _fail(error, 1)
     except _data_errors() as error:
         _fail(error, 1)
     except _usage_errors() as error:
         _fail(error, 2)
     except EOFError as error:  # click would turn it into a bare "Aborted!"
         _fail(f"unexpected end of a file: {error}", 1)
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error):
+            raise
+        where = f" while writing {error.filename}" if getattr(error, "filename", None) else ""
+        _fail(RuntimeError(f"no space left on device{where}"), 1)
 
 
 @app.command()
@@ -210,6 +219,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     meshes: Annotated[bool, typer.Option(help="Write per-structure meshes.")] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo scans whose outputs are complete (default: skip them).")
+    ] = False,
 ) -> None:
     """Predict label maps, per-bone meshes, measurements and previews."""
     from jointseg.inference.predict import predict_path
@@ -225,6 +237,7 @@ def predict(
         batch_size=batch_size,
         threads=threads,
         meshes=meshes,
+        overwrite=overwrite,
     )
 
 

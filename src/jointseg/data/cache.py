@@ -4,19 +4,26 @@ A cache folder ``<cache_root>/<dataset folder>/<key>`` holds ``images.npy`` [N, 
 ``labels.npy`` [N, H, W] uint8 (local classes), ``foreground.npy`` [N] bool and ``meta.json``.
 The key hashes the bytes of every image and label file, the preprocessing parameters, the label
 mapping and :data:`CACHE_FORMAT_VERSION`. A folder is written under a temporary name and renamed
-into place when complete, so a killed build never leaves a half cache behind.
+into place when complete, so a killed build never leaves a half cache behind. ``meta.json``
+records the SHA-256 of every array file and of itself; a cache whose files do not match (half
+copied, truncated, flipped bits) is rebuilt, never used. One build per cache folder at a time:
+processes take ``.locks/<dataset>/<key>.lock`` (``fcntl.flock``) under the cache root, and the
+later one reuses the earlier's cache.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +38,22 @@ from jointseg.data import io as scan_io
 from jointseg.data.labels import DomainLabels
 from jointseg.data.manifest import Case, DatasetError, list_cases, load_manifest
 from jointseg.data.preprocess import InverseInfo, preprocess_case, slice_stack_shape
-from jointseg.utils.atomic import atomic_write_json
+from jointseg.utils.atomic import DiskFullError, atomic_write_json, is_disk_full
+from jointseg.utils.faults import fault_point
 
-CACHE_FORMAT_VERSION = 1
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
+
+CACHE_FORMAT_VERSION = 2
 CACHE_ENV = "JOINTSEG_CACHE"
 _HASH_INDEX = "file_hashes.json"
 _STALE_SECONDS = 24 * 3600  # temporary folders older than this are left-overs of killed builds
 _LABEL_CHUNK = 1 << 22  # voxels per chunk when listing label values
+_ARRAYS = ("images.npy", "labels.npy", "foreground.npy")
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_root(data_dir: Path) -> Path:
@@ -193,6 +209,7 @@ def _run(tasks: list[_Task], jobs: int, progress: bool, desc: str) -> list[Any]:
         if jobs <= 1 or len(tasks) <= 1:
             for i, task in enumerate(tasks):
                 results[i] = _process(task)
+                fault_point("preprocess.case")
                 bar.update()
             return results
         workers = min(jobs, len(tasks))
@@ -203,6 +220,7 @@ def _run(tasks: list[_Task], jobs: int, progress: bool, desc: str) -> list[Any]:
             try:
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
+                    fault_point("preprocess.case")
                     bar.update()
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -217,7 +235,41 @@ def _header_shape(path: Path, cfg: PreprocessingConfig) -> tuple[int, int, int]:
     return slice_stack_shape(header.size, header.spacing, header.direction, cfg)
 
 
+def _meta_checksum(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def verify_cache(folder: Path) -> str | None:
+    """Why the cache folder is not intact (a missing, resized or altered file), or None."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "meta.json is missing"
+    except (OSError, ValueError) as error:
+        return f"meta.json is unreadable ({error})"
+    if not isinstance(meta, dict) or meta.get("checksum") != _meta_checksum(meta):
+        return "meta.json does not match its checksum"
+    for name, expected in meta.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['bytes']} were written"
+        if file_sha256(path) != expected["sha256"]:
+            return f"{name} does not match its SHA-256"
+    return None
+
+
 def _try_load(folder: Path, key: str) -> SliceCache | None:
+    """The cache in ``folder`` if it is the one of ``key`` and intact; None otherwise."""
+    if not folder.exists():
+        return None
+    problem = verify_cache(folder)
+    if problem is not None:
+        log.warning("slice cache %s is damaged (%s); it will be rebuilt", folder, problem)
+        return None
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         return load_slice_cache(folder) if meta.get("key") == key else None
@@ -225,11 +277,51 @@ def _try_load(folder: Path, key: str) -> SliceCache | None:
         return None
 
 
-def _remove_stale(parent: Path) -> None:
+@contextlib.contextmanager
+def _entry_lock(folder: Path) -> Iterator[None]:
+    """Hold ``<cache root>/.locks/<dataset>/<key>.lock`` exclusively: waits for another process
+    building the same cache.
+
+    Without ``fcntl``, or where the lock file cannot be created (a read-only cache), no lock.
+    """
+    handle = None
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            lock = folder.parent.parent / ".locks" / folder.parent.name / f"{folder.name}.lock"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock, "a+b")  # noqa: SIM115
+    try:
+        if handle is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
+
+
+def _preallocate(path: Path) -> None:
+    """Reserve the disk blocks of a new memory-mapped array: a full disk fails here with
+    ENOSPC, not later with SIGBUS in a worker writing into the map."""
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        allocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(parent: Path, entry: str) -> None:
+    """Remove temporary folders of killed builds: this entry's (its lock is held), old others."""
     now = time.time()
     for path in parent.glob(".tmp-*"):
         try:
-            if now - path.stat().st_mtime > _STALE_SECONDS:
+            mine = path.name.startswith(f".tmp-{entry}-")
+            if mine or now - path.stat().st_mtime > _STALE_SECONDS:
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             pass
@@ -258,6 +350,7 @@ def _write(
         shape = (int(bounds[-1]), *cfg.patch_size)
         for name, dtype in (("images.npy", np.float32), ("labels.npy", np.uint8)):
             np.lib.format.open_memmap(tmp / name, mode="w+", dtype=dtype, shape=shape).flush()
+            _preallocate(tmp / name)
         tasks = [
             _Task(case, int(bounds[i]), int(bounds[i + 1]), tmp, labels, cfg)
             for i, case in enumerate(cases)
@@ -284,9 +377,18 @@ def _write(
                 }
                 for i, (case, digest) in enumerate(zip(cases, digests, strict=True))
             ],
+            "files": {
+                name: {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
+                for name in _ARRAYS
+            },
         }
+        meta["checksum"] = _meta_checksum(meta)
         atomic_write_json(tmp / "meta.json", meta, indent=1)
         _move_into_place(tmp, folder, key)
+    except OSError as error:
+        if is_disk_full(error) and not isinstance(error, DiskFullError):
+            raise DiskFullError(f"the slice cache {folder}") from error
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -326,13 +428,14 @@ def _build_or_load(
     digests = [(c.case_id, hashes[2 * i], hashes[2 * i + 1]) for i, c in enumerate(cases)]
     key = cache_key(digests, labels, cfg)
     folder = root / dataset_dir.name / key[:32]
-    cached = _try_load(folder, key)
-    if cached is not None:
-        return cached, True
     folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(folder.parent)
-    jobs = cfg.jobs if jobs is None else jobs
-    _write(folder, key, cases, digests, labels, cfg, jobs, progress, labels.name)
+    with _entry_lock(folder):
+        cached = _try_load(folder, key)
+        if cached is not None:
+            return cached, True
+        _remove_stale(folder.parent, folder.name)
+        jobs = cfg.jobs if jobs is None else jobs
+        _write(folder, key, cases, digests, labels, cfg, jobs, progress, labels.name)
     cache = _try_load(folder, key)
     if cache is None:
         raise RuntimeError(f"{folder}: the slice cache could not be written")

@@ -10,10 +10,12 @@ DICOM series is checked for missing and duplicated slices. Every failure is a
 
 from __future__ import annotations
 
+import errno
 import gzip
 import math
 import os
 import re
+import shutil
 import struct
 import zlib
 from collections.abc import Iterable
@@ -370,12 +372,34 @@ def _numbers(text: str) -> np.ndarray:
     return np.asarray([float(v) for v in text.strip().split("\\") if v.strip()])
 
 
+_LOW_SPACE = 1 << 20  # bytes free after a write below which the file is read back
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike[str], compress: bool = True) -> None:
-    """Write ``image`` atomically; the format follows the extension."""
+    """Write ``image`` atomically; the format follows the extension.
+
+    ITK's NIfTI writer truncates a file silently when the disk fills up; when little space is
+    left after the write, the file is read back and compared, and a damaged one raises
+    :class:`jointseg.utils.atomic.DiskFullError` (the previous file stays).
+    """
     if scan_extension(path) is None:
         raise ValueError(f"{path}: unsupported extension, use one of {SCAN_EXTENSIONS}")
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
+        if shutil.disk_usage(tmp.parent).free < _LOW_SPACE:
+            _check_written(tmp, image)
+
+
+def _check_written(path: Path, image: sitk.Image) -> None:
+    try:
+        written = sitk.ReadImage(str(path))
+        ok = written.GetSize() == image.GetSize() and np.array_equal(
+            sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(image)
+        )
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise OSError(errno.ENOSPC, "no space left on device", str(path))
 
 
 def array_to_image(

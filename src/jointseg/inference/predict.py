@@ -10,14 +10,19 @@ Per scan (``case`` = the file name without extension, or the DICOM folder's name
     OUT/<case>_measurements.json     volume, area, extents, components per structure
     OUT/<case>_preview.png           overlays on three orthogonal slices and a 3D view
     OUT/measurements.csv             one row per case and structure, all cases
+    OUT/<case>_outputs.json          written last: the case's outputs, their sizes, the settings
 
 A case's files are all computed before the first is written; if writing fails, the case's files
-written so far are removed.
+written so far are removed. Every file is written atomically. A case is complete when its
+``_outputs.json`` exists, names the same scan and settings (run, domain, TTA, meshes) and every
+output it lists exists with its recorded size; a rerun skips complete cases unless
+``overwrite``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +51,16 @@ from jointseg.inference.meshes import MESH_FORMATS, Geometry, label_meshes, writ
 from jointseg.inference.predictor import InputError, Prediction, Predictor
 from jointseg.inference.preview import render_preview
 from jointseg.inference.slices import load_scan
-from jointseg.utils.atomic import atomic_write_bytes, atomic_write_json
+from jointseg.utils.atomic import (
+    DiskFullError,
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_temporaries,
+)
+from jointseg.utils.faults import fault_point
 
 MEASUREMENTS_CSV = "measurements.csv"
+OUTPUTS_SUFFIX = "_outputs.json"
 
 
 class PredictionError(ValueError):
@@ -65,6 +77,7 @@ class CaseResult:
     confidence: float | None = None
     outputs: list[Path] = field(default_factory=list)
     error: str | None = None
+    skipped: bool = False
 
 
 def find_scans(path: str | Path) -> list[Path]:
@@ -116,11 +129,13 @@ def predict_path(
     batch_size: int = 16,
     threads: int | None = None,
     meshes: bool = True,
+    overwrite: bool = False,
 ) -> list[CaseResult]:
     """Predict every scan of ``input`` into ``out``; see the module docstring for the outputs.
 
-    A scan that fails is reported and skipped; the others are still predicted, then a
-    :class:`PredictionError` lists the failures. A single scan's failure raises its own error.
+    Scans whose outputs are complete are skipped unless ``overwrite``. A scan that fails is
+    reported and skipped; the others are still predicted, then a :class:`PredictionError` lists
+    the failures. A single scan's failure raises its own error.
     """
     if threads is not None:
         if threads < 1:
@@ -132,12 +147,21 @@ def predict_path(
     if domain != "auto":
         predictor.info.domain(domain)  # unknown domain: a RunError naming the known ones
     out = Path(out)
+    remove_temporaries(out, recursive=True)  # left by a killed run
+    settings = {"run": str(Path(run).resolve()), "domain": domain, "tta": tta, "meshes": meshes}
     results: list[CaseResult] = []
     progress = tqdm(scans, desc="predict", unit="scan", disable=len(scans) < 2)
     for scan in progress:
         case = case_name(scan)
         progress.set_postfix_str(case)
         result = CaseResult(case, scan)
+        done = None if overwrite else completed_outputs(out, case, scan, settings)
+        if done is not None:
+            result.domain, result.confidence, result.outputs = done
+            result.skipped = True
+            tqdm.write(f"[predict] {case}: outputs complete, skipped (--overwrite redoes it)")
+            results.append(result)
+            continue
         try:
             image = load_scan(scan)
             prediction = predictor.predict(image, domain=domain)
@@ -145,8 +169,10 @@ def predict_path(
             result.outputs = write_case(
                 image, prediction, out, case, output_extension(scan), meshes
             )
-        except (KeyboardInterrupt, SystemExit):
-            raise
+            _write_outputs_record(out, case, scan, settings, result)
+            fault_point("predict.case")
+        except (KeyboardInterrupt, SystemExit, DiskFullError):
+            raise  # a full disk fails every later scan too
         except Exception as error:  # reported per scan; the others go on
             if len(scans) == 1:
                 if isinstance(error, (InputError, DomainRecognitionError)):
@@ -164,6 +190,47 @@ def predict_path(
         lines += [f"  - {r.source}: {r.error}" for r in failed]
         raise PredictionError("\n".join(lines))
     return results
+
+
+def _outputs_record_path(out: Path, case: str) -> Path:
+    return out / f"{case}{OUTPUTS_SUFFIX}"
+
+
+def _write_outputs_record(
+    out: Path, case: str, scan: Path, settings: dict, result: CaseResult
+) -> None:
+    record = {
+        "case": case,
+        "source": str(scan.resolve()),
+        "settings": settings,
+        "domain": result.domain,
+        "confidence": result.confidence,
+        "outputs": [
+            {"path": p.relative_to(out).as_posix(), "bytes": p.stat().st_size}
+            for p in result.outputs
+        ],
+    }
+    atomic_write_json(_outputs_record_path(out, case), record)
+
+
+def completed_outputs(
+    out: Path, case: str, scan: Path, settings: dict
+) -> tuple[str | None, float | None, list[Path]] | None:
+    """(domain, confidence, outputs) of a case predicted completely with these settings, or
+    None (no record, other scan or settings, an output missing or of another size)."""
+    try:
+        record = json.loads(_outputs_record_path(out, case).read_text(encoding="utf-8"))
+        if record["source"] != str(scan.resolve()) or record["settings"] != settings:
+            return None
+        outputs = []
+        for item in record["outputs"]:
+            path = out / item["path"]
+            if not path.is_file() or path.stat().st_size != item["bytes"]:
+                return None
+            outputs.append(path)
+        return record["domain"], record["confidence"], outputs
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _reason(error: Exception, scan: Path) -> str:
@@ -214,6 +281,8 @@ def write_case(
 
     written: list[Path] = []
     mesh_dir = out / case
+    with contextlib.suppress(FileNotFoundError):  # the case is incomplete until rewritten
+        _outputs_record_path(out, case).unlink()
     try:
         seg = out / f"{case}_seg{extension}"
         write_image(prediction.label_map, seg)
@@ -263,6 +332,7 @@ __all__ = [
     "CaseResult",
     "PredictionError",
     "case_name",
+    "completed_outputs",
     "find_scans",
     "output_extension",
     "predict_path",

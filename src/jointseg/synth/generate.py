@@ -19,7 +19,8 @@ from jointseg.data.io import array_to_image, write_image
 from jointseg.data.manifest import DatasetManifest, write_manifest
 from jointseg.synth.anatomy import JOINTS, joint_spec
 from jointseg.synth.subject import PROTOCOLS, SubjectParams, sample_subject
-from jointseg.utils.atomic import atomic_write_json
+from jointseg.utils.atomic import atomic_write_json, remove_temporaries
+from jointseg.utils.faults import fault_point
 
 #: Bumped whenever the same seed would give different images.
 GENERATOR_VERSION = 2
@@ -161,6 +162,7 @@ def synthesize_study(
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out, recursive=True)  # left by a killed run; this one rewrites all
     tasks: list[tuple[SubjectParams, str, float]] = []
     for joint in joints:
         dataset_dir = out / joint_spec(joint).folder
@@ -179,12 +181,14 @@ def synthesize_study(
         for task in tasks:
             result = _render_task(task)
             results[result["case_id"]] = result
+            fault_point("synth.case")
             bar.update()
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
             for result in pool.map(_render_task, tasks, chunksize=1):
                 results[result["case_id"]] = result
+                fault_point("synth.case")
                 bar.update()
     bar.close()
 

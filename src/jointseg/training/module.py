@@ -25,6 +25,7 @@ from jointseg.losses import (
 from jointseg.training.schemes import ModelPlan
 from jointseg.training.validation import dice_per_class
 from jointseg.utils.atomic import atomic_write_json
+from jointseg.utils.faults import fault_point
 
 VALIDATION_CHUNK = 32
 
@@ -77,6 +78,7 @@ class SegmentationModule(L.LightningModule):
         return {h: self.to_union[h, :c] for h, c in enumerate(self.local_classes)}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        fault_point("train.step")
         image, target, domains = batch["image"], batch["label"], batch["domain"]
         if batch_idx == 0 and self.current_epoch == 0 and self.trainer.world_size > 1:
             self._record_first_batches(batch)

@@ -9,7 +9,12 @@ from torch import nn
 
 from jointseg.config import ExperimentConfig
 from jointseg.data.labels import LabelSpace
-from jointseg.models.shape_autoencoder import WEIGHTS_FILE, LatentDiscriminator, load_autoencoder
+from jointseg.models.shape_autoencoder import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    LatentDiscriminator,
+    load_autoencoder,
+)
 from jointseg.training.datamodule import DomainSplit
 from jointseg.training.schemes import ModelPlan
 from jointseg.training.shape_prior import obtain_shape_autoencoder, union_training_masks
@@ -57,7 +62,7 @@ def shape_prior_for(
         return None, None
     prior_cfg = cfg.regularization.shape_prior
     directory = Path(out) / "models" / PRIOR_DIR
-    if (directory / WEIGHTS_FILE).is_file():
+    if (directory / WEIGHTS_FILE).is_file() and (directory / CONFIG_FILE).is_file():
         autoencoder = load_autoencoder(directory)
     else:
         validation = _masks(splits, label_space, validation=True)

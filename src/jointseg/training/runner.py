@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from jointseg.config import SCHEMES, ExperimentConfig, load_config, save_config
 from jointseg.data.cache import SliceCache, preprocess_study
@@ -18,7 +18,7 @@ from jointseg.data.labels import DomainLabels, LabelSpace
 from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.data.splits import fold_cases, load_splits
 from jointseg.models import build_model, load_model, save_model
-from jointseg.models.checkpoint import load_weights
+from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE, load_weights
 from jointseg.models.domain_reference import REFERENCE_FILE, fit_recognition
 from jointseg.models.network import head_index
 from jointseg.models.scan_features import DomainPath
@@ -28,6 +28,13 @@ from jointseg.training.curves import plot_curves
 from jointseg.training.datamodule import DomainSplit, PlanDataModule
 from jointseg.training.module import SegmentationModule
 from jointseg.training.prior import shape_prior_for
+from jointseg.training.resume import (
+    FlushLogs,
+    RandomStates,
+    ResumableCSVLogger,
+    checkpoint_epoch,
+    clean_run_folder,
+)
 from jointseg.training.schemes import ModelPlan, deliverable_plans, plan_scheme
 from jointseg.utils.distributed import is_global_zero
 from jointseg.utils.seed import seed_everything
@@ -139,10 +146,11 @@ def train_run(
     caches = preprocess_study(cfg, data_dir)
     out.mkdir(parents=True, exist_ok=True)
     if primary:
+        clean_run_folder(out)
         save_config(cfg, out / "config.yaml")
     plans = plan_scheme(cfg.scheme, cfg.domain_names)
     for plan in plans:
-        if (out / "models" / plan.name / "model.safetensors").is_file():
+        if _model_saved(out / "models" / plan.name):
             print(f"[train] {plan.name}: already trained, skipped")
             continue
         _train_plan(
@@ -174,6 +182,11 @@ def train_run(
         plot_curves(out, [p.name for p in plans])
         _print_summary(out, plans)
     return info
+
+
+def _model_saved(folder: Path) -> bool:
+    """Both files of a saved model are there (``model.json`` is written last)."""
+    return (folder / WEIGHTS_FILE).is_file() and (folder / INDEX_FILE).is_file()
 
 
 def _fit_recognition(
@@ -245,14 +258,20 @@ def _train_plan(
     datamodule = PlanDataModule(cfg, splits, plan.contrastive)
     has_validation = any(s.validation_cases for s in splits)
     checkpoint_dir = out / "checkpoints" / plan.name
+    last = checkpoint_dir / "last.ckpt"
+    ckpt_path = str(last) if resume and last.is_file() else None
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best",
         monitor="val/dice" if has_validation else None,
         mode="max",
-        save_last=True,
         save_top_k=1,
         enable_version_counter=False,
+    )
+    # Lightning's save_last writes last.ckpt only when the best one improved; this writes it at
+    # every epoch end, after the best one (a resumed run repeats at most one epoch)
+    latest = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False
     )
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -266,19 +285,26 @@ def _train_plan(
         deterministic=not torch.cuda.is_available(),
         use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
-        callbacks=[checkpoint, EpochReseed(datamodule), *(extra_callbacks or [])]
-        + _target_stop(cfg, has_validation)
+        callbacks=[
+            checkpoint,
+            latest,
+            EpochReseed(datamodule),
+            RandomStates(),
+            FlushLogs(),
+            *_target_stop(cfg, has_validation),
+            *(extra_callbacks or []),
+        ]
         + ([TQDMProgressBar(refresh_rate=5)] if progress else []),
         logger=[
-            CSVLogger(out / "logs", name=plan.name, version=""),
+            ResumableCSVLogger(
+                out / "logs", plan.name, checkpoint_epoch(last) if ckpt_path else None
+            ),
             TensorBoardLogger(out / "logs", name=plan.name, version="tensorboard"),
         ],
         enable_progress_bar=progress,
         enable_model_summary=False,
         default_root_dir=out,
     )
-    last = checkpoint_dir / "last.ckpt"
-    ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         print(f"[train] {plan.name}: resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -38,6 +38,7 @@ from jointseg.models.shape_autoencoder import (
     load_autoencoder,
     save_autoencoder,
 )
+from jointseg.utils.faults import fault_point
 
 __all__ = [
     "adversarial_losses",
@@ -198,6 +199,7 @@ def train_shape_autoencoder(
     order = np.zeros(0, dtype=np.int64)
     bar = tqdm(total=cfg.steps, desc="shape prior", disable=not progress, leave=False)
     for _ in range(cfg.steps):
+        fault_point("prior.step")
         if len(order) < batch_size:
             if pass_losses:
                 history.append(float(np.mean(pass_losses)))
