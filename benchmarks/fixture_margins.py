@@ -122,7 +122,49 @@ def measure_prior(seed: int) -> dict[str, tuple[float, float, str]]:
     return rows
 
 
-FIXTURES = {"predict": measure, "prior": measure_prior}
+_STUDY: dict[str, Path] = {}
+
+
+def measure_recognition(seed: int) -> dict[str, tuple[float, float, str]]:
+    """The slow recognition test (tests/test_recognition_synth.py) with training seed ``seed``.
+
+    The study is synthesized once per process; each test scan's runner-up / winner distance is
+    signed: negative when the scan went to the wrong joint.
+    """
+    import test_recognition_synth as trs
+
+    from jointseg.data.manifest import list_cases
+
+    if "study" not in _STUDY:
+        _STUDY["root"] = Path(tempfile.mkdtemp(prefix="recognition-"))
+        _STUDY["study"] = trs.synthesize(_STUDY["root"])
+    run = trs.train(_STUDY["study"], _STUDY["root"] / f"seed{seed}", seed=seed)
+    frame = _read_metrics(run)
+    rows: dict[str, tuple[float, float, str]] = {
+        "recognition training epochs": (len(frame), trs.MAX_EPOCHS, "<="),
+        "recognition validation Dice": (frame[-1], trs.TARGET_DICE, ">="),
+    }
+    predictor = Predictor.from_run(run)
+    for joint, folder in trs.JOINTS.items():
+        for case in list_cases(_STUDY["study"] / folder, "test"):
+            decision = predictor.recognize(case.image)
+            ratio = decision.scores[1].distance / max(decision.scores[0].distance, 1e-12)
+            rows[f"{case.case_id} runner-up / winner"] = (
+                ratio if decision.domain == joint else -ratio,
+                1.2,
+                ">",
+            )
+    return rows
+
+
+def _read_metrics(run: Path) -> list[float]:
+    import csv
+
+    with open(run / "logs" / "main" / "metrics.csv", encoding="utf-8") as handle:
+        return [float(r["val/dice"]) for r in csv.DictReader(handle) if r.get("val/dice")]
+
+
+FIXTURES = {"predict": measure, "prior": measure_prior, "recognition": measure_recognition}
 
 
 def _mesh_ratio(label_map: sitk.Image, value: int) -> float:
