@@ -39,7 +39,7 @@ def make_cache(cases: list[np.ndarray]) -> PatchCache:
     locations = np.concatenate(
         [
             class_locations(c, int(s), f"c{i}", classes)
-            for i, (c, s) in enumerate(zip(labels, starts))
+            for i, (c, s) in enumerate(zip(labels, starts[:-1], strict=True))
         ]
     )
     return PatchCache(
