@@ -21,7 +21,7 @@ from jointseg.data.labels import DomainLabels
 from jointseg.data.manifest import DatasetError, list_cases, load_manifest
 from jointseg.data.preprocess import preprocess_case, restore_labels
 
-from .conftest import write_dataset
+from .conftest import make_volume_pair, write_dataset
 
 CFG = PreprocessingConfig(target_spacing=1.0, patch_size=(32, 32), jobs=1)
 
@@ -61,16 +61,28 @@ def test_cache_contents(dataset: Path):
     cases = list_cases(dataset)
     assert cache.case_ids == [c.case_id for c in cases]
     assert cache.images.dtype == np.float32 and cache.labels.dtype == np.uint8
-    assert isinstance(cache.images, np.memmap) and not cache.images.flags.writeable
-    assert cache.images.shape == (24, 32, 32) == cache.labels.shape  # 3 cases x 8 slices
+    for array in (*cache.images.arrays, *cache.labels.arrays):
+        assert isinstance(array, np.memmap) and not array.flags.writeable
+        assert array.shape == (8, 26, 26)  # 32 voxels of 0.8 mm at 1 mm: the whole view
+    assert len(cache) == 24  # 3 cases x 8 slices
     assert cache.case_slices == {"toy_000": (0, 8), "toy_001": (8, 16), "toy_002": (16, 24)}
-    assert set(np.unique(cache.labels)) == {0, 1, 2}
-    assert np.array_equal(cache.foreground, cache.labels.reshape(24, -1).any(axis=1))
+    assert set(np.unique(cache.labels.arrays)) == {0, 1, 2}
+    per_row = [cache.labels[row].any() for row in range(len(cache))]
+    assert np.array_equal(cache.foreground, per_row)
     assert cache.foreground.sum() == 18  # the boxes leave the first and last slice empty
     assert np.array_equal(cache.rows(["toy_002", "toy_000"]), [*range(16, 24), *range(8)])
     assert cache.rows([]).shape == (0,)
     with pytest.raises(KeyError, match="nope"):
         cache.rows(["nope"])
+    with pytest.raises(IndexError, match="several cases"):
+        cache.images[6:10]
+    # every structure voxel of a case is listed (fewer than MAX_LOCATIONS), as (class, row, y, x)
+    classes, rows, ys, xs = cache.locations.T
+    assert cache.locations.dtype == np.int32
+    for value in (1, 2):
+        mask = np.stack([cache.labels[row] for row in range(len(cache))]) == value
+        picked = classes == value
+        assert picked.sum() == mask.sum() and mask[rows[picked], ys[picked], xs[picked]].all()
 
     expected = preprocess_case(scan_io.read_image(cases[1].image), None, CFG)
     assert np.array_equal(cache.images[8:16], expected.image)
@@ -101,9 +113,13 @@ def test_cache_hit_reads_no_volume_and_hashes_no_input_file(
     second = build(dataset)
     # only the cache's own arrays are hashed (verified), no input file
     assert counted_reads == [] and all(second.path in p.parents for p in hashed)
-    assert sorted(p.name for p in hashed) == ["foreground.npy", "images.npy", "labels.npy"]
+    names = sorted(str(p.relative_to(second.path)) for p in hashed)
+    assert names == sorted(
+        ["foreground.npy", "locations.npy"]
+        + [f"{kind}/toy_00{i}.npy" for kind in ("images", "labels") for i in range(3)]
+    )
     assert second.path == first.path
-    assert np.array_equal(second.images, first.images)
+    assert np.array_equal(second.images[0:8], first.images[0:8])
     # `jobs` does not belong to the key
     assert build(dataset, cfg=CFG.model_copy(update={"jobs": 2}), jobs=1).path == first.path
     assert counted_reads == []
@@ -151,13 +167,56 @@ def test_rebuilt_after_a_content_change(dataset: Path, counted_reads):
     assert 2 not in np.unique(second.labels[slice(*second.case_slices[case.case_id])])
 
 
+def test_cases_of_different_sizes_round_trip(tmp_path: Path):
+    folder = write_dataset(tmp_path, cases=2, structures={"femur": 3, "tibia": 7})
+    wide = list_cases(folder)[1]
+    for path in (wide.image, wide.label):  # the second case's field of view is 48 x 40 voxels
+        image, label = make_volume_pair(shape=(5, 40, 48), seed=4, labels=(3, 7))
+        scan_io.write_image(image if path == wide.image else label, path)
+    cache = build(folder)
+    assert [a.shape for a in cache.images.arrays] == [(8, 26, 26), (5, 32, 38)]
+    assert cache.case_slices == {"toy_000": (0, 8), "toy_001": (8, 13)}
+    assert cache.images[3].shape == (26, 26) and cache.images[10].shape == (32, 38)
+    assert np.array_equal(cache.images.shapes(np.array([12, 0])), [[32, 38], [26, 26]])
+    again = cache_module.load_slice_cache(cache.path)
+    for case in cache.case_ids:
+        rows = slice(*cache.case_slices[case])
+        expected = preprocess_case(scan_io.read_image(wide.image), None, CFG).image
+        if case == wide.case_id:
+            assert np.array_equal(again.images[rows], expected)
+        restored = restore_labels(
+            domain(folder).disk_values()[again.labels[rows]], again.inverse[case]
+        )
+        truth = scan_io.read_image(folder / "labelsTr" / f"{case}.nii.gz")
+        assert restored.GetSize() == truth.GetSize()
+
+
+def test_format_version_bump_invalidates_old_caches(dataset: Path, counted_reads, monkeypatch):
+    first = build(dataset)
+    counted_reads.clear()
+    monkeypatch.setattr(cache_module, "CACHE_FORMAT_VERSION", cache_module.CACHE_FORMAT_VERSION + 1)
+    second = build(dataset)
+    assert second.path != first.path and len(counted_reads) == 6
+    meta = json.loads((second.path / "meta.json").read_text(encoding="utf-8"))
+    assert meta["version"] == cache_module.CACHE_FORMAT_VERSION
+
+
+def test_patch_size_does_not_change_the_cache(dataset: Path, counted_reads):
+    first = build(dataset)
+    counted_reads.clear()
+    assert build(dataset, cfg=CFG.model_copy(update={"patch_size": (64, 64)})).path == first.path
+    assert counted_reads == []
+
+
 def test_parallel_build_is_identical(dataset: Path, tmp_path: Path):
     serial = build(dataset, root=tmp_path / "serial", jobs=1)
     parallel = build(dataset, root=tmp_path / "parallel", jobs=2)
     assert serial.path.name == parallel.path.name
-    assert np.array_equal(serial.images, parallel.images)
-    assert np.array_equal(serial.labels, parallel.labels)
+    for kind in ("images", "labels"):
+        pairs = zip(getattr(serial, kind).arrays, getattr(parallel, kind).arrays, strict=True)
+        assert all(np.array_equal(a, b) for a, b in pairs)
     assert np.array_equal(serial.foreground, parallel.foreground)
+    assert np.array_equal(serial.locations, parallel.locations)
     assert serial.inverse == parallel.inverse
     meta = [
         json.loads((c.path / "meta.json").read_text(encoding="utf-8")) for c in (serial, parallel)
@@ -221,7 +280,7 @@ def test_preprocess_study(tmp_path: Path, capsys, monkeypatch):
     caches = preprocess_study(cfg, tmp_path)
     assert list(caches) == ["knee", "ankle"]
     assert len(caches["knee"]) == 16 and len(caches["ankle"]) == 8
-    assert set(np.unique(caches["ankle"].labels)) == {0, 1}
+    assert set(np.unique(caches["ankle"].labels.arrays)) == {0, 1}
     assert caches["knee"].path.is_relative_to(tmp_path / ".jointseg_cache")
     out = capsys.readouterr().out
     assert "knee: 2 cases, 16 slices" in out and "built" in out

@@ -324,26 +324,27 @@ def _build(dataset: Path):
 
 
 def _truncate(folder: Path) -> None:
-    path = folder / "images.npy"
+    path = folder / "images" / "toy_001.npy"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def _flip_bit(folder: Path) -> None:
-    path = folder / "images.npy"
+    path = folder / "images" / "toy_001.npy"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x10
     path.write_bytes(bytes(data))
 
 
 def _half_written(folder: Path) -> None:
-    (folder / "labels.npy").unlink()
+    (folder / "labels" / "toy_002.npy").unlink()
 
 
 @pytest.mark.parametrize("damage", [_half_written, _truncate, _flip_bit])
 def test_damaged_cache_is_detected_and_rebuilt(tmp_path: Path, damage, caplog) -> None:
     dataset = write_dataset(tmp_path)
     first = _build(dataset)
-    images, labels = np.array(first.images), np.array(first.labels)
+    images = [np.array(a) for a in first.images.arrays]
+    labels = [np.array(a) for a in first.labels.arrays]
     folder = first.path
     del first
     damage(folder)
@@ -352,7 +353,9 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path: Path, damage, caplog) -
         second = _build(dataset)
     assert "is damaged" in caplog.text and "rebuilt" in caplog.text
     assert second.path == folder and verify_cache(folder) is None
-    assert np.array_equal(second.images, images) and np.array_equal(second.labels, labels)
+    for kind, before in (("images", images), ("labels", labels)):
+        after = getattr(second, kind).arrays
+        assert all(np.array_equal(a, b) for a, b in zip(after, before, strict=True))
 
 
 def test_two_processes_preprocessing_into_one_cache(preprocess_setup) -> None:

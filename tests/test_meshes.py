@@ -202,3 +202,18 @@ def test_preview_png(geometry):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     flat = render_preview(image, np.zeros_like(labels), entries, None, title="empty")
     assert flat[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_preview_views_are_named_by_anatomical_plane():
+    from jointseg.inference.preview import view_names
+
+    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    assert view_names(identity) == ("axial (z)", "coronal (y)", "sagittal (x)")
+    # a sagittal acquisition: columns run A-P, rows S-I, slices L-R
+    sagittal = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+    assert view_names(sagittal) == ("sagittal (z)", "axial (y)", "coronal (x)")
+    # tilted by 30 degrees about L-R: still the closest planes
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    tilted = np.array(sagittal).reshape(3, 3)
+    tilted = np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ tilted
+    assert view_names(tuple(tilted.ravel())) == ("sagittal (z)", "axial (y)", "coronal (x)")

@@ -352,25 +352,49 @@ def test_references_of_an_older_format_are_ignored_with_their_calibration(traine
 
 
 def test_full_view_grid_covers_scans_wider_than_the_patch(predictor):
-    from jointseg.inference.slices import full_view_preprocessing
+    from jointseg.data.preprocess import slice_stack_shape
 
     wide = sitk.Image([96, 70, 20], sitk.sitkFloat32)
     wide.SetSpacing(SPACING)
-    assert full_view_preprocessing(PREPROCESSING, wide).patch_size == (96, 96)
+    shape = slice_stack_shape(wide.GetSize(), wide.GetSpacing(), wide.GetDirection(), PREPROCESSING)
+    assert shape == (20, 70, 96) and predictor.inferer.grid(*shape[1:]) == (96, 96)
     finer = PREPROCESSING.model_copy(update={"target_spacing": 0.5})
-    assert full_view_preprocessing(finer, wide).patch_size == (160, 192)
-    assert full_view_preprocessing(PREPROCESSING, sitk.Image([40, 64, 9], sitk.sitkFloat32)) is (
-        PREPROCESSING
-    )
+    shape = slice_stack_shape(wide.GetSize(), wide.GetSpacing(), wide.GetDirection(), finer)
+    assert shape == (20, 154, 192) and predictor.inferer.grid(*shape[1:]) == (160, 192)
     # A scan twice the patch's width (two scans side by side): every bone is found.
     (left, left_truth), (right, right_truth) = make_scan("knee", 11), make_scan("knee", 12)
     image = side_by_side(left, right)
     truth = side_by_side(left_truth, right_truth)
     prediction = predictor.predict(image, domain="knee")
-    assert prediction.details["grid"] == [64, 128]
+    assert prediction.details["grid"] == [64, 128] and not prediction.details["sliding_window"]
     assert same_geometry(prediction.label_map, image)
     got, want = sitk.GetArrayFromImage(prediction.label_map), sitk.GetArrayFromImage(truth)
     assert all(dice(got, want, v) > DICE_BOUND for v in (1, 2))
+
+
+def test_sliding_window_beyond_the_maximum_view(trained_run, tmp_path):
+    import shutil
+
+    from jointseg.config import load_config, save_config
+    from jointseg.inference.predictor import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = load_config(run / "config.yaml")
+    save_config(config.model_copy(update={"inference": {"max_in_plane": 64}}), run / "config.yaml")
+    predictor = Predictor.from_run(run, calibrate=False)
+    # three scans side by side, 64 x 192 voxels: windows of 64 x 64
+    scans = [make_scan("knee", seed) for seed in (11, 12, 13)]
+    image = side_by_side(side_by_side(scans[0][0], scans[1][0]), scans[2][0])
+    truth = side_by_side(side_by_side(scans[0][1], scans[1][1]), scans[2][1])
+    prediction = predictor.predict(image, domain="knee")
+    assert prediction.details["sliding_window"] and prediction.details["grid"] == [64, 192]
+    assert same_geometry(prediction.label_map, image)
+    got, want = sitk.GetArrayFromImage(prediction.label_map), sitk.GetArrayFromImage(truth)
+    assert all(dice(got, want, v) > DICE_BOUND for v in (1, 2))
+    for k in range(3):  # every third of the view is segmented
+        part = (slice(None), slice(None), slice(64 * k, 64 * (k + 1)))
+        assert all(dice(got[part], want[part], v) > DICE_BOUND for v in (1, 2))
 
 
 def test_write_case_again_replaces_the_cases_outputs(tmp_path):

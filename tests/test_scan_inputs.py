@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from jointseg.inference import slices
 from jointseg.inference.predict import predict_path
 from jointseg.inference.predictor import InputError
+from jointseg.models.inferer import PATCH_MULTIPLE
 from tests.tiny_model import DOMAINS, OBLIQUE, make_scan, same_geometry
 
 # Bounds on a trained model: CI runs these tests under a second CPU-kernel setting too.
@@ -113,7 +114,7 @@ def test_extreme_anisotropy(predictor) -> None:
     assert same_geometry(prediction.label_map, thin)
     assert set(np.unique(sitk.GetArrayViewFromImage(prediction.label_map))) <= {0, 1, 2}
     assert prediction.details["slices"] == 7  # the 8 mm axis is the slice axis
-    assert all(side % slices.PATCH_MULTIPLE == 0 for side in prediction.details["grid"])
+    assert all(side % PATCH_MULTIPLE == 0 for side in prediction.details["grid"])
 
 
 def test_tiny_field_of_view(predictor) -> None:

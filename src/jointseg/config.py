@@ -41,7 +41,11 @@ class PreprocessingConfig(Section):
     target_spacing: float | None = Field(
         0.8, gt=0, description="In-plane spacing in mm after resampling; null keeps the scan's."
     )
-    patch_size: tuple[int, int] = Field((128, 128), description="In-plane size after crop/pad.")
+    patch_size: tuple[int, int] = Field(
+        (128, 128),
+        description="In-plane size of the training patches drawn from the whole-view slices "
+        "(not part of the slice cache's key).",
+    )
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     jobs: int = Field(2, ge=1, description="Parallel worker processes over volumes.")
 
@@ -121,8 +125,15 @@ class TrainingConfig(Section):
         0.2,
         ge=0,
         le=1,
-        description="Probability that a drawn slice without foreground is kept (otherwise a "
-        "slice with foreground of the same domain is drawn instead).",
+        description="Probability that a slice without foreground drawn for a uniform patch is "
+        "kept (otherwise a slice with foreground of the same domain is drawn instead).",
+    )
+    foreground_oversample: float = Field(
+        0.33,
+        ge=0,
+        le=1,
+        description="Share of training patches centred on a voxel of one structure, chosen "
+        "uniformly among the domain's structures (the rest are placed uniformly in a slice).",
     )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     gradient_clip: float | None = Field(12.0, gt=0)
@@ -186,6 +197,18 @@ class EvaluationConfig(Section):
     tta: bool = False
 
 
+class InferenceConfig(Section):
+    max_in_plane: int = Field(
+        512,
+        ge=32,
+        description="Largest in-plane side (voxels at the target spacing) segmented in one "
+        "pass; wider views are segmented by overlapping windows of this size.",
+    )
+    window_overlap: float = Field(
+        0.25, ge=0, lt=1, description="Overlap of the sliding windows (share of a window)."
+    )
+
+
 class ExperimentConfig(Section):
     name: str = "experiment"
     datasets: list[DatasetConfig]
@@ -198,6 +221,7 @@ class ExperimentConfig(Section):
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 

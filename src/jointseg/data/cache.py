@@ -1,7 +1,10 @@
 """Per-dataset slice cache: memory-mapped .npy arrays keyed by content (docs/preprocessing.md).
 
-A cache folder ``<cache_root>/<dataset folder>/<key>`` holds ``images.npy`` [N, H, W] float32,
-``labels.npy`` [N, H, W] uint8 (local classes), ``foreground.npy`` [N] bool and ``meta.json``.
+A cache folder ``<cache_root>/<dataset folder>/<key>`` holds, per case, the whole-view slices
+``images/<case>.npy`` [S, H, W] float32 and ``labels/<case>.npy`` [S, H, W] uint8 (local
+classes; H and W differ between cases), and for the dataset ``foreground.npy`` [N] bool (N: the
+slices of all cases, in case order), ``locations.npy`` [M, 4] int32 (class, row, y, x: a seeded
+sample of every structure's voxels, for foreground-centred patches) and ``meta.json``.
 The key hashes the bytes of every image and label file, the preprocessing parameters, the label
 mapping and :data:`CACHE_FORMAT_VERSION`. A folder is written under a temporary name and renamed
 into place when complete, so a killed build never leaves a half cache behind. ``meta.json``
@@ -23,6 +26,7 @@ import os
 import shutil
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -46,12 +50,14 @@ try:
 except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3  # 3: whole-view slices, one file per case, class locations
 CACHE_ENV = "JOINTSEG_CACHE"
 _HASH_INDEX = "file_hashes.json"
 _STALE_SECONDS = 24 * 3600  # temporary folders older than this are left-overs of killed builds
 _LABEL_CHUNK = 1 << 22  # voxels per chunk when listing label values
-_ARRAYS = ("images.npy", "labels.npy", "foreground.npy")
+_DATASET_ARRAYS = ("foreground.npy", "locations.npy")
+MAX_LOCATIONS = 10_000  # voxel locations kept per structure and case
+_KEY_EXCLUDED = {"jobs", "patch_size"}  # parameters that do not change the cached slices
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +68,64 @@ def default_cache_root(data_dir: Path) -> Path:
     return Path(env).expanduser() if env else Path(data_dir) / ".jointseg_cache"
 
 
+class CaseRows:
+    """Per-case [S, H, W] arrays under one row numbering (case after case, as in the cache).
+
+    ``rows[i]`` is one slice; ``rows[a:b]`` or ``rows[array]`` are slices of one case (cases
+    differ in H and W); ``len(rows)`` counts every slice.
+    """
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = arrays
+        self.starts = np.cumsum([0] + [len(a) for a in arrays])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.arrays[0].dtype
+
+    def locate(self, rows: np.ndarray | int) -> np.ndarray:
+        """Case index of each row."""
+        rows = np.asarray(rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside 0..{len(self) - 1}")
+        return np.searchsorted(self.starts, rows, side="right") - 1
+
+    def shapes(self, rows: np.ndarray) -> np.ndarray:
+        """[len(rows), 2]: (H, W) of each row's slice."""
+        sides = np.asarray([a.shape[1:] for a in self.arrays], dtype=np.int64).reshape(-1, 2)
+        return sides[self.locate(np.asarray(rows, dtype=np.int64))]
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, slice):
+            key = np.arange(*key.indices(len(self)))
+        if np.ndim(key) == 0:
+            case = int(self.locate(int(key)))
+            return self.arrays[case][int(key) - self.starts[case]]
+        rows = np.asarray(key, dtype=np.int64)
+        cases = np.unique(self.locate(rows))
+        if cases.size != 1:
+            raise IndexError("rows of several cases (of different sizes) cannot be stacked")
+        return self.arrays[int(cases[0])][rows - self.starts[cases[0]]]
+
+
 @dataclass
 class SliceCache:
-    """All slices of a dataset's cases, concatenated; arrays are read-only memory maps."""
+    """All whole-view slices of a dataset's cases; arrays are read-only memory maps."""
 
-    images: np.ndarray
-    labels: np.ndarray
+    images: CaseRows
+    labels: CaseRows
     case_ids: list[str]
     case_slices: dict[str, tuple[int, int]]
     foreground: np.ndarray
+    locations: np.ndarray  # [M, 4] int32: class, row, y, x
     inverse: dict[str, InverseInfo]
     path: Path
 
     def __len__(self) -> int:
-        return int(self.images.shape[0])
+        return len(self.images)
 
     def rows(self, case_ids: Iterable[str]) -> np.ndarray:
         """Row indices (int64, in the order given) of the slices of ``case_ids``."""
@@ -87,16 +137,25 @@ class SliceCache:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
+def _case_files(case_id: str) -> tuple[str, str]:
+    return f"images/{case_id}.npy", f"labels/{case_id}.npy"
+
+
 def load_slice_cache(folder: Path) -> SliceCache:
     """Open a complete cache folder (arrays memory-mapped read-only)."""
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     cases = meta["cases"]
+    arrays: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    for case in cases:
+        for names, name in zip(arrays, _case_files(case["case_id"]), strict=True):
+            names.append(np.load(folder / name, mmap_mode="r"))
     return SliceCache(
-        images=np.load(folder / "images.npy", mmap_mode="r"),
-        labels=np.load(folder / "labels.npy", mmap_mode="r"),
+        images=CaseRows(arrays[0]),
+        labels=CaseRows(arrays[1]),
         case_ids=[c["case_id"] for c in cases],
         case_slices={c["case_id"]: (int(c["start"]), int(c["stop"])) for c in cases},
         foreground=np.load(folder / "foreground.npy"),
+        locations=np.load(folder / "locations.npy"),
         inverse={c["case_id"]: InverseInfo.from_dict(c["inverse"]) for c in cases},
         path=folder,
     )
@@ -142,7 +201,7 @@ def cache_key(
     """Key of a cache: (case id, image sha256, label sha256) per case, parameters, labels."""
     payload = {
         "version": CACHE_FORMAT_VERSION,
-        "preprocessing": cfg.model_dump(mode="json", exclude={"jobs"}),
+        "preprocessing": cfg.model_dump(mode="json", exclude=_KEY_EXCLUDED),
         "structures": [[name, value] for name, value in labels.structures.items()],
         "cases": [list(d) for d in digests],
     }
@@ -169,8 +228,23 @@ class _Task:
     cfg: PreprocessingConfig
 
 
-def _process(task: _Task) -> tuple[InverseInfo, np.ndarray]:
-    """Preprocess one case into its rows of the (temporary) cache arrays."""
+def class_locations(local: np.ndarray, start: int, case_id: str, classes: int) -> np.ndarray:
+    """[M, 4] int32 (class, row, y, x) of up to :data:`MAX_LOCATIONS` voxels per structure of
+    a case's label slices [S, H, W] (rows from ``start``); the sample is seeded by the case id."""
+    parts = []
+    for value in range(1, classes):
+        flat = np.flatnonzero(local == value)
+        if flat.size > MAX_LOCATIONS:
+            rng = np.random.default_rng([zlib.crc32(case_id.encode("utf-8")), value])
+            flat = np.sort(rng.choice(flat, MAX_LOCATIONS, replace=False))
+        s, y, x = np.unravel_index(flat, local.shape)
+        parts.append(np.stack([np.full_like(s, value), s + start, y, x], axis=1))
+    found = np.concatenate(parts) if parts else np.zeros((0, 4), dtype=np.int64)
+    return found.astype(np.int32).reshape(-1, 4)
+
+
+def _process(task: _Task) -> tuple[InverseInfo, np.ndarray, np.ndarray]:
+    """Preprocess one case into its (temporary) cache files: inverse, foreground, locations."""
     case, labels = task.case, task.labels
     assert case.label is not None
     image = scan_io.read_image(case.image)
@@ -187,16 +261,17 @@ def _process(task: _Task) -> tuple[InverseInfo, np.ndarray]:
     except ValueError as error:
         raise DatasetError(f"{case.image}: {error}") from None
     del image, label
-    if result.image.shape[0] != task.stop - task.start:
-        raise DatasetError(f"{case.image}: header and voxel data disagree on the slice count")
     assert result.label is not None
     local = task.labels.local_lookup().astype(np.uint8)[result.label]
-    for name, rows in (("images.npy", result.image), ("labels.npy", local)):
+    for name, rows in zip(_case_files(case.case_id), (result.image, local), strict=True):
         array = np.load(task.folder / name, mmap_mode="r+")
-        array[task.start : task.stop] = rows
+        if array.shape != rows.shape:
+            raise DatasetError(f"{case.image}: header and voxel data disagree on the grid size")
+        array[:] = rows
         array.flush()
         del array
-    return result.inverse, local.reshape(len(local), -1).any(axis=1)
+    locations = class_locations(local, task.start, case.case_id, labels.num_classes)
+    return result.inverse, local.reshape(len(local), -1).any(axis=1), locations
 
 
 def _init_worker(threads: int) -> None:
@@ -347,23 +422,30 @@ def _write(
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        shape = (int(bounds[-1]), *cfg.patch_size)
-        for name, dtype in (("images.npy", np.float32), ("labels.npy", np.uint8)):
-            np.lib.format.open_memmap(tmp / name, mode="w+", dtype=dtype, shape=shape).flush()
-            _preallocate(tmp / name)
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        names: list[str] = []
+        for case, shape in zip(cases, shapes, strict=True):
+            files = _case_files(case.case_id)
+            for name, dtype in zip(files, (np.float32, np.uint8), strict=True):
+                np.lib.format.open_memmap(tmp / name, mode="w+", dtype=dtype, shape=shape).flush()
+                _preallocate(tmp / name)
+            names += files
         tasks = [
             _Task(case, int(bounds[i]), int(bounds[i + 1]), tmp, labels, cfg)
             for i, case in enumerate(cases)
         ]
         results = _run(tasks, jobs, progress, desc)
-        foreground = np.concatenate([fg for _, fg in results]) if results else np.zeros(0, bool)
+        foreground = np.concatenate([r[1] for r in results]) if results else np.zeros(0, bool)
         np.save(tmp / "foreground.npy", foreground)
+        locations = np.concatenate([r[2] for r in results]) if results else np.zeros((0, 4))
+        order = np.lexsort((locations[:, 1], locations[:, 0]))  # by class, then row
+        np.save(tmp / "locations.npy", locations[order].astype(np.int32))
         meta = {
             "key": key,
             "version": CACHE_FORMAT_VERSION,
-            "shape": list(shape),
             "structures": labels.structures,
-            "preprocessing": cfg.model_dump(mode="json", exclude={"jobs"}),
+            "preprocessing": cfg.model_dump(mode="json", exclude=_KEY_EXCLUDED),
             "cases": [
                 {
                     "case_id": case.case_id,
@@ -373,13 +455,14 @@ def _write(
                     "label_sha256": digest[2],
                     "start": int(bounds[i]),
                     "stop": int(bounds[i + 1]),
+                    "shape": list(shapes[i]),
                     "inverse": results[i][0].to_dict(),
                 }
                 for i, (case, digest) in enumerate(zip(cases, digests, strict=True))
             ],
             "files": {
                 name: {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
-                for name in _ARRAYS
+                for name in [*names, *_DATASET_ARRAYS]
             },
         }
         meta["checksum"] = _meta_checksum(meta)

@@ -1,10 +1,11 @@
-"""Slices of several domains' caches as training samples, keyed by ``(domain, row)``.
+"""Slices of several domains' caches as training samples, keyed by a sampler's draw.
 
-A cache is anything with ``images`` ([N, H, W] float32) and ``labels`` ([N, H, W] local class
-indices) indexable by row, e.g. the memory-mapped :class:`SliceCache`; only the rows asked for
-are read. Use with :class:`~jointseg.data.sampling.MultiDomainBatchSampler` as the
-DataLoader's ``batch_sampler``, :func:`collate_slices` as ``collate_fn`` and
-:func:`seed_worker` as ``worker_init_fn``.
+A cache is anything with ``images`` (float32 slices) and ``labels`` (local class indices)
+indexable by row, e.g. the memory-mapped :class:`SliceCache`; only the rows asked for are read.
+A draw ``(domain, row)`` gives the whole slice, ``(domain, row, top, left, structure)`` the
+``patch_size`` patch starting there (:mod:`jointseg.data.patches`). Use with
+:class:`~jointseg.data.sampling.MultiDomainBatchSampler` as the DataLoader's ``batch_sampler``,
+:func:`collate_slices` as ``collate_fn`` and :func:`seed_worker` as ``worker_init_fn``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import numpy as np
 import torch
 from monai.utils import convert_to_tensor
 
+from jointseg.data.patches import crop_patch
+
 
 class SliceDataset(torch.utils.data.Dataset):
-    """Item ``(d, r)``: row ``r`` of cache ``d``, augmented by ``transform`` when one is given.
+    """Item ``(d, r)``: row ``r`` of cache ``d``; item ``(d, r, top, left, structure)``: its
+    patch of ``patch_size`` from ``(top, left)``, padded outside the slice (image: the slice's
+    minimum, label: 0); either augmented by ``transform`` when one is given.
 
     Returns ``{"image": FloatTensor [1, H, W], "label": LongTensor [H, W], "domain": d}``. The
     transform sees ``image`` and ``label`` as [1, H, W] tensors; if it has MONAI's
@@ -32,20 +37,31 @@ class SliceDataset(torch.utils.data.Dataset):
         caches: Sequence[Any],
         transform: Callable[[dict], dict] | None = None,
         seed: int = 0,
+        patch_size: tuple[int, int] | None = None,
     ) -> None:
         self.caches = list(caches)
         self.transform = transform
+        self.patch_size = patch_size
         self.seed = seed
         self.reseed(seed)
 
     def __len__(self) -> int:
         return sum(len(cache.images) for cache in self.caches)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
+    def __getitem__(self, key: tuple[int, ...]) -> dict:
         domain, row = int(key[0]), int(key[1])
         cache = self.caches[domain]
-        image = torch.from_numpy(np.array(cache.images[row], dtype=np.float32))[None]
-        label = torch.from_numpy(np.array(cache.labels[row], dtype=np.uint8))[None]
+        plane = np.array(cache.images[row], dtype=np.float32)
+        mask = np.array(cache.labels[row], dtype=np.uint8)
+        if len(key) > 2:
+            if self.patch_size is None:
+                raise ValueError("a patch draw needs a dataset with a patch_size")
+            corner = (int(key[2]), int(key[3]))
+            fill = float(plane.min()) if plane.size else 0.0
+            plane = crop_patch(plane, corner, self.patch_size, fill)
+            mask = crop_patch(mask, corner, self.patch_size, 0)
+        image = torch.from_numpy(plane)[None]
+        label = torch.from_numpy(mask)[None]
         if self.transform is not None:
             item = self.transform({"image": image, "label": label})
             image, label = item["image"], item["label"]

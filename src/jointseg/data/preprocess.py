@@ -3,7 +3,7 @@
 The forward map is a single resampling of the scan onto a *slice grid*: a 3D grid whose index
 axes are the scan's own voxel axes, reordered to the canonical LPS orientation (as
 ``sitk.DICOMOrient(image, "LPS")`` would), with the slice axis first in numpy order, the in-plane
-spacing set to ``target_spacing`` and the in-plane extent cut to ``patch_size`` around the body.
+spacing set to ``target_spacing`` and the in-plane extent the scan's whole field of view.
 Because the slice grid only re-indexes the scan's voxels (no rotation), the inverse is one
 resampling back onto the scan's own grid, and it is exact wherever no spacing change is needed.
 """
@@ -26,7 +26,6 @@ ORIENTATION = "LPS"
 _SPACING_RTOL = 1e-5  # in-plane spacings this close to the target are kept as they are
 _AXIS_TIE_RTOL = 1e-3  # 'auto' slice axis: spacings this close count as equal (lowest axis wins)
 _STATS_SAMPLE = 1 << 21  # voxels sampled for the intensity percentiles and moments
-_BODY_GRID = 64  # the body mask is computed on a grid of about this many voxels per axis
 
 
 @dataclass
@@ -139,28 +138,22 @@ def slice_stack_shape(
 ) -> tuple[int, int, int]:
     """Shape [S, H, W] that :func:`preprocess_case` gives a scan of this geometry."""
     perm, _ = canonical_axes(direction)
-    axis = resolve_slice_axis(tuple(spacing[p] for p in perm), cfg.slice_axis)
-    return (int(size[perm[2 - axis]]), *cfg.patch_size)
+    c_size = [int(size[p]) for p in perm]
+    c_spacing = [float(spacing[p]) for p in perm]
+    slice_axis = 2 - resolve_slice_axis(tuple(c_spacing), cfg.slice_axis)
+    w_axis, h_axis = sorted({0, 1, 2} - {slice_axis})
+    height, width = (
+        _in_plane(c_size[a], c_spacing[a], cfg.target_spacing)[1] for a in (h_axis, w_axis)
+    )
+    return (c_size[slice_axis], height, width)
 
 
-def body_centre(image: sitk.Image) -> tuple[float, float, float]:
-    """Physical centre of the bounding box of the body (largest bright component, Otsu).
-
-    Computed on a coarse copy of the intensity image (never the labels), so that inference can
-    do the same; an image without any foreground gives the centre of its field of view.
-    """
-    factors = [max(1, n // _BODY_GRID) for n in image.GetSize()]
-    small = sitk.Cast(sitk.BinShrink(image, factors), sitk.sitkFloat32)
-    mask = sitk.OtsuThreshold(small, 0, 1)
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(components)
-    if stats.HasLabel(1):
-        box = stats.GetBoundingBox(1)
-        centre = [box[i] + (box[i + 3] - 1) / 2 for i in range(3)]
-    else:
-        centre = [(n - 1) / 2 for n in small.GetSize()]
-    return small.TransformContinuousIndexToPhysicalPoint(centre)
+def _in_plane(size: int, spacing: float, target: float | None) -> tuple[float, int, bool]:
+    """(spacing, voxel count, resampled) of one in-plane axis of the slice grid: the whole
+    field of view at the target spacing (spacings within a relative 1e-5 are kept)."""
+    if target is None or abs(target - spacing) <= _SPACING_RTOL * spacing:
+        return spacing, size, False
+    return float(target), max(1, round(size * spacing / target)), True
 
 
 def intensity_statistics(
@@ -192,25 +185,16 @@ def _slice_grid(image: sitk.Image, cfg: PreprocessingConfig) -> InverseInfo:
     axis = resolve_slice_axis(tuple(c_spacing), cfg.slice_axis)
     slice_axis = 2 - axis  # SimpleITK order
     in_plane = sorted({0, 1, 2} - {slice_axis})  # W, then H
-    patch = (cfg.patch_size[1], cfg.patch_size[0])
-
-    original_centre = image.TransformPhysicalPointToContinuousIndex(body_centre(image))
-    centre = np.asarray([original_centre[p] for p in perm])
-    centre = np.where(flips, c_size - 1 - centre, centre)
 
     start = np.zeros(3)  # canonical continuous index of the slice grid's first voxel
-    grid_spacing, resampled = [], False
-    for a, extent in zip(in_plane, patch, strict=True):
-        step = float(c_spacing[a])
-        target = cfg.target_spacing
-        if target is not None and abs(target - step) > _SPACING_RTOL * step:
-            step, resampled = float(target), True
+    grid_spacing, grid_size, resampled = [], [], False
+    for a in in_plane:
+        step, count, changed = _in_plane(int(c_size[a]), float(c_spacing[a]), cfg.target_spacing)
         ratio = step / c_spacing[a]  # canonical voxels per slice-grid voxel
-        n_full = max(1, round(c_size[a] / ratio))  # the whole field of view at the new spacing
-        wanted = math.floor((centre[a] + 0.5) / ratio - 0.5 - (extent - 1) / 2 + 0.5)
-        offset = min(max(wanted, min(0, n_full - extent)), max(0, n_full - extent))
-        start[a] = (offset + 0.5) * ratio - 0.5
+        start[a] = 0.5 * ratio - 0.5  # the first voxel's edge on the scan's first edge
         grid_spacing.append(step)
+        grid_size.append(count)
+        resampled = resampled or changed
     grid_spacing.append(float(c_spacing[slice_axis]))
 
     original_start = np.where(flips, c_size - 1 - start, start)
@@ -222,7 +206,7 @@ def _slice_grid(image: sitk.Image, cfg: PreprocessingConfig) -> InverseInfo:
         original_spacing=tuple(float(s) for s in spacing),
         original_origin=tuple(float(o) for o in image.GetOrigin()),
         original_direction=tuple(float(d) for d in image.GetDirection()),
-        grid_size=(patch[0], patch[1], int(c_size[slice_axis])),
+        grid_size=(grid_size[0], grid_size[1], int(c_size[slice_axis])),
         grid_spacing=tuple(grid_spacing),
         grid_origin=image.TransformContinuousIndexToPhysicalPoint(index.tolist()),
         grid_direction=tuple(float(d) for d in c_direction[:, axes].ravel()),
@@ -266,7 +250,7 @@ def _check_scan(image: sitk.Image, label: sitk.Image | None) -> None:
 def preprocess_case(
     image: sitk.Image, label: sitk.Image | None, cfg: PreprocessingConfig
 ) -> PreprocessedCase:
-    """Cut a scan (and its label map) into normalized, body-centred slices of ``patch_size``.
+    """Cut a scan (and its label map) into normalized slices of its whole field of view.
 
     Images are resampled linearly, labels by nearest neighbour; every slice is kept. Neither
     input is copied: the only large arrays made are the [S, H, W] outputs.
@@ -300,7 +284,7 @@ def restore_labels(slices: np.ndarray, inverse: InverseInfo) -> sitk.Image:
     """Map [S, H, W] integer label slices back onto the scan's own grid (nearest neighbour).
 
     The result has exactly the scan's size, spacing, origin and direction; voxels outside the
-    patch are background (0). Values up to 255 give a uint8 image.
+    slice grid are background (0). Values up to 255 give a uint8 image.
     """
     slices = np.asarray(slices)
     _check_slices(slices, inverse, "label slices", channels=False)
@@ -317,8 +301,8 @@ def restore_probabilities(probabilities: np.ndarray, inverse: InverseInfo) -> si
     """Map [S, C, H, W] class probabilities onto the scan's grid and take the argmax there.
 
     Each class is resampled linearly on its own (one class in memory at a time), which gives
-    smoother boundaries than nearest-neighbour label resampling. Outside the patch the
-    background has probability one. Ties go to the lower class.
+    smoother boundaries than nearest-neighbour label resampling. Outside the slice grid
+    the background has probability one. Ties go to the lower class.
     """
     _check_slices(np.asarray(probabilities), inverse, "probabilities", channels=True)
     count = probabilities.shape[1]

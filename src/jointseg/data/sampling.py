@@ -12,10 +12,15 @@ contrastive loss needs a positive for each anchor):
   their expected counts' excess over the minimum, rounded by systematic sampling so that
   means are kept and the total is exact.
 
-Within a domain, slices are drawn uniformly from its training rows; a slice without foreground
-is kept with probability ``empty_slice_keep``, otherwise it is replaced by a slice with
-foreground of the same domain. Every draw comes from a numpy Generator seeded from
-``(seed, epoch, rank)``: an epoch is reproducible, epochs differ, and DDP ranks draw
+Within a domain, with a ``patch_size`` (training on patches of whole-view slices), a share
+``foreground_oversample`` of the draws is centred on a voxel of one structure: the structure
+uniform among the domain's structures present in its training rows, the voxel uniform among its
+sampled locations (the cache's ``locations``), the centre jittered by up to a quarter patch. The
+other draws take a slice uniformly from the training rows (a slice without foreground is kept
+with probability ``empty_slice_keep``, otherwise replaced by a slice with foreground of the same
+domain) and a patch position uniformly inside it. Without a ``patch_size`` whole slices are
+drawn, uniformly with the ``empty_slice_keep`` rule. Every draw comes from a numpy Generator
+seeded from ``(seed, epoch, rank)``: an epoch is reproducible, epochs differ, and DDP ranks draw
 independent batches that each (and so together) follow the policy.
 """
 
@@ -27,7 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from jointseg.data.patches import centred_corner, corner_range
+
 POLICIES = ("balanced", "proportional", "sqrt")
+UNIFORM = -1  # the structure of a draw not centred on any
+
+Draw = tuple[int, ...]
+"""``(domain, row)`` for a whole slice, or ``(domain, row, top, left, structure)`` for a patch
+starting at ``(top, left)`` in the slice, centred on ``structure`` (or :data:`UNIFORM`)."""
 
 
 def domain_probabilities(sizes: Sequence[int], policy: str) -> np.ndarray:
@@ -148,13 +160,15 @@ def _repair(counts: np.ndarray, batch_size: int, minimum: int) -> np.ndarray:
     return counts
 
 
-class MultiDomainBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
-    """Yields ``iterations`` batches of ``(domain, row)`` pairs per epoch.
+class MultiDomainBatchSampler(torch.utils.data.Sampler[list[Draw]]):
+    """Yields ``iterations`` batches of draws (:data:`Draw`) per epoch.
 
     ``rows[d]`` are the cache rows of domain ``d`` usable for training and ``foreground[d]``
     says, per entry of ``rows[d]``, whether that slice holds any foreground. ``sizes[d]`` is the
     number of training subjects of domain ``d`` (what the policy weighs). ``batch_size`` is per
-    rank. Use it as a DataLoader's ``batch_sampler`` (with DDP, turn off the trainer's own
+    rank. With ``patch_size``, ``shapes[d]`` ([len(rows[d]), 2]: each slice's H, W) and
+    ``locations[d]`` ([M, 4]: class, row, y, x of structure voxels in those rows) place the
+    patches. Use it as a DataLoader's ``batch_sampler`` (with DDP, turn off the trainer's own
     distributed sampler and pass ``rank``/``world_size``).
     """
 
@@ -171,6 +185,10 @@ class MultiDomainBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        patch_size: tuple[int, int] | None = None,
+        shapes: Sequence[np.ndarray] | None = None,
+        locations: Sequence[np.ndarray | None] | None = None,
+        foreground_oversample: float = 0.0,
     ) -> None:
         super().__init__()
         if not len(rows) == len(foreground) == len(sizes):
@@ -181,8 +199,14 @@ class MultiDomainBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
             raise ValueError(f"min_per_domain must be in [1, batch_size], got {min_per_domain}")
         if not 0.0 <= empty_slice_keep <= 1.0:
             raise ValueError(f"empty_slice_keep must be in [0, 1], got {empty_slice_keep}")
+        if not 0.0 <= foreground_oversample <= 1.0:
+            raise ValueError(
+                f"foreground_oversample must be in [0, 1], got {foreground_oversample}"
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
+        if patch_size is not None and shapes is None:
+            raise ValueError("patches need the shape of every slice (shapes)")
         self.rows = [np.asarray(r, dtype=np.int64) for r in rows]
         self.foreground = [np.asarray(f, dtype=bool) for f in foreground]
         for d, (r, f) in enumerate(zip(self.rows, self.foreground, strict=True)):
@@ -200,6 +224,23 @@ class MultiDomainBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.patch_size = None if patch_size is None else (int(patch_size[0]), int(patch_size[1]))
+        self.foreground_oversample = foreground_oversample
+        shapes = shapes if shapes is not None else [np.zeros((r.size, 2)) for r in self.rows]
+        self.shapes = [  # domain -> row -> (H, W)
+            dict(zip(r.tolist(), map(tuple, np.asarray(s).tolist()), strict=True))
+            for r, s in zip(self.rows, shapes, strict=True)
+        ]
+        locations = locations if locations is not None else [None] * len(self.rows)
+        self.structures = [self._by_structure(d, loc) for d, loc in enumerate(locations)]
+
+    def _by_structure(self, domain: int, locations: np.ndarray | None) -> dict[int, np.ndarray]:
+        """Structure -> its locations [m, 3] (row, y, x) within the domain's training rows."""
+        if locations is None or len(locations) == 0:
+            return {}
+        locations = np.asarray(locations, dtype=np.int64).reshape(-1, 4)
+        locations = locations[np.isin(locations[:, 1], self.rows[domain])]
+        return {int(c): locations[locations[:, 0] == c, 1:] for c in np.unique(locations[:, 0])}
 
     @classmethod
     def from_caches(
@@ -210,13 +251,23 @@ class MultiDomainBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         iterations: int,
         **kwargs: Any,
     ) -> MultiDomainBatchSampler:
-        """Build from slice caches and each domain's training case ids (sizes = len(ids))."""
+        """Build from slice caches and each domain's training case ids (sizes = len(ids)).
+
+        With ``patch_size`` the slices' shapes are read from the caches (``images[row]``) and
+        the structure locations from their ``locations``, where they have them.
+        """
         rows = [
             np.asarray(c.rows(list(ids)), dtype=np.int64)
             for c, ids in zip(caches, case_ids, strict=True)
         ]
         foreground = [np.asarray(c.foreground)[r] for c, r in zip(caches, rows, strict=True)]
         sizes = [len(ids) for ids in case_ids]
+        if kwargs.get("patch_size") is not None:
+            kwargs["shapes"] = [
+                np.asarray([c.images[int(i)].shape for i in r], dtype=np.int64).reshape(-1, 2)
+                for c, r in zip(caches, rows, strict=True)
+            ]
+            kwargs["locations"] = [getattr(c, "locations", None) for c in caches]
         return cls(rows, foreground, sizes, batch_size, iterations, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
@@ -226,19 +277,59 @@ class MultiDomainBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return self.iterations
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[Draw]]:
         rng = np.random.default_rng([self.seed % 2**63, self.epoch, self.rank])
         for _ in range(self.iterations):
             yield self._batch(rng)
 
-    def _batch(self, rng: np.random.Generator) -> list[tuple[int, int]]:
+    def _batch(self, rng: np.random.Generator) -> list[Draw]:
         counts = allocate_counts(self.probabilities, self.batch_size, self.min_per_domain, rng)
-        batch: list[tuple[int, int]] = []
+        batch: list[Draw] = []
         for domain in np.flatnonzero(counts):
-            picked = self._draw_rows(int(domain), int(counts[domain]), rng)
-            batch.extend((int(domain), int(row)) for row in picked)
+            batch.extend(self._draw(int(domain), int(counts[domain]), rng))
         order = rng.permutation(len(batch))
         return [batch[i] for i in order]
+
+    def _draw(self, domain: int, count: int, rng: np.random.Generator) -> list[Draw]:
+        picked = self._draw_rows(domain, count, rng)
+        if self.patch_size is None:
+            return [(domain, int(row)) for row in picked]
+        structures = self.structures[domain]
+        centred = rng.random(count) < self.foreground_oversample if structures else [False] * count
+        names = sorted(structures)
+        draws: list[Draw] = []
+        for row, centre in zip(picked.tolist(), centred, strict=True):
+            if centre:
+                structure = names[int(rng.integers(len(names)))]
+                voxels = structures[structure]
+                row, y, x = (int(v) for v in voxels[int(rng.integers(len(voxels)))])
+                draws.append((domain, row, *self._centred(domain, row, y, x, rng), structure))
+            else:
+                draws.append((domain, row, *self._uniform(domain, row, rng), UNIFORM))
+        return draws
+
+    def _uniform(self, domain: int, row: int, rng: np.random.Generator) -> tuple[int, int]:
+        """A patch start uniform over the positions inside the slice."""
+        assert self.patch_size is not None
+        corners = []
+        for size, patch in zip(self.shapes[domain][row], self.patch_size, strict=True):
+            low, high = corner_range(int(size), patch)
+            corners.append(int(rng.integers(low, high + 1)))
+        return corners[0], corners[1]
+
+    def _centred(
+        self, domain: int, row: int, y: int, x: int, rng: np.random.Generator
+    ) -> tuple[int, int]:
+        """A patch start centred on (y, x) jittered by up to a quarter patch, kept inside the
+        slice where it is larger than the patch (the voxel stays in the patch)."""
+        assert self.patch_size is not None
+        corners = []
+        sides = self.shapes[domain][row]
+        for centre, size, patch in zip((y, x), sides, self.patch_size, strict=True):
+            jitter = patch // 4
+            shifted = centre + int(rng.integers(-jitter, jitter + 1))
+            corners.append(centred_corner(shifted, int(size), patch))
+        return corners[0], corners[1]
 
     def _draw_rows(self, domain: int, count: int, rng: np.random.Generator) -> np.ndarray:
         rows, foreground = self.rows[domain], self.foreground[domain]

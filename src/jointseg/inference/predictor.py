@@ -3,8 +3,10 @@
 Slices stream through the network in batches; per-slice class probabilities are kept as float16
 in the slice grid and restored class by class onto the scan's grid (linear, then argmax) when
 that fits :data:`MEMORY_BUDGET`, else the argmax slices are restored by nearest neighbour. The
-segmentation grid covers the scan's whole in-plane field of view (the network is fully
-convolutional), while domain recognition sees the training patch, as the BN statistics did.
+slices cover the scan's whole in-plane field of view, as in training's slice cache; the fully
+convolutional network runs on them in one pass, or by sliding windows beyond
+``inference.max_in_plane`` (:class:`~jointseg.models.inferer.WholeViewInferer`). Domain
+recognition sees the same slices.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from jointseg.inference.slices import (
     InputError,
     check_scan,
     flip_sets,
-    full_view_preprocessing,
     load_scan,
     restore_class_probabilities,
     to_disk_values,
@@ -51,6 +52,7 @@ from jointseg.models.domain_reference import (
     DomainReference,
     load_references,
 )
+from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import head_index, head_logits
 from jointseg.models.scan_features import DomainPath, subsample_tensor
 from jointseg.runs import RunError, RunInfo, load_run_info
@@ -118,6 +120,7 @@ class Predictor:
         self.references: dict[str, DomainReference] = {}
         self.label_space: LabelSpace = info.label_space()
         self.routes = {d.name: self._route(d.name) for d in info.domains}
+        self.inferer = WholeViewInferer.from_config(config.inference)
 
     @classmethod
     def from_run(
@@ -198,24 +201,19 @@ class Predictor:
         """
         started = time.perf_counter()
         image = load_scan(scan)
-        decision, trained_grid = None, None
+        case = self.recognition_case(image)
+        decision = None
         if domain == "auto":
-            trained_grid = self.recognition_case(image)
-            decision = self._recognize(trained_grid.image)
+            decision = self._recognize(case.image)
             domain = decision.domain  # type: ignore[assignment]
         else:
             self.info.domain(domain)
         route = self.routes[domain]
-        cfg = full_view_preprocessing(self.config.preprocessing, image)
-        if trained_grid is not None and cfg == self.config.preprocessing:
-            case = trained_grid
-        else:
-            case = preprocess_case(image, None, cfg)
-        del trained_grid
         inverse = case.inverse
         classes = len(self.structures(domain)) + 1
         smooth = return_probabilities or _probabilities_fit(image, inverse.slice_shape, classes)
         labels, probabilities = self._infer(route, case.image, smooth)
+        grid = labels.shape[1:]
         del case
         if probabilities is not None:
             local = restore_probabilities(probabilities, inverse)
@@ -233,8 +231,9 @@ class Predictor:
             decision=decision,
             probabilities=prob_image,
             seconds=time.perf_counter() - started,
-            details={"slices": int(labels.shape[0]), "grid": list(labels.shape[1:]),
-                     "tta": self.tta, "smooth_restore": probabilities is not None},
+            details={"slices": int(labels.shape[0]), "grid": list(self.inferer.grid(*grid)),
+                     "sliding_window": self.inferer.windowed(*grid), "tta": self.tta,
+                     "smooth_restore": probabilities is not None},
         )  # fmt: skip
 
     @torch.no_grad()
@@ -248,7 +247,7 @@ class Predictor:
         for start in range(0, volume.shape[0], self.batch_size):
             stop = min(start + self.batch_size, volume.shape[0])
             x = torch.from_numpy(np.ascontiguousarray(volume[start:stop])).unsqueeze(1)
-            probs = self.softmax(net, x.to(self.device), route)
+            probs = self.inferer(x.to(self.device), lambda t: self.softmax(net, t, route))
             if keep_probabilities and probabilities is None:
                 shape = (volume.shape[0], probs.shape[1], *volume.shape[1:])
                 probabilities = np.zeros(shape, np.float16)
@@ -276,7 +275,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ domain recognition
     def recognition_case(self, image: sitk.Image) -> PreprocessedCase:
-        """The scan preprocessed exactly as the training slices were (training patch)."""
+        """The scan preprocessed exactly as the training slices were (whole view)."""
         return preprocess_case(image, None, self.config.preprocessing)
 
     def recognition_volume(self, image: sitk.Image) -> np.ndarray:

@@ -1,5 +1,8 @@
 """A preview picture of a prediction: overlays on three orthogonal slices and a 3D view.
 
+Each view is named by its anatomical plane, from the scan's direction (a sagittal acquisition's
+slices along the array's first axis are sagittal, not axial).
+
 Rendered with matplotlib's Agg canvas (no global pyplot state, no display needed) into PNG bytes,
 so the caller decides when to write it.
 """
@@ -7,6 +10,7 @@ so the caller decides when to write it.
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,7 +25,20 @@ from jointseg.inference.meshes import display_triangles
 OVERLAY_ALPHA = 0.45
 MAX_PIXELS = 384  # per slice side in the picture
 LIGHT = np.array([0.4, -0.5, 0.77]) / np.linalg.norm([0.4, -0.5, 0.77])
-VIEWS = (("axial (z)", 0), ("coronal (y)", 1), ("sagittal (x)", 2))
+PLANES = ("sagittal", "coronal", "axial")  # the planes perpendicular to LPS x, y, z
+
+
+def view_names(direction: tuple[float, ...]) -> tuple[str, str, str]:
+    """Per numpy axis (z, y, x) of a scan, the anatomical plane of its slices: the plane
+    perpendicular to the patient axis (L-R, A-P, S-I) closest to that image axis, each patient
+    axis used once (the assignment with the largest alignment)."""
+    matrix = np.abs(np.asarray(direction, dtype=np.float64).reshape(3, 3))  # [patient, image]
+    best = max(
+        itertools.permutations(range(3)),
+        key=lambda patient: sum(matrix[patient[i], i] for i in range(3)),
+    )  # best[i]: the patient axis of image axis i (SimpleITK order x, y, z)
+    names = [f"{PLANES[best[i]]} ({'xyz'[i]})" for i in range(3)]
+    return names[2], names[1], names[0]
 
 
 def representative_slices(labels: np.ndarray) -> tuple[int, int, int]:
@@ -73,7 +90,8 @@ def render_preview(
     figure = Figure(figsize=(4 * (3 + show_3d), 4.4), dpi=dpi)
     FigureCanvasAgg(figure)
     centre = representative_slices(labels)
-    for column, (name, axis) in enumerate(VIEWS):
+    for axis, name in enumerate(view_names(image.GetDirection())):
+        column = axis
         ax = figure.add_subplot(1, 3 + show_3d, column + 1)
         rows_axis, cols_axis = (a for a in range(3) if a != axis)
         width = volume.shape[cols_axis] * spacing[cols_axis]

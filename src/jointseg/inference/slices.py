@@ -1,4 +1,4 @@
-"""Slice-level helpers of inference: input checks, grids, flips, head outputs, restoration."""
+"""Slice-level helpers of inference: input checks, flips, head outputs, restoration."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from jointseg.config import PreprocessingConfig
 from jointseg.data.io import read_header, read_image
-from jointseg.data.preprocess import InverseInfo, canonical_axes, resolve_slice_axis
+from jointseg.data.preprocess import InverseInfo
 
 MAX_SCAN_VOXELS = 1 << 30  # larger scans are refused from their header, before reading
 BYTES_PER_VOXEL = 5  # peak memory of a prediction per scan voxel, roughly
-PATCH_MULTIPLE = 32  # the network's input sides must be multiples of this
-MAX_IN_PLANE = 1024  # a full-view grid wider than this falls back to the training patch
 
 
 class InputError(ValueError):
@@ -72,32 +69,6 @@ def torch_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as error:
         raise ValueError(f"unknown device {name!r}: {error}") from None
-
-
-def full_view_preprocessing(cfg: PreprocessingConfig, image: sitk.Image) -> PreprocessingConfig:
-    """``cfg`` with a patch covering the scan's whole in-plane field of view.
-
-    The network is fully convolutional, so the patch grows to the field of view at the target
-    spacing, rounded up to a multiple of 32 (never smaller than the training patch). Beyond
-    :data:`MAX_IN_PLANE` the training patch is kept.
-    """
-    size = np.asarray(image.GetSize())
-    spacing = np.asarray(image.GetSpacing())
-    perm, _ = canonical_axes(image.GetDirection())
-    c_size, c_spacing = size[perm], spacing[perm]
-    slice_axis = 2 - resolve_slice_axis(tuple(float(s) for s in c_spacing), cfg.slice_axis)
-    w_axis, h_axis = sorted({0, 1, 2} - {slice_axis})
-    target = cfg.target_spacing
-
-    def extent(axis: int, trained: int) -> int:
-        n = c_size[axis] * c_spacing[axis] / target if target else c_size[axis]
-        rounded = PATCH_MULTIPLE * math.ceil(round(float(n), 3) / PATCH_MULTIPLE)
-        return max(trained, rounded)
-
-    patch = (extent(h_axis, cfg.patch_size[0]), extent(w_axis, cfg.patch_size[1]))
-    if max(patch) > MAX_IN_PLANE or patch == tuple(cfg.patch_size):
-        return cfg
-    return cfg.model_copy(update={"patch_size": patch})
 
 
 def flip_sets(flip_axes: list[int] | tuple[int, ...]) -> list[tuple[int, ...]]:

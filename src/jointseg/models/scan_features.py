@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from jointseg.models.inferer import pad_to_multiple
 from jointseg.models.network import head_logits, model_input
 
 SUBSAMPLE_SLICES = 32
@@ -69,9 +70,11 @@ def subsample_indices(num_slices: int, count: int = SUBSAMPLE_SLICES) -> np.ndar
 
 
 def subsample_tensor(volume: np.ndarray) -> Tensor:
-    """The recognition subsample of a slice stack [S, H, W] as a tensor [N, 1, H, W]."""
+    """The recognition subsample of a slice stack [S, H, W] as a tensor [N, 1, H', W'], padded
+    to the network's multiple of 32 as at prediction."""
     picked = volume[subsample_indices(len(volume))]
-    return torch.from_numpy(np.ascontiguousarray(picked, dtype=np.float32)).unsqueeze(1)
+    slices = torch.from_numpy(np.ascontiguousarray(picked, dtype=np.float32)).unsqueeze(1)
+    return pad_to_multiple(slices)
 
 
 def early_batchnorm_layers(net: nn.Module) -> list[nn.BatchNorm2d]:

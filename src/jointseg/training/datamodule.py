@@ -35,7 +35,12 @@ class PlanDataModule(L.LightningDataModule):
         self.contrastive = contrastive
         self.caches = [s.cache for s in splits]
         self.transform = build_augmentation(cfg.augmentation, seed=cfg.training.seed)
-        self.train_dataset = SliceDataset(self.caches, self.transform, seed=cfg.training.seed)
+        self.train_dataset = SliceDataset(
+            self.caches,
+            self.transform,
+            seed=cfg.training.seed,
+            patch_size=cfg.preprocessing.patch_size,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the augmentation from (seed, epoch), so a resumed run repeats it exactly
@@ -55,6 +60,8 @@ class PlanDataModule(L.LightningDataModule):
             iterations=training.iterations(domains),
             policy=training.sampling,
             empty_slice_keep=training.empty_slice_keep,
+            patch_size=self.cfg.preprocessing.patch_size,
+            foreground_oversample=training.foreground_oversample,
             min_per_domain=min(2 if self.contrastive else 1, training.batch_size // domains or 1),
             seed=training.seed,
             rank=rank,

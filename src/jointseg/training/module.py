@@ -22,6 +22,8 @@ from jointseg.losses import (
     union_onehot,
     union_probabilities,
 )
+from jointseg.models.inferer import WholeViewInferer
+from jointseg.models.network import head_logits
 from jointseg.training.schemes import ModelPlan
 from jointseg.training.validation import dice_per_class
 from jointseg.utils.atomic import atomic_write_json
@@ -158,14 +160,14 @@ class SegmentationModule(L.LightningModule):
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, case: dict, batch_idx: int) -> None:
+        """3D Dice of one whole-view subject, slices run as at prediction."""
         domain = int(case["domain"])
         image, label = case["image"], case["label"]
+        inferer = WholeViewInferer.from_config(self.cfg.inference)
         predictions = []
         for start in range(0, image.shape[0], VALIDATION_CHUNK):
             chunk = image[start : start + VALIDATION_CHUNK]
-            domains = torch.full((chunk.shape[0],), domain, dtype=torch.long, device=chunk.device)
-            out = self.net(chunk, domains)
-            logits = next(iter(out.logits.values()))
+            logits = inferer(chunk, lambda x: head_logits(self.net, x, domain))
             predicted = logits.argmax(dim=1)
             if self.union:
                 predicted = self.to_local[domain][predicted]

@@ -9,6 +9,7 @@ from torch import nn
 
 from jointseg.config import ExperimentConfig
 from jointseg.data.labels import LabelSpace
+from jointseg.data.patches import crop_patch, foreground_corner
 from jointseg.models.shape_autoencoder import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -25,28 +26,34 @@ MAX_PRIOR_MASKS = 4000
 WEAK_PRIOR_DICE = 0.5
 
 
-def _masks(splits: list[DomainSplit], label_space: LabelSpace, validation: bool) -> np.ndarray:
-    """Union-space masks of every domain (in the label space's order), slices with foreground."""
+def _masks(
+    splits: list[DomainSplit],
+    label_space: LabelSpace,
+    validation: bool,
+    patch: tuple[int, int],
+) -> np.ndarray:
+    """Union-space masks of every domain (in the label space's order): of each slice with
+    foreground, the training patch centred on its foreground."""
     per_domain = []
     by_name = {s.name: s for s in splits}
     for domain in label_space.domains:
         split = by_name.get(domain.name)
         if split is None:
-            per_domain.append(np.zeros((0, *_slice_shape(splits)), dtype=np.uint8))
+            per_domain.append(np.zeros((0, *patch), dtype=np.uint8))
             continue
         cases = split.validation_cases if validation else split.train_cases
         rows = split.cache.rows(cases) if cases else np.zeros(0, dtype=np.int64)
         rows = rows[np.asarray(split.cache.foreground)[rows]] if len(rows) else rows
-        per_domain.append(np.asarray(split.cache.labels[np.sort(rows)]))
+        crops = []
+        for row in np.sort(rows).tolist():
+            label = np.asarray(split.cache.labels[row])
+            crops.append(crop_patch(label, foreground_corner(label, patch), patch, 0))
+        per_domain.append(np.stack(crops) if crops else np.zeros((0, *patch), dtype=np.uint8))
     masks = union_training_masks(per_domain, label_space)
     if len(masks) > MAX_PRIOR_MASKS:
         pick = np.random.default_rng(0).choice(len(masks), MAX_PRIOR_MASKS, replace=False)
         masks = masks[np.sort(pick)]
     return masks
-
-
-def _slice_shape(splits: list[DomainSplit]) -> tuple[int, int]:
-    return tuple(splits[0].cache.images.shape[1:])  # type: ignore[return-value]
 
 
 def shape_prior_for(
@@ -65,10 +72,11 @@ def shape_prior_for(
     if (directory / WEIGHTS_FILE).is_file() and (directory / CONFIG_FILE).is_file():
         autoencoder = load_autoencoder(directory)
     else:
-        validation = _masks(splits, label_space, validation=True)
+        patch = cfg.preprocessing.patch_size
+        validation = _masks(splits, label_space, True, patch)
         autoencoder, report = obtain_shape_autoencoder(
             prior_cfg,
-            _masks(splits, label_space, validation=False),
+            _masks(splits, label_space, False, patch),
             label_space.num_classes,
             directory=directory if is_global_zero() else None,
             seed=cfg.training.seed,
