@@ -41,6 +41,8 @@ from jointseg.utils.seed import seed_everything
 
 logger = logging.getLogger(__name__)
 
+TARGET_TOLERANCE = 1e-6  # below float32 resolution near 1, far below any meaningful Dice step
+
 
 class EpochReseed(L.Callback):
     """Reseeds augmentation at every epoch start from (seed, epoch): resume-exact on the CPU."""
@@ -325,7 +327,8 @@ class StopAtTarget(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and float(value) >= self.target:
+        # metrics are float32: 0.9 logged is 0.89999998, which reaches a target of 0.9
+        if value is not None and float(value) >= self.target - TARGET_TOLERANCE:
             logger.info("%s %.4f reached the target %.4f", self.monitor, float(value), self.target)
             trainer.should_stop = True
 
