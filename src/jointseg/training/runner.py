@@ -181,6 +181,7 @@ def train_run(
     if primary:
         save_run_info(out, info)
         _fit_recognition(out, deliverable_plans(plans), label_space, caches, subjects, progress)
+        _decide_postprocessing(out, data_dir, progress)
         plot_curves(out, [p.name for p in plans])
         _print_summary(out, plans)
     return info
@@ -220,6 +221,17 @@ def _fit_recognition(
     else:
         print(f"[train] domain recognition: references measured, refusal threshold "
               f"{calibration.threshold:.3g} ({out / REFERENCE_FILE})")  # fmt: skip
+
+
+def _decide_postprocessing(out: Path, data_dir: Path, progress: bool = True) -> None:
+    """Decide the run's postprocessing on its validation subjects (``postprocessing.json``)."""
+    # evaluation lies downstream of training (cross-validation trains runs): imported on use
+    from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
+
+    decision = decide_postprocessing(out, data_dir, progress=progress)
+    if decision is not None:
+        logger.info("postprocessing decided on the validation subjects:\n%s",
+                    decision_table(decision))  # fmt: skip
 
 
 def _train_plan(
