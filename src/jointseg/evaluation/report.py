@@ -227,8 +227,8 @@ def postprocessing_section(
         f"{head} {title}",
         "",
         "Steps kept per structure on the run's validation subjects (`postprocessing.json`: a "
-        "step stays only if it does not lower the structure's mean validation Dice); the "
-        "tables above are with them. Mean ± SD without → with:",
+        "step stays only if it does not lower the structure's mean validation Dice); mean ± SD "
+        "over subjects without and with them:",
         "",
     ]
     headers = ["Structure", "Steps"]
