@@ -26,6 +26,7 @@ def test_demo_runs_every_step(tmp_path: Path) -> None:
     assert "| **full** |" in text and "| individual |" in text
     # iterations_per_dataset (demo config): the 3-joint network takes 3 x 3 steps per epoch
     assert "`full` 1 network x 9 steps" in text and "`individual` 3 networks x 3 steps" in text
+    assert "## Postprocessing of the full model's labels" in text and "| Dice with |" in text
     prediction = tmp_path / "out" / "prediction"
     assert len(list(prediction.glob("*_seg.nii.gz"))) == 1
     assert len(list(prediction.glob("*_preview.png"))) == 1

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from jointseg.config import ConfigError, config_from_dict
+from jointseg.inference.postprocess import Postprocessing
 from jointseg.models import load_model
 from jointseg.models.domain_reference import Calibration, load_references
 from jointseg.runs import RunError, load_run_info
@@ -76,6 +77,12 @@ def test_each_scheme_trains_and_saves_loadable_models(study: Path, tmp_path: Pat
     assert sorted(load_references(tmp_path / "run")) == ["ankle", "knee"]
     calibration = Calibration.load(tmp_path / "run")
     assert {k: len(v) for k, v in calibration.in_domain.items()} == {"knee": 1, "ankle": 1}
+    # postprocessing decided on the validation subjects, each structure scored with and without
+    decision = Postprocessing.load(tmp_path / "run")
+    assert decision.cases == info.validation_cases
+    assert sorted(decision.measured["knee"]) == ["femur", "tibia"]
+    ankle = decision.measured["ankle"].values()
+    assert all(0 <= m["dice_without"] <= 1 and 0 <= m["dice_with"] <= 1 for m in ankle)
     if scheme == "full":
         assert (
             tmp_path / "run" / "models" / "shape_prior" / "shape_autoencoder.safetensors"

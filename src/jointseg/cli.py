@@ -16,6 +16,9 @@ app = typer.Typer(
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML config.")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder holding the dataset folders.")]
+PostprocessOpt = typer.Option(
+    "--postprocess/--no-postprocess", help="Apply the run's postprocessing.json, if it has one."
+)
 
 
 def _fail(error: BaseException | str, code: int = 2) -> None:
@@ -187,12 +190,34 @@ def cv(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder or a cv folder.")],
     data: Annotated[Path | None, typer.Option(help="Study folder (default: the run's).")] = None,
+    postprocess: Annotated[bool, PostprocessOpt] = True,
 ) -> None:
     """Score a run on data it has not trained on; write metrics, summary and report."""
     from jointseg.evaluation.evaluate import evaluate_run
 
-    path = _run(evaluate_run, run, data=data)
+    path = _run(evaluate_run, run, data=data, postprocess=postprocess)
     typer.echo(f"report: {path}")
+
+
+@app.command()
+def postprocess(
+    run: Annotated[Path, typer.Argument(help="Trained run folder.")],
+    data: Annotated[Path | None, typer.Option(help="Study folder (default: the run's).")] = None,
+    share: Annotated[
+        float | None,
+        typer.Option(help="Keep components above this share of the largest (default: config)."),
+    ] = None,
+) -> None:
+    """Decide the run's postprocessing on its validation subjects (postprocessing.json)."""
+    from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
+
+    if share is not None and not 0 < share <= 1:
+        _fail(f"--share must be in (0, 1], got {share}")
+    decision = _run(decide_postprocessing, run, data, share=share)
+    if decision is None:
+        _fail(f"{run}: the run has no validation subjects to decide postprocessing on", 1)
+    typer.echo(decision_table(decision))
+    typer.echo(f"wrote {run / 'postprocessing.json'}")
 
 
 @app.command()
@@ -222,6 +247,7 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option(help="Redo scans whose outputs are complete (default: skip them).")
     ] = False,
+    postprocess: Annotated[bool, PostprocessOpt] = True,
 ) -> None:
     """Predict label maps, per-bone meshes, measurements and previews."""
     from jointseg.inference.predict import predict_path
@@ -238,6 +264,7 @@ def predict(
         threads=threads,
         meshes=meshes,
         overwrite=overwrite,
+        postprocess=postprocess,
     )
 
 

@@ -195,6 +195,13 @@ class EvaluationConfig(Section):
     reference_scheme: str = "full"
     metrics: tuple[str, ...] = ("dice", "sensitivity", "specificity", "mssd", "hd95", "ravd")
     tta: bool = False
+    postprocess_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Postprocessing's 'share' rule keeps components of at least this share of "
+        "the largest one's voxels.",
+    )
 
 
 class InferenceConfig(Section):

@@ -7,6 +7,7 @@ label map, meshes and a preview, and writes ``OUT/REPORT.md``.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from jointseg.config import load_config
 from jointseg.data.checks import check_path, format_report
 from jointseg.data.manifest import list_cases
 from jointseg.evaluation.compare import compare_runs
-from jointseg.evaluation.evaluate import evaluate_run
+from jointseg.evaluation.evaluate import EVALUATION_DIR, SUMMARY_FILE, evaluate_run
+from jointseg.evaluation.report import postprocessing_section
 from jointseg.inference.predict import PredictionError, predict_path
 from jointseg.runs import load_run_info
 from jointseg.synth.generate import synthesize_study
@@ -121,6 +123,10 @@ def _write_report(
         + _budget_note(next(iter(runs.values()))),
         "",
     ]
+    summary = runs["full"] / EVALUATION_DIR / SUMMARY_FILE
+    if summary.is_file():
+        document = json.loads(summary.read_text(encoding="utf-8"))
+        lines += postprocessing_section(document, 2, "Postprocessing of the full model's labels")
     if previews:
         lines += [
             "## A held-out scan, predicted by the full model",

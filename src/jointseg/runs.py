@@ -8,8 +8,10 @@ Layout of a run folder written by ``jointseg train``::
     RUN/checkpoints/<model>/last.ckpt    trainer state for --resume (and best.ckpt)
     RUN/logs/<model>/                    CSV and TensorBoard logs
     RUN/curves.png                       losses and validation Dice per dataset
+    RUN/postprocessing.json              per-structure postprocessing, decided on validation
 
-Readers (inference, evaluation) use only config.yaml, run.json and models/.
+Readers (inference, evaluation) use only config.yaml, run.json, models/ and
+postprocessing.json (optional).
 """
 
 from __future__ import annotations

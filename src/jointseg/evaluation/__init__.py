@@ -8,4 +8,5 @@ Modules (imported on demand, so that importing one does not load MONAI or matplo
 - ``statistics``: Wilcoxon signed-rank, rank-biserial correlation, Holm
 - ``report``: summaries, tables, box plots, overlays, ``report.md``
 - ``compare``: ``jointseg compare`` (``compare_runs``)
+- ``postprocessing``: ``jointseg postprocess``, decided on validation subjects
 """

@@ -8,11 +8,15 @@
 
 Writes ``RUN/evaluation/``: ``metrics.csv`` (one row per subject and structure),
 ``summary.json``, ``report.md`` with its figures, and ``predictions/<domain>/<case>.nii.gz``.
+A train run's predictions are postprocessed as its ``postprocessing.json`` says; the scores
+without postprocessing then also go to ``metrics_without_postprocessing.csv``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ from jointseg.data.io import read_image, verify_scans, write_image
 from jointseg.data.manifest import Case, DatasetError, list_cases, load_manifest
 from jointseg.evaluation.metrics import METRICS, score_case
 from jointseg.evaluation.report import summarize, write_report
+from jointseg.inference.postprocess import Postprocessing
 from jointseg.runs import RUN_INDEX, RunError, load_run_info
 from jointseg.utils.atomic import atomic_path, atomic_write_json
 
@@ -34,7 +39,10 @@ EVALUATION_DIR = "evaluation"
 CV_INDEX = "cv.json"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
+RAW_METRICS_FILE = "metrics_without_postprocessing.csv"
 COLUMNS: tuple[str, ...] = ("scheme", "dataset", "case", "subset", "structure", *METRICS)
+
+logger = logging.getLogger(__name__)
 
 
 class LabelPredictor(Protocol):
@@ -157,11 +165,28 @@ def prediction_path(out_dir: Path, domain: str, case_id: str) -> Path:
     return out_dir / "predictions" / domain / f"{case_id}.nii.gz"
 
 
+def _rows(plan: EvalPlan, case: EvalCase, predicted: sitk.Image, reference: sitk.Image) -> list:
+    return [
+        {"scheme": plan.scheme, "dataset": case.domain, "case": case.case_id,
+         "subset": case.subset, **row}
+        for row in score_case(predicted, reference, plan.structures[case.domain])
+    ]  # fmt: skip
+
+
 def score_plan(
-    plan: EvalPlan, out_dir: Path, predictor: LabelPredictor | None, progress: bool = True
-) -> pd.DataFrame:
-    """Predict (or read) and score every case; save predictions; one row per case and structure."""
+    plan: EvalPlan,
+    out_dir: Path,
+    predictor: LabelPredictor | None,
+    progress: bool = True,
+    postprocessing: Postprocessing | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Predict (or read) and score every case; save predictions; one row per case and structure.
+
+    With ``postprocessing``, predictions are postprocessed before they are saved and scored;
+    the second frame then holds the scores without it (else None).
+    """
     rows: list[dict[str, Any]] = []
+    raw_rows: list[dict[str, Any]] = []
     for case in tqdm(plan.cases, desc="evaluate", unit="case", disable=not progress):
         reference = read_image(case.label)
         if case.prediction is not None:
@@ -170,27 +195,30 @@ def score_plan(
             if predictor is None:
                 raise ValueError(f"no predictor for case {case.case_id!r} of {case.domain!r}")
             predicted = predictor.predict(read_image(case.image), case.domain).label_map
-        write_image(predicted, prediction_path(out_dir, case.domain, case.case_id))
-        for row in score_case(predicted, reference, plan.structures[case.domain]):
-            rows.append(
-                {
-                    "scheme": plan.scheme,
-                    "dataset": case.domain,
-                    "case": case.case_id,
-                    "subset": case.subset,
-                    **row,
-                }
+        if postprocessing is not None:
+            raw_rows += _rows(plan, case, predicted, reference)
+            predicted = postprocessing.apply_image(
+                predicted, case.domain, plan.structures[case.domain]
             )
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+        write_image(predicted, prediction_path(out_dir, case.domain, case.case_id))
+        rows += _rows(plan, case, predicted, reference)
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    raw = pd.DataFrame(raw_rows, columns=list(COLUMNS)) if postprocessing is not None else None
+    return frame, raw
 
 
-def _config_tta(run_dir: Path) -> bool:
-    """The run config's ``evaluation.tta`` (False when absent)."""
-    path = run_dir / "config.yaml"
+def config_evaluation(run_dir: Path) -> dict:
+    """The run config's ``evaluation`` section as written ({} when absent)."""
+    path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        return False
+        return {}
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return bool((data.get("evaluation") or {}).get("tta", False))
+    return dict(data.get("evaluation") or {})
+
+
+def config_tta(run_dir: Path) -> bool:
+    """The run config's ``evaluation.tta`` (False when absent)."""
+    return bool(config_evaluation(run_dir).get("tta", False))
 
 
 def evaluate_run(
@@ -199,12 +227,16 @@ def evaluate_run(
     predictor: LabelPredictor | None = None,
     *,
     progress: bool = True,
+    postprocess: bool = True,
 ) -> Path:
     """Score a train run or a cv folder; write ``RUN/evaluation/``; return ``report.md``'s path.
 
     ``predictor`` (anything with ``predict(image, domain).label_map``) defaults to the run's
     ``Predictor.from_run(run_dir)``, with test-time flips when the run's config sets
-    ``evaluation.tta``; a cv folder needs none.
+    ``evaluation.tta``; a cv folder needs none. A train run's predictions are postprocessed as
+    its ``postprocessing.json`` says (none without the file, or with ``postprocess=False``);
+    the scores without postprocessing then go to ``metrics_without_postprocessing.csv`` and the
+    report. Out-of-fold predictions of a cv folder are scored as they are.
     """
     run_dir = Path(run_dir)
     plan = plan_evaluation(run_dir, data)
@@ -216,21 +248,37 @@ def evaluate_run(
     verify_scans(  # every unreadable file listed before anything is predicted
         path for case in plan.cases for path in (case.label, case.prediction or case.image)
     )
+    postprocessing = None
+    if not postprocess:
+        logger.info("%s: postprocessing disabled; label maps are scored as predicted", run_dir)
+    elif plan.source == "run":
+        postprocessing = Postprocessing.load(run_dir)
     if predictor is None and any(c.prediction is None for c in plan.cases):
         from jointseg.inference.predictor import Predictor
 
-        predictor = Predictor.from_run(run_dir, tta=_config_tta(run_dir))
+        predictor = Predictor.from_run(run_dir, tta=config_tta(run_dir))
     out_dir = run_dir / EVALUATION_DIR
-    frame = score_plan(plan, out_dir, predictor, progress)
+    frame, raw = score_plan(plan, out_dir, predictor, progress, postprocessing)
     with atomic_path(out_dir / METRICS_FILE) as tmp:
         frame.to_csv(tmp, index=False)
-    summary = {
+    summary: dict[str, Any] = {
         "scheme": plan.scheme,
         "source": plan.source,
         "data_dir": str(plan.data_dir),
         "metrics": list(METRICS),
         "summary": summarize(frame),
+        "postprocessing": None,
     }
+    if postprocessing is not None and raw is not None:
+        with atomic_path(out_dir / RAW_METRICS_FILE) as tmp:
+            raw.to_csv(tmp, index=False)
+        summary["postprocessing"] = {
+            "steps": {d: postprocessing.describe(d) for d in plan.structures},
+            "summary_without": summarize(raw),
+        }
+    else:
+        with contextlib.suppress(FileNotFoundError):  # left by an earlier evaluation
+            (out_dir / RAW_METRICS_FILE).unlink()
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     files = {
         (c.domain, c.case_id): (c.image, c.label, prediction_path(out_dir, c.domain, c.case_id))

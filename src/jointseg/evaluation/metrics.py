@@ -85,6 +85,14 @@ def surface_distances(
     return float(mssd.item()), float(hd95.item())
 
 
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks of one shape: 2 TP / (|P| + |R|); 1 when both are empty."""
+    pred = np.asarray(pred, dtype=bool)
+    ref = np.asarray(ref, dtype=bool)
+    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(ref))
+    return 2.0 * int(np.count_nonzero(pred & ref)) / total if total else 1.0
+
+
 def structure_metrics(
     pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
 ) -> dict[str, float]:
@@ -117,7 +125,7 @@ def structure_metrics(
             "ravd": 0.0,
         }
     result = {
-        "dice": 2.0 * tp / (n_pred + n_ref),
+        "dice": dice(pred, ref),
         "sensitivity": _ratio(tp, n_ref),
         "specificity": specificity,
         "mssd": math.nan,

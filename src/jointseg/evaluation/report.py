@@ -211,6 +211,46 @@ def _metrics_table(node: dict, metrics: Sequence[str]) -> str:
     return markdown_table(headers, rows)
 
 
+POSTPROCESSING_METRICS = ("dice", "hd95")
+
+
+def postprocessing_section(
+    summary: dict, level: int = 2, title: str = "Postprocessing"
+) -> list[str]:
+    """Markdown lines comparing Dice and HD95 without and with postprocessing, per subset and
+    dataset (none when the evaluation applied no postprocessing)."""
+    post = summary.get("postprocessing")
+    if not post:
+        return []
+    head = "#" * level
+    lines = [
+        f"{head} {title}",
+        "",
+        "Steps kept per structure on the run's validation subjects (`postprocessing.json`: a "
+        "step stays only if it does not lower the structure's mean validation Dice); mean ± SD "
+        "over subjects without and with them:",
+        "",
+    ]
+    headers = ["Structure", "Steps"]
+    for metric in POSTPROCESSING_METRICS:
+        label = METRIC_LABELS.get(metric, metric)
+        headers += [f"{label} without", f"{label} with"]
+    for subset, datasets in summary["summary"].items():
+        for dataset, node in datasets.items():
+            without = post["summary_without"].get(subset, {}).get(dataset, {})
+            steps = post["steps"].get(dataset, {})
+            rows = []
+            for structure, stats in node.items():
+                row = [structure, steps.get(structure, "none")]
+                for metric in POSTPROCESSING_METRICS:
+                    before = without.get(structure, {}).get(metric)
+                    row += [format_stats(before, metric) if before else "–"]
+                    row += [format_stats(stats[metric], metric)]
+                rows.append(row)
+            lines += [f"{head}# `{subset}`: {dataset}", "", markdown_table(headers, rows), ""]
+    return lines
+
+
 def write_report(
     out_dir: Path,
     frame: pd.DataFrame,
@@ -247,6 +287,7 @@ def write_report(
             part, out_dir / FIGURES_DIR / f"dice_{subset}.png", f"Dice per structure ({subset})"
         )
         lines += [f"![Dice per structure, {subset}]({figure.relative_to(out_dir).as_posix()})", ""]
+    lines += postprocessing_section(summary)
     lines += [
         "## Best, median and worst subjects (by mean Dice over structures)",
         "",

@@ -4,6 +4,7 @@
 - ``predict``: ``jointseg predict`` (``predict_path``, ``write_case``)
 - ``domain``, ``calibration``: automatic domain recognition from BN statistics
 - ``slices``: input checks, slice grids, flips, head outputs, restoration helpers
+- ``postprocess``: per-structure islands and holes, a run's ``postprocessing.json``
 - ``meshes``, ``measurements``, ``label_tables``, ``preview``: the per-case outputs
 
 Nothing is imported here, so ``import jointseg.inference`` stays light.

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from jointseg.inference.meshes import Geometry, bounding_box, count_components, mask_to_mesh
+from jointseg.inference.meshes import Geometry, mask_to_mesh
+from jointseg.inference.postprocess import bounding_box, count_components
 from jointseg.utils.atomic import atomic_write_text
 
 CSV_COLUMNS = (

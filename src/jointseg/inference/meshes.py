@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import trimesh
 from skimage import measure
 
+from jointseg.inference.postprocess import bounding_box, largest_component
 from jointseg.utils.atomic import atomic_path
 
 MESH_FORMATS = ("stl", "ply")
@@ -49,45 +50,6 @@ class Geometry:
     def voxel_volume(self) -> float:
         """mm^3 per voxel."""
         return float(np.prod(self.spacing))
-
-
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Slices of the smallest box holding every voxel of ``mask`` (None when empty).
-
-    Found from the axis projections, without listing the voxels, so large masks stay cheap.
-    """
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
-
-
-def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected components (26-connectivity): the labelled array and their number.
-
-    Large masks should be cropped first (:func:`bounding_box`): the labels take 4-8 bytes a voxel.
-    """
-    labelled, count = measure.label(mask, connectivity=mask.ndim, return_num=True)
-    return labelled, int(count)
-
-
-def count_components(mask: np.ndarray) -> int:
-    """The number of 26-connected components of ``mask``, labelled within its bounding box."""
-    box = bounding_box(mask)
-    return 0 if box is None else components(mask[box])[1]
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of ``mask`` (empty stays empty)."""
-    labelled, count = components(mask)
-    if count <= 1:
-        return mask.astype(bool, copy=False)
-    sizes = np.bincount(labelled.ravel())
-    sizes[0] = 0
-    return labelled == int(np.argmax(sizes))
 
 
 def _crop(mask: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:

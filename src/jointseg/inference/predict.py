@@ -12,6 +12,9 @@ Per scan (``case`` = the file name without extension, or the DICOM folder's name
     OUT/measurements.csv             one row per case and structure, all cases
     OUT/<case>_outputs.json          written last: the case's outputs, their sizes, the settings
 
+Label maps are postprocessed as the run's ``postprocessing.json`` says (islands removed, holes
+filled per structure) before they are measured, meshed and written.
+
 A case's files are all computed before the first is written; if writing fails, the case's files
 written so far are removed. Every file is written atomically. A case is complete when its
 ``_outputs.json`` exists, names the same scan and settings (run, domain, TTA, meshes) and every
@@ -23,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,7 @@ from jointseg.inference.measurements import (
     update_measurements_csv,
 )
 from jointseg.inference.meshes import MESH_FORMATS, Geometry, label_meshes, write_mesh
+from jointseg.inference.postprocess import Postprocessing
 from jointseg.inference.predictor import InputError, Prediction, Predictor
 from jointseg.inference.preview import render_preview
 from jointseg.inference.slices import load_scan
@@ -58,6 +63,8 @@ from jointseg.utils.atomic import (
     remove_temporaries,
 )
 from jointseg.utils.faults import fault_point
+
+logger = logging.getLogger(__name__)
 
 MEASUREMENTS_CSV = "measurements.csv"
 OUTPUTS_SUFFIX = "_outputs.json"
@@ -130,12 +137,15 @@ def predict_path(
     threads: int | None = None,
     meshes: bool = True,
     overwrite: bool = False,
+    postprocess: bool = True,
 ) -> list[CaseResult]:
     """Predict every scan of ``input`` into ``out``; see the module docstring for the outputs.
 
-    Scans whose outputs are complete are skipped unless ``overwrite``. A scan that fails is
-    reported and skipped; the others are still predicted, then a :class:`PredictionError` lists
-    the failures. A single scan's failure raises its own error.
+    Label maps are postprocessed as the run's ``postprocessing.json`` says (not at all without
+    it, or with ``postprocess=False``) before anything is measured or meshed. Scans whose outputs
+    are complete are skipped unless ``overwrite``. A scan that fails is reported and skipped; the
+    others are still predicted, then a :class:`PredictionError` lists the failures. A single
+    scan's failure raises its own error.
     """
     if threads is not None:
         if threads < 1:
@@ -144,11 +154,16 @@ def predict_path(
     scans = find_scans(input)
     _check_unique_cases(scans)
     predictor = Predictor.from_run(run, device=device, batch_size=batch_size, tta=tta)
+    postprocessing = Postprocessing.load(run) if postprocess else None
+    if not postprocess:
+        logger.info("%s: postprocessing disabled; label maps are written as predicted", run)
     if domain != "auto":
         predictor.info.domain(domain)  # unknown domain: a RunError naming the known ones
     out = Path(out)
     remove_temporaries(out, recursive=True)  # left by a killed run
     settings = {"run": str(Path(run).resolve()), "domain": domain, "tta": tta, "meshes": meshes}
+    if postprocessing is not None:
+        settings["postprocessing"] = {d: postprocessing.describe(d) for d in postprocessing.steps}
     results: list[CaseResult] = []
     progress = tqdm(scans, desc="predict", unit="scan", disable=len(scans) < 2)
     for scan in progress:
@@ -164,7 +179,7 @@ def predict_path(
             continue
         try:
             image = load_scan(scan)
-            prediction = predictor.predict(image, domain=domain)
+            prediction = postprocess_prediction(postprocessing, predictor.predict(image, domain))
             result.domain, result.confidence = prediction.domain, prediction.confidence
             result.outputs = write_case(
                 image, prediction, out, case, output_extension(scan), meshes
@@ -190,6 +205,19 @@ def predict_path(
         lines += [f"  - {r.source}: {r.error}" for r in failed]
         raise PredictionError("\n".join(lines))
     return results
+
+
+def postprocess_prediction(
+    postprocessing: Postprocessing | None, prediction: Prediction
+) -> Prediction:
+    """``prediction`` with its label map postprocessed (unchanged without a postprocessing);
+    ``details["postprocessing"]`` names the steps applied per structure."""
+    if postprocessing is None:
+        return prediction
+    domain, structures = prediction.domain, prediction.structures
+    label_map = postprocessing.apply_image(prediction.label_map, domain, structures)
+    details = {**prediction.details, "postprocessing": postprocessing.describe(domain)}
+    return replace(prediction, label_map=label_map, details=details)
 
 
 def _outputs_record_path(out: Path, case: str) -> Path:
@@ -263,6 +291,7 @@ def write_case(
     items = measure_labels(labels, structures, geometry, surfaces)
     document = measurements_document(case, prediction.domain, prediction.confidence, items)
     document["seconds"] = round(prediction.seconds, 3)
+    document["postprocessing"] = prediction.details.get("postprocessing")
     if prediction.decision is not None:
         document["domain_scores"] = {
             s.name: {
@@ -335,6 +364,7 @@ __all__ = [
     "completed_outputs",
     "find_scans",
     "output_extension",
+    "postprocess_prediction",
     "predict_path",
     "write_case",
 ]

@@ -41,6 +41,8 @@ from jointseg.utils.seed import seed_everything
 
 logger = logging.getLogger(__name__)
 
+TARGET_TOLERANCE = 1e-6  # below float32 resolution near 1, far below any meaningful Dice step
+
 
 class EpochReseed(L.Callback):
     """Reseeds augmentation at every epoch start from (seed, epoch): resume-exact on the CPU."""
@@ -179,6 +181,7 @@ def train_run(
     if primary:
         save_run_info(out, info)
         _fit_recognition(out, deliverable_plans(plans), label_space, caches, subjects, progress)
+        _decide_postprocessing(out, data_dir, progress)
         plot_curves(out, [p.name for p in plans])
         _print_summary(out, plans)
     return info
@@ -218,6 +221,17 @@ def _fit_recognition(
     else:
         print(f"[train] domain recognition: references measured, refusal threshold "
               f"{calibration.threshold:.3g} ({out / REFERENCE_FILE})")  # fmt: skip
+
+
+def _decide_postprocessing(out: Path, data_dir: Path, progress: bool = True) -> None:
+    """Decide the run's postprocessing on its validation subjects (``postprocessing.json``)."""
+    # evaluation lies downstream of training (cross-validation trains runs): imported on use
+    from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
+
+    decision = decide_postprocessing(out, data_dir, progress=progress)
+    if decision is not None:
+        logger.info("postprocessing decided on the validation subjects:\n%s",
+                    decision_table(decision))  # fmt: skip
 
 
 def _train_plan(
@@ -325,7 +339,8 @@ class StopAtTarget(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and float(value) >= self.target:
+        # metrics are float32: 0.9 logged is 0.89999998, which reaches a target of 0.9
+        if value is not None and float(value) >= self.target - TARGET_TOLERANCE:
             logger.info("%s %.4f reached the target %.4f", self.monitor, float(value), self.target)
             trainer.should_stop = True
 
