@@ -86,15 +86,27 @@ def test_grey_input_matches_rgb_replicated(state_file) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_three_channel_input_keeps_conv1(tmp_path: Path, state_file) -> None:
+@pytest.mark.parametrize("k", [3, 5])
+def test_context_slices_share_the_grey_weights(state_file, k: int) -> None:
+    """k identical slices give the grey 2D encoder's response, even for k = 3 (not RGB)."""
     path, state = state_file
-    encoder = ResNetEncoder("resnet18", in_channels=3, width=1.0)
+    encoder = ResNetEncoder("resnet18", in_channels=k, width=1.0)
     load_encoder_weights(encoder, str(path))
-    assert torch.equal(encoder.conv1.weight, state["conv1.weight"])
-    two = ResNetEncoder("resnet18", in_channels=2, width=1.0)
-    load_encoder_weights(two, str(path))
-    expected = state["conv1.weight"].sum(1, keepdim=True) / 2
-    torch.testing.assert_close(two.conv1.weight, expected.repeat(1, 2, 1, 1))
+    grey_weights = state["conv1.weight"].sum(1, keepdim=True)
+    torch.testing.assert_close(encoder.conv1.weight, (grey_weights / k).repeat(1, k, 1, 1))
+    grey = ResNetEncoder("resnet18", in_channels=1, width=1.0)
+    load_encoder_weights(grey, str(path))
+    encoder.eval()
+    grey.eval()
+    x = torch.randn(2, 1, 64, 64)
+    domains = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        expected = grey(x, domains)
+        actual = encoder(x.repeat(1, k, 1, 1), domains)
+        different = encoder(torch.cat([x, torch.randn(2, k - 1, 64, 64)], 1), domains)
+    for a, b in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(different[0], expected[0], atol=1e-3)  # neighbours do count
 
 
 def test_safetensors_and_wrapped_files_load(tmp_path: Path, state_file) -> None:
@@ -148,10 +160,11 @@ def test_imagenet_uses_torch_hub(monkeypatch: pytest.MonkeyPatch) -> None:
         return state
 
     monkeypatch.setattr(pretrained_module.torch.hub, "load_state_dict_from_url", fake_load)
-    net = build_model(_cfg("imagenet", in_channels=3), [2], False)
+    net = build_model(_cfg("imagenet", context_slices=3), [2], False)
     assert calls[0][0] == IMAGENET_URLS["resnet18"]
     assert calls[0][1]["weights_only"] is True and calls[0][1]["check_hash"] is True
-    assert torch.equal(net.encoder.conv1.weight, state["conv1.weight"])
+    expected = (state["conv1.weight"].sum(1, keepdim=True) / 3).repeat(1, 3, 1, 1)
+    torch.testing.assert_close(net.encoder.conv1.weight, expected)
 
 
 def test_imagenet_offline_says_what_to_download(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -413,3 +413,21 @@ def test_write_case_again_replaces_the_cases_outputs(tmp_path):
     assert sorted(p.name for p in (tmp_path / "k13").iterdir()) == ["femur.ply", "femur.stl"]
     rows = (tmp_path / "measurements.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 3 and rows[2].startswith("k13,knee,tibia,2,0.0,0.0")
+
+
+def test_context_slices_run_predicts_in_the_input_geometry(tmp_path):
+    """A run trained with 3 context slices: recognition, TTA and the label map take them."""
+    from jointseg.inference.predictor import Predictor
+    from tests.tiny_model import train_run
+
+    run = train_run(tmp_path / "run", context_slices=3)
+    predictor = Predictor.from_run(run, tta=True, batch_size=5)
+    assert predictor.networks["main"].cfg.context_slices == 3
+    for domain in DOMAINS:
+        image, truth = make_scan(domain, 3, direction=OBLIQUE)
+        prediction = predictor.predict(image, domain="auto")
+        assert prediction.domain == domain
+        assert same_geometry(prediction.label_map, image)
+        got, want = sitk.GetArrayFromImage(prediction.label_map), sitk.GetArrayFromImage(truth)
+        for value in DOMAINS[domain].values():
+            assert dice(got, want, value) > DICE_BOUND, (domain, value)

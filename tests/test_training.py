@@ -211,3 +211,18 @@ def test_bad_config_values_fail_before_training(study: Path, tmp_path: Path) -> 
     with pytest.raises(Exception, match="Dataset009_Missing"):
         train_run(config_from_dict(bad), study, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_context_slices_train_validate_and_recognize(study: Path, tmp_path: Path) -> None:
+    """k = 3: augmented patches, validation, references and the saved model take 3 slices."""
+    config = tiny_config(epochs=1)
+    config["model"]["context_slices"] = 3
+    config["augmentation"] = {"affine_probability": 1.0, "flip_axes": [0, 1]}
+    cfg = config_from_dict({**config, "scheme": "mtmd+con"})
+    info = train_run(cfg, study, tmp_path / "run", progress=False)
+    net, meta = load_model(tmp_path / "run" / info.models[0].path)
+    assert net.cfg.context_slices == 3 and net.encoder.conv1.in_channels == 3
+    assert np.isfinite(meta["best_validation_dice"])
+    out = net(torch.zeros(2, 3, 32, 32), torch.tensor([0, 1]))
+    assert out.logits[0].shape == (1, 3, 32, 32)
+    assert sorted(load_references(tmp_path / "run")) == ["ankle", "knee"]

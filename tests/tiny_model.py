@@ -14,6 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from jointseg.config import ExperimentConfig, ModelConfig, PreprocessingConfig, save_config
+from jointseg.data.context import context_stack
 from jointseg.data.labels import DomainLabels
 from jointseg.data.preprocess import preprocess_case
 from jointseg.models import build_model, save_model
@@ -68,12 +69,13 @@ def make_scan(
     return img, lab
 
 
-def _training_slices(domain: str, seeds: range) -> tuple[np.ndarray, np.ndarray]:
+def _training_slices(domain: str, seeds: range, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Network inputs [N, k, H, W] (k context slices within each scan) and label slices."""
     lut = DomainLabels(domain, DOMAINS[domain]).local_lookup()
     images, labels = [], []
     for seed in seeds:
         case = preprocess_case(*make_scan(domain, seed), PREPROCESSING)
-        images.append(case.image)
+        images.append(context_stack(case.image, np.arange(len(case.image)), k))
         labels.append(lut[case.label])
     return np.concatenate(images), np.concatenate(labels)
 
@@ -95,16 +97,19 @@ MAX_STEPS = 400
 VALIDATION_SEEDS = range(50, 52)
 
 
-def train_run(run_dir, max_steps: int = MAX_STEPS, seed: int | None = None):
+def train_run(
+    run_dir, max_steps: int = MAX_STEPS, seed: int | None = None, context_slices: int = 1
+):
     """Train a two-domain mtmd model to TARGET_DICE and write a complete run folder.
 
-    ``max_steps=0`` writes the run folder of an untrained model.
+    ``max_steps=0`` writes the run folder of an untrained model; ``context_slices`` is the
+    model's (k neighbouring slices as input channels).
     The seed defaults to ``JOINTSEG_FIXTURE_SEED`` (0), so that the bounds' margins can be
     measured over fixture seeds with the same tests.
     """
     if seed is None:
         seed = int(os.environ.get("JOINTSEG_FIXTURE_SEED", "0"))
-    return _train_run(run_dir, max_steps, seed)
+    return _train_run(run_dir, max_steps, seed, context_slices)
 
 
 def validation_dice(net, validation) -> dict[tuple[int, int], float]:
@@ -113,7 +118,7 @@ def validation_dice(net, validation) -> dict[tuple[int, int], float]:
     scores = {}
     with torch.no_grad():
         for d, (images, labels) in enumerate(validation):
-            x = torch.from_numpy(images).unsqueeze(1)
+            x = torch.from_numpy(images)
             logits = net(x, torch.full((len(images),), d)).logits[d]
             got = logits.argmax(1).numpy()
             for value in range(1, logits.shape[1]):
@@ -122,12 +127,13 @@ def validation_dice(net, validation) -> dict[tuple[int, int], float]:
     return scores
 
 
-def _train_run(run_dir, max_steps: int, seed: int):
+def _train_run(run_dir, max_steps: int, seed: int, k: int):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    data = [_training_slices(d, range(100, 106)) for d in DOMAINS]
-    validation = [_training_slices(d, VALIDATION_SEEDS) for d in DOMAINS]
-    net = build_model(MODEL, [3, 3], domain_specific_bn=True)
+    data = [_training_slices(d, range(100, 106), k) for d in DOMAINS]
+    validation = [_training_slices(d, VALIDATION_SEEDS, k) for d in DOMAINS]
+    model = MODEL.model_copy(update={"context_slices": k})
+    net = build_model(model, [3, 3], domain_specific_bn=True)
     optimizer = torch.optim.AdamW(net.parameters(), lr=5e-3)
     net.train()
     per_domain = 8
@@ -139,7 +145,7 @@ def _train_run(run_dir, max_steps: int, seed: int):
             xs.append(images[pick])
             ys.append(labels[pick])
             ds += [d] * per_domain
-        x = torch.from_numpy(np.concatenate(xs)).unsqueeze(1)
+        x = torch.from_numpy(np.concatenate(xs))
         y = torch.from_numpy(np.concatenate(ys))
         for dim in (1, 2):  # random in-plane flips, so that test-time flips are in distribution
             if rng.random() < 0.5:
@@ -165,7 +171,7 @@ def _train_run(run_dir, max_steps: int, seed: int):
         datasets=[{"name": d, "folder": f"Dataset00{i + 1}_{d}"} for i, d in enumerate(DOMAINS)],
         scheme="mtmd",
         preprocessing=PREPROCESSING,
-        model=MODEL,
+        model=model,
         augmentation={"flip_axes": [0, 1]},
     )
     save_config(config, run_dir / "config.yaml")

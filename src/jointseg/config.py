@@ -89,7 +89,12 @@ class ModelConfig(Section):
     encoder: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     width: float = Field(1.0, gt=0, le=4, description="Channel width multiplier (CPU demo: 0.25).")
     encoder_weights: str = Field("none", description="none | imagenet | path to a state dict.")
-    in_channels: int = Field(1, ge=1)
+    context_slices: int = Field(
+        1,
+        ge=1,
+        description="Neighbouring slices fed as input channels (odd): the segmented slice and "
+        "(k-1)/2 on each side, edge slices replicated within the scan; 1 is 2D.",
+    )
     decoder_channels: tuple[int, ...] = Field(
         (256, 128, 64, 32, 16), description="Decoder widths (before the width multiplier)."
     )
@@ -99,6 +104,32 @@ class ModelConfig(Section):
         ("enc2", "enc3", "enc4", "dec1", "dec2"),
         description="Scales exposed for the contrastive loss (enc0..enc4, dec0..dec4).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_in_channels(cls, data: object) -> object:
+        """Accept the former ``in_channels`` key (model folders of earlier runs) where it
+        agrees with ``context_slices``: the input channels are the context slices."""
+        if isinstance(data, dict) and "in_channels" in data:
+            data = dict(data)
+            channels = data.pop("in_channels")
+            slices = data.get("context_slices", 1)
+            if channels != slices:
+                raise ValueError(
+                    f"in_channels ({channels}) must equal context_slices ({slices}): the input "
+                    "channels are the neighbouring slices; set model.context_slices only"
+                )
+        return data
+
+    @field_validator("context_slices")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(
+                f"context_slices must be odd (the centre slice and as many neighbours on each "
+                f"side), got {value}"
+            )
+        return value
 
 
 class OptimizerConfig(Section):

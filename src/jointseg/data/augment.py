@@ -1,9 +1,11 @@
 """2D training augmentation from an :class:`AugmentationConfig`, built from MONAI transforms.
 
-The pipeline works on dictionaries with ``image`` (float, [1, H, W]) and ``label`` (class
-indices, [1, H, W]); spatial transforms move both (bilinear image, nearest label, border
-padding), intensity transforms touch the image only. Order: flips, affine, elastic, bias
-field, gamma, blur, noise. An operation whose magnitude or probability is zero is left out.
+The pipeline works on dictionaries with ``image`` (float, [k, H, W]: the slice and its
+context slices) and ``label`` (class indices, [1, H, W]); spatial transforms move both with one
+draw for every channel (bilinear image, nearest label, border padding), intensity transforms
+touch the image only (bias field and gamma alike on every channel, noise drawn per voxel).
+Order: flips, affine, elastic, bias field, gamma, blur, noise. An operation whose magnitude or
+probability is zero is left out.
 
 Randomness comes from the transforms' own states (``Compose.set_random_state``), seeded by
 ``build_augmentation(cfg, seed)``; DataLoader workers reseed their copy through

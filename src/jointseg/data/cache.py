@@ -93,6 +93,11 @@ class CaseRows:
             raise IndexError(f"rows outside 0..{len(self) - 1}")
         return np.searchsorted(self.starts, rows, side="right") - 1
 
+    def volume_of(self, row: int) -> tuple[np.ndarray, int]:
+        """The [S, H, W] array of ``row``'s case and the row's index in it."""
+        case = int(self.locate(int(row)))
+        return self.arrays[case], int(row) - int(self.starts[case])
+
     def shapes(self, rows: np.ndarray) -> np.ndarray:
         """[len(rows), 2]: (H, W) of each row's slice."""
         sides = np.asarray([a.shape[1:] for a in self.arrays], dtype=np.int64).reshape(-1, 2)
@@ -102,8 +107,8 @@ class CaseRows:
         if isinstance(key, slice):
             key = np.arange(*key.indices(len(self)))
         if np.ndim(key) == 0:
-            case = int(self.locate(int(key)))
-            return self.arrays[case][int(key) - self.starts[case]]
+            array, local = self.volume_of(int(key))
+            return array[local]
         rows = np.asarray(key, dtype=np.int64)
         cases = np.unique(self.locate(rows))
         if cases.size != 1:

@@ -33,8 +33,10 @@ def in_domain_distances(
 ) -> tuple[float, float]:
     """The (ranking, refusal) distances of ``scan`` to ``domain``."""
     image = load_scan(scan)
-    slices = subsample_tensor(predictor.recognition_volume(image))
-    return candidate_distances(predictor.candidate(domain), slices, predictor.batch_size)
+    candidate = predictor.candidate(domain)
+    volume = predictor.recognition_volume(image)
+    slices = subsample_tensor(volume, candidate.path.context_slices)
+    return candidate_distances(candidate, slices, predictor.batch_size)
 
 
 def calibrate_domains(

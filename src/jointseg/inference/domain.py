@@ -31,6 +31,7 @@ from jointseg.models.scan_features import (
     bn_distance,
     content_descriptor,
     scan_features,
+    shared_context_slices,
     subsample_tensor,
 )
 
@@ -136,7 +137,7 @@ def recognize_domain(
         raise ValueError("no candidate domain to recognize")
     if len({c.reference is None for c in candidates}) > 1:
         raise ValueError("either every candidate has a reference or none has")
-    slices = subsample_tensor(volume)
+    slices = subsample_tensor(volume, shared_context_slices(c.path for c in candidates))
     if candidates[0].reference is None:
         scores = {c.name: candidate_distances(c, slices, batch_size) for c in candidates}
         return decide({name: r for name, (r, _) in scores.items()}, calibration)

@@ -5,8 +5,9 @@ in the slice grid and restored class by class onto the scan's grid (linear, then
 that fits :data:`MEMORY_BUDGET`, else the argmax slices are restored by nearest neighbour. The
 slices cover the scan's whole in-plane field of view, as in training's slice cache; the fully
 convolutional network runs on them in one pass, or by sliding windows beyond
-``inference.max_in_plane`` (:class:`~jointseg.models.inferer.WholeViewInferer`). Domain
-recognition sees the same slices.
+``inference.max_in_plane`` (:class:`~jointseg.models.inferer.WholeViewInferer`); each slice goes
+in with the context slices its network was trained with (the model's ``context_slices``).
+Domain recognition sees the same slices.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from jointseg.config import ExperimentConfig, load_config
+from jointseg.data.context import context_stack
 from jointseg.data.labels import LabelSpace
 from jointseg.data.preprocess import (
     PreprocessedCase,
@@ -53,7 +55,7 @@ from jointseg.models.domain_reference import (
     load_references,
 )
 from jointseg.models.inferer import WholeViewInferer
-from jointseg.models.network import head_index, head_logits
+from jointseg.models.network import context_slices, head_index, head_logits
 from jointseg.models.scan_features import DomainPath, subsample_tensor
 from jointseg.runs import RunError, RunInfo, load_run_info
 
@@ -242,11 +244,12 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Argmax slices [S, H, W] (uint8) and, if asked, float16 probabilities [S, C, H, W]."""
         net = self.networks[route.model]
+        k = context_slices(net)
         labels = np.zeros(volume.shape, dtype=np.uint8)
         probabilities = None
         for start in range(0, volume.shape[0], self.batch_size):
             stop = min(start + self.batch_size, volume.shape[0])
-            x = torch.from_numpy(np.ascontiguousarray(volume[start:stop])).unsqueeze(1)
+            x = torch.from_numpy(context_stack(volume, np.arange(start, stop), k))
             probs = self.inferer(x.to(self.device), lambda t: self.softmax(net, t, route))
             if keep_probabilities and probabilities is None:
                 shape = (volume.shape[0], probs.shape[1], *volume.shape[1:])
@@ -325,7 +328,8 @@ class Predictor:
             return decision
         net = self.networks[best.model]
         with torch.no_grad():
-            logits = head_logits(net, subsample_tensor(volume).to(self.device), 0)
+            slices = subsample_tensor(volume, context_slices(net))
+            logits = head_logits(net, slices.to(self.device), 0)
         counts = np.bincount(
             logits.argmax(1).cpu().numpy().ravel(), minlength=self.label_space.num_classes
         )

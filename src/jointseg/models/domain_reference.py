@@ -37,7 +37,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from jointseg.models.scan_features import DomainPath, ScanFeatures, scan_features, subsample_tensor
+from jointseg.models.scan_features import (
+    DomainPath,
+    ScanFeatures,
+    scan_features,
+    shared_context_slices,
+    subsample_tensor,
+)
 from jointseg.utils.atomic import atomic_write_json
 
 REFERENCE_FILE = "domain_reference.json"
@@ -254,8 +260,9 @@ def fit_recognition(
     """
     if any(len(volumes.get(name, ((), ()))[0]) < 2 for name in paths):
         return None
+    k = shared_context_slices(paths.values())
     subsamples = {
-        name: ([subsample_tensor(v) for v in train], [subsample_tensor(v) for v in held_out])
+        name: ([subsample_tensor(v, k) for v in train], [subsample_tensor(v, k) for v in held_out])
         for name, (train, held_out) in volumes.items()
         if name in paths
     }

@@ -32,9 +32,10 @@ def pad_to_multiple(x: Tensor, multiple: int = PATCH_MULTIPLE) -> Tensor:
 
 
 class WholeViewInferer:
-    """``inferer(x, network)``: the network's output [B, C, H, W] on slices ``x`` [B, 1, H, W].
+    """``inferer(x, network)``: the network's output [B, C, H, W] on inputs ``x`` [B, k, H, W]
+    (slices with their context slices; each channel padded with its own minimum).
 
-    ``network`` maps a batch [b, 1, h, w] (sides multiples of 32) to [b, C, h, w] (logits or
+    ``network`` maps a batch [b, k, h, w] (sides multiples of 32) to [b, C, h, w] (logits or
     probabilities); sliding windows average it with gaussian weights.
     """
 

@@ -71,7 +71,7 @@ class JointSegNet(nn.Module):
         self.head_classes = head_classes
         self.domain_specific_bn = bool(domain_specific_bn)
         self.num_domains = len(head_classes)
-        self.encoder = ResNetEncoder(cfg.encoder, cfg.in_channels, cfg.width)
+        self.encoder = ResNetEncoder(cfg.encoder, cfg.context_slices, cfg.width)
         decoder_channels = [scaled(c, cfg.width) for c in cfg.decoder_channels]
         self.decoder = UNetDecoder(self.encoder.channels, decoder_channels)
         self.heads = nn.ModuleList(nn.Conv2d(decoder_channels[-1], c, 1) for c in head_classes)
@@ -105,7 +105,8 @@ class JointSegNet(nn.Module):
     def forward(
         self, x: Tensor, domains: Tensor | None = None, return_embeddings: bool = False
     ) -> SegOutput:
-        """Segment ``x`` [B, in_channels, H, W] (H, W multiples of 32); see :class:`SegOutput`."""
+        """Segment ``x`` [B, k, H, W] (k: ``context_slices``; H, W multiples of 32); see
+        :class:`SegOutput`."""
         self._check_input(x)
         routing = self.route(domains, x.shape[0], x.device)
         if routing.order is not None:
@@ -126,9 +127,10 @@ class JointSegNet(nn.Module):
         return SegOutput(logits, routing.positions(x.device), embeddings)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
+        k = self.cfg.context_slices
+        if x.dim() != 4 or x.shape[1] != k:
             raise ValueError(
-                f"expected input [B, {self.cfg.in_channels}, H, W], got {tuple(x.shape)}"
+                f"expected input [B, {k}, H, W] (model.context_slices = {k}), got {tuple(x.shape)}"
             )
         if x.shape[2] % INPUT_MULTIPLE or x.shape[3] % INPUT_MULTIPLE:
             raise ValueError(
@@ -153,15 +155,13 @@ def build_model(
     return net
 
 
-def model_input(net: nn.Module, x: Tensor) -> Tensor:
-    """Grayscale slices [B, 1, H, W] replicated to the network's input channels."""
-    channels = getattr(getattr(net, "cfg", None), "in_channels", 1)
-    return x if x.shape[1] == channels else x.expand(-1, channels, -1, -1)
+def context_slices(net: nn.Module) -> int:
+    """The slices per input of ``net`` (:mod:`jointseg.data.context`); 1 for 2D networks."""
+    return int(getattr(getattr(net, "cfg", None), "context_slices", 1))
 
 
 def head_logits(net: nn.Module, x: Tensor, index: int) -> Tensor:
-    """Logits [B, C, H, W] of head/BN ``index`` for a batch of slices [B, 1, H, W]."""
-    x = model_input(net, x)
+    """Logits [B, C, H, W] of head/BN ``index`` for a batch of inputs [B, k, H, W]."""
     domains = torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
     out = net(x, domains)
     if len(out.logits) == 1:

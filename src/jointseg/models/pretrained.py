@@ -1,8 +1,10 @@
 """Pretrained encoder weights: torchvision's ImageNet ResNets or a local state dict file.
 
 The encoder's parameter names are torchvision's, so a torchvision state dict maps one to one;
-``fc.*`` is ignored. A single-channel encoder gets the pretrained first convolution summed
-over RGB (the same response as feeding the grey image replicated to three channels). In a
+``fc.*`` is ignored. The encoder's input channels are a grey slice and its context slices
+(:mod:`jointseg.data.context`), never colours: the pretrained first convolution is summed over
+its input channels (the response to a grey image replicated to RGB) and spread evenly over the
+``k`` input channels, so that ``k`` identical slices give the pretrained grey response. In a
 domain-specific encoder every domain's BN is seeded with the file's BN.
 """
 
@@ -102,13 +104,12 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def adapt_first_conv(weight: Tensor, in_channels: int) -> Tensor:
-    """Fit a pretrained RGB first convolution [O, 3, k, k] to ``in_channels`` inputs.
+    """Fit a pretrained first convolution [O, C, h, w] (C = 3: RGB) to ``in_channels`` slices.
 
-    One channel: the sum over RGB. Other counts: the RGB sum spread evenly over the channels,
-    so that an image replicated over the channels gives the pretrained response.
+    The sum over C (the grey weights) divided by ``in_channels`` on every channel: a slice
+    replicated over the channels gives the response of the grey image, whatever C and
+    ``in_channels`` are (three context slices are not colours).
     """
-    if weight.shape[1] == in_channels:
-        return weight
     total = weight.sum(dim=1, keepdim=True)
     return (total / in_channels).repeat(1, in_channels, 1, 1)
 

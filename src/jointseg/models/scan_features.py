@@ -24,15 +24,16 @@ early layers' input statistics to their running statistics, averaged over channe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from jointseg.data.context import context_stack
 from jointseg.models.inferer import pad_to_multiple
-from jointseg.models.network import head_logits, model_input
+from jointseg.models.network import context_slices, head_logits
 
 SUBSAMPLE_SLICES = 32
 EARLY_STAGES = ("bn1", "layer1")  # the encoder's stem BN and first residual stage
@@ -48,6 +49,19 @@ class DomainPath:
     net: nn.Module
     index: int
     select: tuple[int, ...] | None = None
+
+    @property
+    def context_slices(self) -> int:
+        """The slices per input of the path's network."""
+        return context_slices(self.net)
+
+
+def shared_context_slices(paths: Iterable[DomainPath]) -> int:
+    """The context slices every path's network takes (one subsample serves them all)."""
+    found = {path.context_slices for path in paths}
+    if len(found) > 1:
+        raise ValueError(f"the networks differ in model.context_slices {sorted(found)}")
+    return found.pop() if found else 1
 
 
 @dataclass(frozen=True)
@@ -69,12 +83,11 @@ def subsample_indices(num_slices: int, count: int = SUBSAMPLE_SLICES) -> np.ndar
     return np.unique(np.linspace(0, num_slices - 1, min(count, num_slices)).round().astype(int))
 
 
-def subsample_tensor(volume: np.ndarray) -> Tensor:
-    """The recognition subsample of a slice stack [S, H, W] as a tensor [N, 1, H', W'], padded
-    to the network's multiple of 32 as at prediction."""
-    picked = volume[subsample_indices(len(volume))]
-    slices = torch.from_numpy(np.ascontiguousarray(picked, dtype=np.float32)).unsqueeze(1)
-    return pad_to_multiple(slices)
+def subsample_tensor(volume: np.ndarray, k: int = 1) -> Tensor:
+    """The recognition subsample of a slice stack [S, H, W] as network input [N, k, H', W']
+    (``k`` context slices each), padded to the network's multiple of 32 as at prediction."""
+    picked = context_stack(volume, subsample_indices(len(volume)), k)
+    return pad_to_multiple(torch.from_numpy(np.ascontiguousarray(picked, dtype=np.float32)))
 
 
 def early_batchnorm_layers(net: nn.Module) -> list[nn.BatchNorm2d]:
@@ -179,7 +192,7 @@ def _early_moments(
             domains = torch.full((batch.shape[0],), index, dtype=torch.long, device=device)
             accumulator.seen.clear()
             try:
-                net(model_input(net, batch), domains)
+                net(batch, domains)
             except _EarlyLayersDone:
                 pass
     finally:
@@ -188,19 +201,19 @@ def _early_moments(
 
 
 def bn_distance(net: nn.Module, slices: Tensor, index: int, batch_size: int = 16) -> float:
-    """Distance of ``slices`` [N, C, H, W] to domain ``index``'s BN running statistics."""
+    """Distance of ``slices`` [N, k, H, W] to domain ``index``'s BN running statistics."""
     return _early_moments(net, slices, index, batch_size).distance()
 
 
 def appearance_descriptor(path: DomainPath, slices: Tensor, batch_size: int = 16) -> np.ndarray:
-    """The appearance descriptor of ``slices`` [N, 1, H, W] as ``path`` runs them (module doc);
+    """The appearance descriptor of ``slices`` [N, k, H, W] as ``path`` runs them (module doc);
     only the encoder's first layers run."""
     return _early_moments(path.net, slices, path.index, batch_size).descriptor()
 
 
 @torch.no_grad()
 def content_descriptor(path: DomainPath, slices: Tensor, batch_size: int = 16) -> np.ndarray:
-    """The content descriptor of ``slices`` [N, 1, H, W] as ``path``'s head reads them."""
+    """The content descriptor of ``slices`` [N, k, H, W] as ``path``'s head reads them."""
     net = path.net.eval()
     device = next(net.parameters()).device
     probability_sum, top_sum, count = None, 0.0, 0
@@ -219,7 +232,7 @@ def content_descriptor(path: DomainPath, slices: Tensor, batch_size: int = 16) -
 
 
 def scan_features(path: DomainPath, slices: Tensor, batch_size: int = 16) -> ScanFeatures:
-    """Both descriptors of ``slices`` [N, 1, H, W] as ``path`` runs them."""
+    """Both descriptors of ``slices`` [N, k, H, W] as ``path`` runs them."""
     return ScanFeatures(
         appearance_descriptor(path, slices, batch_size),
         content_descriptor(path, slices, batch_size),

@@ -40,6 +40,7 @@ class PlanDataModule(L.LightningDataModule):
             self.transform,
             seed=cfg.training.seed,
             patch_size=cfg.preprocessing.patch_size,
+            context_slices=cfg.model.context_slices,
         )
 
     def set_epoch(self, epoch: int) -> None:

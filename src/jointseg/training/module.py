@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from jointseg.config import ExperimentConfig
+from jointseg.data.context import context_stack
 from jointseg.data.labels import LabelSpace
 from jointseg.losses import (
     adversarial_losses,
@@ -23,7 +24,7 @@ from jointseg.losses import (
     union_probabilities,
 )
 from jointseg.models.inferer import WholeViewInferer
-from jointseg.models.network import head_logits
+from jointseg.models.network import context_slices, head_logits
 from jointseg.training.schemes import ModelPlan
 from jointseg.training.validation import dice_per_class
 from jointseg.utils.atomic import atomic_write_json
@@ -162,11 +163,13 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, case: dict, batch_idx: int) -> None:
         """3D Dice of one whole-view subject, slices run as at prediction."""
         domain = int(case["domain"])
-        image, label = case["image"], case["label"]
+        volume, label = case["image"], case["label"]
         inferer = WholeViewInferer.from_config(self.cfg.inference)
+        k = context_slices(self.net)
         predictions = []
-        for start in range(0, image.shape[0], VALIDATION_CHUNK):
-            chunk = image[start : start + VALIDATION_CHUNK]
+        for start in range(0, volume.shape[0], VALIDATION_CHUNK):
+            rows = np.arange(start, min(start + VALIDATION_CHUNK, volume.shape[0]))
+            chunk = context_stack(volume, rows, k)
             logits = inferer(chunk, lambda x: head_logits(self.net, x, domain))
             predicted = logits.argmax(dim=1)
             if self.union:

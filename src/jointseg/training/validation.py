@@ -17,7 +17,11 @@ class ValidationCase:
 
 
 class CaseDataset(Dataset):
-    """Whole validation subjects: every slice of a case as one item (no collation)."""
+    """Whole validation subjects: every slice of a case as one item (no collation).
+
+    ``image`` is the case's slice stack [S, H, W]; the network's input is built from it chunk by
+    chunk (:func:`~jointseg.data.context.context_stack`), as at prediction.
+    """
 
     def __init__(self, caches, cases: list[ValidationCase]):
         self.caches = caches
@@ -31,7 +35,7 @@ class CaseDataset(Dataset):
         cache = self.caches[case.domain]
         rows = np.sort(case.rows)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(cache.images[rows]))[:, None],
+            "image": torch.from_numpy(np.ascontiguousarray(cache.images[rows])),
             "label": torch.from_numpy(np.ascontiguousarray(cache.labels[rows]).astype(np.int64)),
             "domain": case.domain,
             "case": case.case_id,
