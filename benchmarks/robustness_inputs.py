@@ -352,9 +352,9 @@ def image_nan_voxels() -> str:
             bad = sum(int(np.isnan(a).sum()) for a in cached)
             total = sum(a.size for a in cached)
             check(bad == 0, f"preprocess exits 0 and caches {bad} NaN of {total} knee intensities")
-        else:
-            _handled(done, study / TRAIN_IMAGE, "NaN")
-    return outcome + "; preprocess refuses it"
+            return f"{outcome}; preprocess: exit 0, no NaN among the {total} cached intensities"
+        _handled(done, study / TRAIN_IMAGE, "NaN")
+    return f"{outcome}; preprocess: exit 1, the file named"
 
 
 def image_constant() -> str:
@@ -609,7 +609,7 @@ def _voxel_type(pixel: str) -> str:
         sitk.WriteImage(typed, str(path))
         stored = sitk.ReadImage(str(path)).GetPixelIDTypeAsString()
         check(stored == typed.GetPixelIDTypeAsString(), f"stored as {stored}")
-        got = _on_own_grid(predictor.predict(path, domain="knee"), image)
+        got = _on_own_grid(predictor.predict(path, domain="knee"), sitk.ReadImage(str(path)))
     worst = _agreement([got, reference], DOMAINS["knee"].values())
     check(worst >= 0.95, f"Dice {worst:.4f} to the float32 scan's labels")
     return f"{stored} file read and segmented; Dice {worst:.4f} to the float32 scan's labels"
