@@ -15,9 +15,12 @@ import time
 from collections.abc import Callable
 
 from robustness_faults import FAULTS
+from robustness_inputs import BAD_INPUTS, SCANS
 
 SCENARIOS: dict[str, list[Callable[[], str]]] = {
     "faults": FAULTS,
+    "inputs": BAD_INPUTS,
+    "scans": SCANS,
 }
 
 
