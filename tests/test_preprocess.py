@@ -199,6 +199,24 @@ def test_float64_scan_is_normalized_and_left_untouched():
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), array)
 
 
+def test_non_finite_voxels_are_set_to_the_clip_bounds():
+    array = np.random.default_rng(0).normal(50.0, 10.0, size=(4, 32, 32)).astype(np.float32)
+    finite = preprocess_case(sitk.GetImageFromArray(array), None, CLIPPED).image
+    array[1, 5, 5], array[2, 7, 7], array[3, 9, 9] = np.nan, np.inf, -np.inf
+    out = preprocess_case(sitk.GetImageFromArray(array), None, CLIPPED).image
+    assert np.isfinite(out).all()
+    others = np.ones(out.shape, bool)
+    others[1, 5, 5] = others[2, 7, 7] = others[3, 9, 9] = False
+    np.testing.assert_allclose(out[others], finite[others], atol=0.02)  # 3 voxels fewer sampled
+    assert out[1, 5, 5] == out.min() and out[3, 9, 9] == out.min() and out[2, 7, 7] == out.max()
+    array[:] = np.nan
+    with pytest.raises(ValueError, match="no finite intensity"):
+        preprocess_case(sitk.GetImageFromArray(array), None, CLIPPED)
+
+
+CLIPPED = PreprocessingConfig(target_spacing=None, patch_size=(32, 32), clip_percentiles=(1, 99))
+
+
 @pytest.mark.parametrize("target", [None, 0.7, 1.3])
 def test_grid_is_the_whole_field_of_view(target):
     shape = (3, 200, 150)

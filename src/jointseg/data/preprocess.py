@@ -159,7 +159,7 @@ def _in_plane(size: int, spacing: float, target: float | None) -> tuple[float, i
 def intensity_statistics(
     image: sitk.Image, percentiles: tuple[float, float]
 ) -> tuple[float, float, float, float]:
-    """Clip bounds (percentiles) and mean and std of the clipped intensities of the volume.
+    """Clip bounds (percentiles) and mean and std of the clipped, finite intensities.
 
     Large volumes are sampled with a fixed stride co-prime to the row and plane lengths.
     """
@@ -169,6 +169,9 @@ def intensity_statistics(
     while step > 1 and math.gcd(step, plane) != 1:
         step += 1
     sample = np.array(flat[::step], dtype=np.float64)  # a copy: clipped in place below
+    sample = sample[np.isfinite(sample)]  # NaN or infinite voxels (a scanner's or a converter's)
+    if sample.size == 0:
+        raise ValueError("the scan holds no finite intensity (every voxel NaN or infinite)")
     low, high = (float(v) for v in np.percentile(sample, percentiles))
     np.clip(sample, low, high, out=sample)
     mean, std = float(sample.mean()), float(sample.std())
@@ -259,6 +262,7 @@ def preprocess_case(
     info = _slice_grid(image, cfg)
     low, high, mean, std = intensity_statistics(image, cfg.clip_percentiles)
     slices = _to_grid(image, info, sitk.sitkLinear, low, sitk.sitkFloat32)
+    np.nan_to_num(slices, copy=False, nan=low, posinf=high, neginf=low)
     np.clip(slices, low, high, out=slices)
     slices -= mean
     slices /= std
