@@ -206,6 +206,22 @@ def test_too_large_scan_is_refused_from_its_header(
         predict_path(trained_run, path, tmp_path / "out")
 
 
+def test_scan_larger_than_the_available_memory_is_refused_before_reading(
+    trained_run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = big_header_file(tmp_path / "huge.nii", (1024, 1024, 400))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the voxels were read")
+
+    monkeypatch.setattr(slices, "read_image", no_reading)
+    monkeypatch.setattr(slices, "available_memory", lambda: 2 * 10**9)  # a 2 GB machine
+    with pytest.raises(InputError, match=r"huge.nii: .* about 2.1 GB of memory, and 2.0 GB are"):
+        predict_path(trained_run, path, tmp_path / "out")
+
+
 def test_voxel_limit_applies_to_images_in_memory(
     predictor,
     monkeypatch: pytest.MonkeyPatch,

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import psutil
 import SimpleITK as sitk
 import torch
 
@@ -59,6 +60,18 @@ def _check_shape(size: tuple[int, ...], components: int) -> None:
             f"this program segments (about {BYTES_PER_VOXEL} bytes of memory per voxel); "
             "crop or resample it first"
         )
+    needed, available = voxels * BYTES_PER_VOXEL, available_memory()
+    if needed > available:
+        raise InputError(
+            f"the scan has {voxels:,} voxels (size {size}): segmenting it takes about "
+            f"{needed / 1e9:.1f} GB of memory, and {available / 1e9:.1f} GB are available; "
+            "crop or resample it, or free memory"
+        )
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation without swapping (psutil)."""
+    return int(psutil.virtual_memory().available)
 
 
 def torch_device(name: str) -> torch.device:
