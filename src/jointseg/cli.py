@@ -30,9 +30,9 @@ def _data_errors() -> tuple[type[Exception], ...]:
     """Bad input data (unreadable or refused scans, invalid datasets): exit status 1."""
     from jointseg.data.io import ScanReadError
     from jointseg.data.manifest import DatasetError
-    from jointseg.inference.domain import DomainRecognitionError
     from jointseg.inference.predict import PredictionError
     from jointseg.inference.slices import InputError
+    from jointseg.recognition.decision import DomainRecognitionError
 
     return (ScanReadError, DatasetError, PredictionError, InputError, DomainRecognitionError)
 

@@ -19,9 +19,10 @@ from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.data.splits import fold_cases, load_splits
 from jointseg.models import build_model, load_model, save_model
 from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE, load_weights
-from jointseg.models.domain_reference import REFERENCE_FILE, fit_recognition
 from jointseg.models.network import head_index
-from jointseg.models.scan_features import DomainPath
+from jointseg.recognition.features import DomainPath
+from jointseg.recognition.fitting import fit_recognition
+from jointseg.recognition.references import REFERENCE_FILE
 from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, save_run_info
 from jointseg.training.checkpoint_io import AtomicCheckpointIO
 from jointseg.training.curves import plot_curves
