@@ -21,7 +21,7 @@ from jointseg.data.manifest import list_cases
 from jointseg.recognition.decision import DomainRecognitionError
 from jointseg.recognition.references import REFERENCE_FILE
 from jointseg.synth.generate import synthesize_study
-from jointseg.training.runner import train_run
+from jointseg.workflows.train import train_run
 
 # Bounds on a trained model: CI runs these tests under a second CPU-kernel setting too.
 pytestmark = pytest.mark.trains
