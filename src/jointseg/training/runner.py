@@ -37,7 +37,6 @@ from jointseg.training.resume import (
 )
 from jointseg.training.schemes import ModelPlan, deliverable_plans, plan_scheme
 from jointseg.utils.distributed import is_global_zero
-from jointseg.utils.seed import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def train_networks(
     primary = is_global_zero()  # DDP workers re-enter here: only rank 0 writes shared files
     if primary and out.exists() and any(out.iterdir()) and not resume:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or another --out")
-    seed_everything(cfg.training.seed)
+    L.seed_everything(cfg.training.seed, verbose=False)
     labels = domain_labels(cfg, data_dir)
     label_space = LabelSpace(labels)
     subjects = split_subjects(cfg, data_dir, fold, splits)
@@ -182,7 +181,7 @@ def _train_plan(
     progress: bool,
     extra_callbacks: list[L.Callback] | None,
 ) -> None:
-    seed_everything(cfg.training.seed)
+    L.seed_everything(cfg.training.seed, verbose=False)
     head_classes = (
         [label_space.num_classes]
         if plan.label_space == "union"
