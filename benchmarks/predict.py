@@ -95,7 +95,7 @@ def fit_references(run: Path, size: tuple[int, int, int]) -> None:
     recognition runs as on a trained run (the knee's head only; the others stop after the early
     layers)."""
     from jointseg.inference.predictor import Predictor
-    from jointseg.models.domain_reference import fit_recognition
+    from jointseg.recognition.fitting import fit_recognition
 
     predictor = Predictor.from_run(run, calibrate=False)
 

@@ -10,7 +10,7 @@ and ``--test-subjects`` held-out subjects per joint is written once; each settin
 test subjects. In each setting:
 
 - every scheme (individual, transfer, shared, mtmd, mtmd+con, full) is trained with the config
-  (``jointseg.training.runner.train_run``; its epoch budget: ``training.epochs`` x
+  (``jointseg.workflows.train.train_run``; its epoch budget: ``training.epochs`` x
   ``training.iterations_per_epoch`` batches per network) and evaluated
   (``jointseg.evaluation.evaluate.evaluate_run``; rows of ``metrics.csv`` with subset ``test``);
 - nnU-Net v2 (its own virtualenv, ``benchmarks/nnunet_env.sh``) reads the same dataset folders
@@ -125,7 +125,7 @@ def run_scheme(cfg, scheme: str, data: Path, run: Path) -> dict[str, float]:
     """Train (unless done) and evaluate one scheme; returns its training wall and CPU seconds
     (CPU: this process, all threads; training loads data in-process on the CPU)."""
     from jointseg.evaluation.evaluate import evaluate_run
-    from jointseg.training.runner import train_run
+    from jointseg.workflows.train import train_run
 
     timing = run / "train_seconds.json"
     if not timing.is_file():

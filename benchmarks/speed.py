@@ -177,7 +177,7 @@ from pathlib import Path
 sys.path.insert(0, {str(HERE)!r})
 from train import StepTimer, make_study
 from jointseg.config import load_config
-from jointseg.training.runner import train_run
+from jointseg.workflows.train import train_run
 iterations, warmup = {iterations}, 3
 base = load_config({str(ROOT / "configs" / "demo.yaml")!r}, {{
     "training.epochs": 1, "training.iterations_per_epoch": iterations + warmup,

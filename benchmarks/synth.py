@@ -73,7 +73,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--study", type=int, default=0, help="also time a study of N subjects")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="2 subjects, no study")
     args = parser.parse_args()
+    if args.quick:
+        args.subjects, args.study = 2, 0
     per_subject(args.subjects, args.seed)
     if args.study:
         study(args.study, args.jobs, args.seed)

@@ -44,7 +44,7 @@ from jointseg.config import ExperimentConfig, load_config  # noqa: E402
 from jointseg.data.cache import CaseRows, SliceCache, class_locations  # noqa: E402
 from jointseg.data.patches import centred_corner, crop_patch  # noqa: E402
 from jointseg.training import runner  # noqa: E402
-from jointseg.training.runner import train_run  # noqa: E402
+from jointseg.workflows.train import train_run  # noqa: E402
 from tests.conftest import write_dataset  # noqa: E402
 
 SCHEMES = ("shared", "mtmd", "mtmd+con", "full")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -266,7 +267,8 @@ def test_unlabelled_case_is_an_error(dataset: Path):
         build(dataset)
 
 
-def test_preprocess_study(tmp_path: Path, capsys, monkeypatch):
+def test_preprocess_study(tmp_path: Path, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="jointseg.data.cache")
     monkeypatch.delenv("JOINTSEG_CACHE", raising=False)
     write_dataset(tmp_path, name="Dataset001_Knee", cases=2)
     write_dataset(tmp_path, name="Dataset002_Ankle", cases=1, structures={"talus": 1})
@@ -282,10 +284,11 @@ def test_preprocess_study(tmp_path: Path, capsys, monkeypatch):
     assert len(caches["knee"]) == 16 and len(caches["ankle"]) == 8
     assert set(np.unique(caches["ankle"].labels.arrays)) == {0, 1}
     assert caches["knee"].path.is_relative_to(tmp_path / ".jointseg_cache")
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "knee: 2 cases, 16 slices" in out and "built" in out
+    caplog.clear()
     preprocess_study(cfg, tmp_path)
-    assert capsys.readouterr().out.count("reused") == 2
+    assert caplog.text.count("reused") == 2
 
 
 def test_default_cache_root(tmp_path: Path, monkeypatch):

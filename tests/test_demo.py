@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jointseg.demo import run_demo
+from jointseg.workflows.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 

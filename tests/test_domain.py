@@ -9,7 +9,10 @@ from scipy import ndimage
 from torch import nn
 
 from jointseg.config import ModelConfig
-from jointseg.inference.domain import (
+from jointseg.models import build_model
+from jointseg.models.network import head_index
+from jointseg.recognition.calibration import Calibration
+from jointseg.recognition.decision import (
     Candidate,
     DomainRecognitionError,
     candidate_distances,
@@ -17,15 +20,7 @@ from jointseg.inference.domain import (
     recognize_domain,
     refusal_message,
 )
-from jointseg.models import build_model
-from jointseg.models.domain_reference import (
-    CONTENT_WEIGHT,
-    Calibration,
-    DomainReference,
-    ReferenceStats,
-)
-from jointseg.models.network import head_index
-from jointseg.models.scan_features import (
+from jointseg.recognition.features import (
     DomainPath,
     ScanFeatures,
     bn_distance,
@@ -33,6 +28,7 @@ from jointseg.models.scan_features import (
     scan_features,
     subsample_indices,
 )
+from jointseg.recognition.references import CONTENT_WEIGHT, DomainReference, ReferenceStats
 
 CFG = ModelConfig(encoder="resnet18", width=0.25, decoder_channels=(32, 32, 16, 16, 16))
 

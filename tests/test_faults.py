@@ -514,7 +514,7 @@ def test_full_real_disk_while_writing_an_image(small_tmpfs: Path, name: str) -> 
 def test_last_checkpoint_is_written_at_every_epoch_end(tmp_path: Path, monkeypatch) -> None:
     """Also when validation does not improve (Lightning's save_last would skip it then)."""
     from jointseg.training.module import SegmentationModule
-    from jointseg.training.runner import train_run
+    from jointseg.workflows.train import train_run
     from tests.test_training import tiny_config
 
     def constant_dice(self) -> None:

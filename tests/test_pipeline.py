@@ -12,9 +12,9 @@ import yaml
 from jointseg.config import config_from_dict
 from jointseg.data.splits import write_splits
 from jointseg.evaluation.compare import compare_runs
-from jointseg.evaluation.cross_validation import run_cross_validation
 from jointseg.evaluation.evaluate import evaluate_run
-from jointseg.training.runner import ablate_from_cli
+from jointseg.workflows.cross_validation import run_cross_validation
+from jointseg.workflows.train import ablate_from_cli
 from tests.conftest import write_dataset
 from tests.test_training import tiny_config
 

@@ -72,7 +72,7 @@ def test_explicit_domain_tta_and_nearest_restoration(trained_run, monkeypatch):
 
 
 def test_recognition_refuses_noise(predictor):
-    from jointseg.inference.domain import DomainRecognitionError
+    from jointseg.recognition.decision import DomainRecognitionError
 
     with pytest.raises(DomainRecognitionError, match="knee: distance .* shoulder: distance"):
         predictor.predict(noise_scan(), domain="auto")
@@ -83,8 +83,8 @@ def test_recognition_refuses_noise(predictor):
 def test_single_domain_run_picks_it_and_refuses_noise(trained_run, tmp_path):
     import shutil
 
-    from jointseg.inference.domain import DomainRecognitionError
     from jointseg.inference.predictor import Predictor
+    from jointseg.recognition.decision import DomainRecognitionError
     from jointseg.runs import load_run_info
 
     run = tmp_path / "knee_only"
@@ -227,9 +227,9 @@ def test_bad_inputs_fail_clearly_without_outputs(trained_run, tmp_path):
 def test_union_head_maps_to_the_domains_labels(trained_run, tmp_path):
     import shutil
 
-    from jointseg.inference.domain import decide
     from jointseg.inference.predictor import Predictor
-    from jointseg.models.domain_reference import Calibration
+    from jointseg.recognition.calibration import Calibration
+    from jointseg.recognition.decision import decide
     from jointseg.runs import load_run_info
 
     run = tmp_path / "shared"
@@ -262,7 +262,7 @@ def test_run_is_calibrated_on_its_study_once(trained_run, tmp_path):
 
     from jointseg.data.manifest import DatasetManifest, write_manifest
     from jointseg.inference.predictor import Predictor
-    from jointseg.models.domain_reference import CALIBRATION_FACTOR, CALIBRATION_FILE
+    from jointseg.recognition.calibration import CALIBRATION_FACTOR, CALIBRATION_FILE
     from jointseg.runs import load_run_info
 
     study = tmp_path / "study"
@@ -298,7 +298,9 @@ def test_fitted_references_recognize_every_domain(trained_run, tmp_path):
     import shutil
 
     from jointseg.inference.predictor import Predictor
-    from jointseg.models.domain_reference import CALIBRATION_FILE, REFERENCE_FILE, fit_recognition
+    from jointseg.recognition.calibration import CALIBRATION_FILE
+    from jointseg.recognition.fitting import fit_recognition
+    from jointseg.recognition.references import REFERENCE_FILE
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -334,7 +336,8 @@ def test_references_of_an_older_format_are_ignored_with_their_calibration(traine
     import shutil
 
     from jointseg.inference.predictor import Predictor
-    from jointseg.models.domain_reference import CALIBRATION_FILE, REFERENCE_FILE
+    from jointseg.recognition.calibration import CALIBRATION_FILE
+    from jointseg.recognition.references import REFERENCE_FILE
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

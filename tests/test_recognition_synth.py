@@ -18,10 +18,10 @@ import yaml
 from jointseg import Predictor
 from jointseg.config import load_config
 from jointseg.data.manifest import list_cases
-from jointseg.inference.domain import DomainRecognitionError
-from jointseg.models.domain_reference import REFERENCE_FILE
+from jointseg.recognition.decision import DomainRecognitionError
+from jointseg.recognition.references import REFERENCE_FILE
 from jointseg.synth.generate import synthesize_study
-from jointseg.training.runner import train_run
+from jointseg.workflows.train import train_run
 
 # Bounds on a trained model: CI runs these tests under a second CPU-kernel setting too.
 pytestmark = pytest.mark.trains

@@ -13,10 +13,11 @@ import torch
 from jointseg.config import ConfigError, config_from_dict
 from jointseg.inference.postprocess import Postprocessing
 from jointseg.models import load_model
-from jointseg.models.domain_reference import Calibration, load_references
+from jointseg.recognition.calibration import Calibration
+from jointseg.recognition.references import load_references
 from jointseg.runs import RunError, load_run_info
-from jointseg.training.runner import train_run
 from jointseg.training.schemes import plan_scheme
+from jointseg.workflows.train import train_run
 from tests.conftest import write_dataset
 
 

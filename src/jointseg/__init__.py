@@ -1,6 +1,6 @@
 """jointseg: one segmentation network over several small joint MR datasets."""
 
-__version__ = "0.1.0"
+from jointseg._version import __version__
 
 __all__ = ["__version__", "Predictor"]
 

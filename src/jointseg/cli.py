@@ -30,9 +30,9 @@ def _data_errors() -> tuple[type[Exception], ...]:
     """Bad input data (unreadable or refused scans, invalid datasets): exit status 1."""
     from jointseg.data.io import ScanReadError
     from jointseg.data.manifest import DatasetError
-    from jointseg.inference.domain import DomainRecognitionError
     from jointseg.inference.predict import PredictionError
     from jointseg.inference.slices import InputError
+    from jointseg.recognition.decision import DomainRecognitionError
 
     return (ScanReadError, DatasetError, PredictionError, InputError, DomainRecognitionError)
 
@@ -49,7 +49,9 @@ def _run(func, *args, **kwargs):
     """Call ``func``; a data error or a full disk exits with status 1, a usage error with 2,
     each with its message and without a traceback."""
     from jointseg.utils.atomic import DiskFullError, is_disk_full
+    from jointseg.workflows.console import configure_logging
 
+    configure_logging()
     try:
         return func(*args, **kwargs)
     except DiskFullError as error:
@@ -128,7 +130,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
 ) -> None:
     """Train one scheme into a run folder."""
-    from jointseg.training.runner import train_from_cli
+    from jointseg.workflows.train import train_from_cli
 
     _run(
         train_from_cli,
@@ -151,7 +153,7 @@ def ablate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of one run per scheme.")],
 ) -> None:
     """Train every scheme of the config's grid with identical data, folds and seeds."""
-    from jointseg.training.runner import ablate_from_cli
+    from jointseg.workflows.train import ablate_from_cli
 
     _run(ablate_from_cli, config, data, out)
 
@@ -181,7 +183,7 @@ def cv(
     splits: Annotated[Path | None, typer.Option(help="Splits file.")] = None,
 ) -> None:
     """Train every fold and predict each held-out subject in its original geometry."""
-    from jointseg.evaluation.cross_validation import run_cross_validation
+    from jointseg.workflows.cross_validation import run_cross_validation
 
     _run(run_cross_validation, config, data, out, scheme=scheme, splits=splits)
 
@@ -274,7 +276,7 @@ def demo(
     config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/demo.yaml"),
 ) -> None:
     """Synthesize, train, evaluate, compare and predict: the whole product, small, on the CPU."""
-    from jointseg.demo import run_demo
+    from jointseg.workflows.demo import run_demo
 
     _run(run_demo, out, config)
 

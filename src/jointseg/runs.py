@@ -1,17 +1,22 @@
 """The run folder's index (``RUN/run.json``): what was trained, on which domains, where.
 
-Layout of a run folder written by ``jointseg train``::
+Layout of a run folder written by ``jointseg train`` (:mod:`jointseg.workflows.train`)::
 
     RUN/config.yaml                      the fully resolved experiment config
     RUN/run.json                         this index (RunInfo)
     RUN/models/<model>/model.safetensors weights (+ model.json: architecture and metadata)
+    RUN/models/shape_prior/              the frozen shape auto-encoder (schemes with a prior)
     RUN/checkpoints/<model>/last.ckpt    trainer state for --resume (and best.ckpt)
     RUN/logs/<model>/                    CSV and TensorBoard logs
     RUN/curves.png                       losses and validation Dice per dataset
+    RUN/domain_reference.json            per-domain recognition references (jointseg.recognition)
+    RUN/domain_calibration.json          recognition's refusal threshold and temperature
     RUN/postprocessing.json              per-structure postprocessing, decided on validation
 
-Readers (inference, evaluation) use only config.yaml, run.json, models/ and
-postprocessing.json (optional).
+``jointseg evaluate RUN`` adds ``RUN/evaluation/`` (metrics, summary, report, figures,
+predictions). Readers (inference, evaluation) use config.yaml, run.json, models/ and, when
+present, the recognition files and postprocessing.json; a run without a calibration file may
+get one written on first use (measured on its study, :mod:`jointseg.recognition.study`).
 """
 
 from __future__ import annotations

@@ -565,11 +565,10 @@ def preprocess_study(
             dataset_dir, cases, labels, cfg.preprocessing, root, None, progress=True
         )
         seconds = time.perf_counter() - began
-        print(
-            f"{dataset.name}: {len(cases)} cases, {len(cache)} slices "
-            f"({int(cache.foreground.sum())} with foreground), "
-            f"{'reused' if reused else 'built'} in {seconds:.1f} s: {cache.path}",
-            flush=True,
-        )
+        log.info(
+            "%s: %d cases, %d slices (%d with foreground), %s in %.1f s: %s",
+            dataset.name, len(cases), len(cache), int(cache.foreground.sum()),
+            "reused" if reused else "built", seconds, cache.path,
+        )  # fmt: skip
         caches[dataset.name] = cache
     return caches

@@ -43,7 +43,6 @@ from jointseg.data.io import (
     strip_extension,
     write_image,
 )
-from jointseg.inference.domain import DomainRecognitionError
 from jointseg.inference.label_tables import label_entries, write_label_tables
 from jointseg.inference.measurements import (
     csv_rows,
@@ -56,6 +55,7 @@ from jointseg.inference.postprocess import Postprocessing
 from jointseg.inference.predictor import InputError, Prediction, Predictor
 from jointseg.inference.preview import render_preview
 from jointseg.inference.slices import load_scan
+from jointseg.recognition.decision import DomainRecognitionError
 from jointseg.utils.atomic import (
     DiskFullError,
     atomic_write_bytes,

@@ -31,13 +31,6 @@ from jointseg.data.preprocess import (
     restore_labels,
     restore_probabilities,
 )
-from jointseg.inference.domain import (
-    Candidate,
-    DomainDecision,
-    DomainRecognitionError,
-    recognize_domain,
-    refusal_message,
-)
 from jointseg.inference.slices import (
     InputError,
     check_scan,
@@ -47,16 +40,19 @@ from jointseg.inference.slices import (
     to_disk_values,
     torch_device,
 )
-from jointseg.models.domain_reference import (
-    CALIBRATION_FACTOR,
-    REFERENCE_FILE,
-    Calibration,
-    DomainReference,
-    load_references,
-)
 from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import context_slices, head_index, head_logits
-from jointseg.models.scan_features import DomainPath, subsample_tensor
+from jointseg.recognition.calibration import CALIBRATION_FACTOR, Calibration
+from jointseg.recognition.decision import (
+    Candidate,
+    DomainDecision,
+    DomainRecognitionError,
+    recognize_domain,
+    refusal_message,
+)
+from jointseg.recognition.features import DomainPath, subsample_tensor
+from jointseg.recognition.references import REFERENCE_FILE, DomainReference, load_references
+from jointseg.recognition.study import calibrate_domains, calibrate_from_study
 from jointseg.runs import RunError, RunInfo, load_run_info
 
 __all__ = ["InputError", "Prediction", "Predictor", "check_scan"]
@@ -84,15 +80,6 @@ class Prediction:
     probabilities: sitk.Image | None = None
     seconds: float = 0.0
     details: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Route:
-    """How a domain runs: its model, the head/BN index there, and the channel selection."""
-
-    model: str
-    index: int
-    select: tuple[int, ...] | None  # union models: the union channels of the domain's classes
 
 
 class Predictor:
@@ -170,9 +157,10 @@ class Predictor:
         predictor = cls(run, config, info, networks, where, batch_size, tta, calibration)
         predictor.references = references
         if calibrate and (stale or not Calibration.exists(run)):
-            from jointseg.inference.calibration import calibrate_from_study
-
-            calibrate_from_study(predictor)
+            calibration = calibrate_from_study(
+                info, run, predictor.candidate, predictor._scan_volume, predictor.batch_size
+            )
+            predictor.calibration = calibration or predictor.calibration
         return predictor
 
     @property
@@ -183,14 +171,16 @@ class Predictor:
         """Structure name -> on-disk label value of ``domain``."""
         return dict(self.info.domain(domain).structures)
 
-    def _route(self, domain: str) -> Route:
+    def _route(self, domain: str) -> DomainPath:
+        """How ``domain`` runs: its model's network, the head/BN index there and, for a union
+        model, the union channels of its classes."""
         entry = self.info.model_for(domain)
         net = self.networks[entry.name]
         index = head_index(net, entry.domains, domain)
         select = None
         if entry.label_space == "union":
             select = self.label_space.union_channels(domain)
-        return Route(entry.name, index, select)
+        return DomainPath(net, index, select)
 
     # ------------------------------------------------------------------------ prediction
     def predict(
@@ -240,10 +230,10 @@ class Predictor:
 
     @torch.no_grad()
     def _infer(
-        self, route: Route, volume: np.ndarray, keep_probabilities: bool
+        self, route: DomainPath, volume: np.ndarray, keep_probabilities: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Argmax slices [S, H, W] (uint8) and, if asked, float16 probabilities [S, C, H, W]."""
-        net = self.networks[route.model]
+        net = route.net
         k = context_slices(net)
         labels = np.zeros(volume.shape, dtype=np.uint8)
         probabilities = None
@@ -259,7 +249,7 @@ class Predictor:
             labels[start:stop] = probs.argmax(1).to("cpu", torch.uint8).numpy()
         return labels, probabilities
 
-    def softmax(self, net: nn.Module, x: Tensor, route: Route) -> Tensor:
+    def softmax(self, net: nn.Module, x: Tensor, route: DomainPath) -> Tensor:
         """Class probabilities [B, C, H, W] of a batch, averaged over flips with TTA."""
         total = None
         flips = self.tta_flips() if self.tta else [()]
@@ -284,6 +274,9 @@ class Predictor:
     def recognition_volume(self, image: sitk.Image) -> np.ndarray:
         return self.recognition_case(image).image
 
+    def _scan_volume(self, scan: Scan) -> np.ndarray:
+        return self.recognition_volume(load_scan(scan))
+
     def candidates(self) -> list[Candidate]:
         """Every domain as a recognition candidate (see :meth:`candidate`)."""
         return [self.candidate(name) for name in self.routes]
@@ -291,11 +284,9 @@ class Predictor:
     def candidate(self, domain: str) -> Candidate:
         """``domain`` with its network; with its measured reference when the run has one for
         every domain (distances of both kinds are not comparable)."""
-        route = self.routes[domain]
         complete = all(name in self.references for name in self.routes)
         reference = self.references[domain] if complete else None
-        path = DomainPath(self.networks[route.model], route.index, route.select)
-        return Candidate(domain, path, reference)
+        return Candidate(domain, self.routes[domain], reference)
 
     def recognize(self, scan: Scan, refuse: bool = True) -> DomainDecision:
         """Which domain the scan belongs to; raises :class:`DomainRecognitionError` when none
@@ -321,12 +312,12 @@ class Predictor:
         tied = [
             s.name
             for s in decision.scores
-            if (self.routes[s.name].model, self.routes[s.name].index) == (best.model, best.index)
+            if (self.routes[s.name].net, self.routes[s.name].index) == (best.net, best.index)
             and math.isclose(s.distance, top, rel_tol=1e-9)
         ]
         if len(tied) < 2 or best.select is None:
             return decision
-        net = self.networks[best.model]
+        net = best.net
         with torch.no_grad():
             slices = subsample_tensor(volume, context_slices(net))
             logits = head_logits(net, slices.to(self.device), 0)
@@ -342,9 +333,12 @@ class Predictor:
         self, scans: dict[str, list[Scan]], factor: float = CALIBRATION_FACTOR
     ) -> Calibration:
         """Measure in-domain distances on scans of known domain; save the run's calibration."""
-        from jointseg.inference.calibration import calibrate_domains
-
-        return calibrate_domains(self, scans, factor)
+        calibration = calibrate_domains(
+            self.candidate, self._scan_volume, scans, factor, self.batch_size
+        )
+        calibration.save(self.run_dir)
+        self.calibration = calibration
+        return calibration
 
 
 def _probabilities_fit(image: sitk.Image, slice_shape: tuple[int, ...], classes: int) -> bool:

@@ -103,7 +103,7 @@ def _remove_stale(dataset_dir: Path, joint: str, keep: set[str]) -> None:
 
 
 def _manifest(joint: str, subjects: int, test_subjects: int, seed: int) -> DatasetManifest:
-    from jointseg import __version__
+    from jointseg._version import __version__
 
     spec = joint_spec(joint)
     protocol = PROTOCOLS[joint]
@@ -155,7 +155,7 @@ def synthesize_study(
     """
     from tqdm import tqdm
 
-    from jointseg import __version__
+    from jointseg._version import __version__
 
     joints = _validate(subjects, test_subjects, list(joints), seed, jobs, scale)
     out = Path(out)

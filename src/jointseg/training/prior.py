@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,11 @@ from jointseg.training.schemes import ModelPlan
 from jointseg.training.shape_prior import obtain_shape_autoencoder, union_training_masks
 from jointseg.utils.distributed import is_global_zero
 
+logger = logging.getLogger(__name__)
+
 PRIOR_DIR = "shape_prior"
 MAX_PRIOR_MASKS = 4000
+
 WEAK_PRIOR_DICE = 0.5
 
 
@@ -87,11 +91,12 @@ def shape_prior_for(
         if dice is None:
             dice = report.get("train_dice")
         text = f"{dice:.3f}" if isinstance(dice, float) else "n/a"
-        print(f"[train] shape prior: reconstruction Dice {text} ({directory})")
+        logger.info("[train] shape prior: reconstruction Dice %s (%s)", text, directory)
         if isinstance(dice, float) and dice < WEAK_PRIOR_DICE:
-            print(
-                f"[train] warning: the shape prior reconstructs the masks poorly (Dice below "
-                f"{WEAK_PRIOR_DICE}); raise regularization.shape_prior.steps"
+            logger.warning(
+                "[train] warning: the shape prior reconstructs the masks poorly (Dice below "
+                "%s); raise regularization.shape_prior.steps",
+                WEAK_PRIOR_DICE,
             )
     discriminator = None
     if prior_cfg.lambda_adv > 0:

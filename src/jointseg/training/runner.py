@@ -1,9 +1,12 @@
-"""``jointseg train`` and ``jointseg ablate``: from a config and a study folder to run folders."""
+"""Training the networks of a scheme: from a config and a study folder to a run folder's models.
+
+The steps after training (recognition references, the postprocessing decision) are the
+workflow's (:mod:`jointseg.workflows.train`)."""
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -12,16 +15,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from jointseg.config import SCHEMES, ExperimentConfig, load_config, save_config
+from jointseg.config import SCHEMES, ExperimentConfig, save_config
 from jointseg.data.cache import SliceCache, preprocess_study
 from jointseg.data.labels import DomainLabels, LabelSpace
 from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.data.splits import fold_cases, load_splits
-from jointseg.models import build_model, load_model, save_model
+from jointseg.models import build_model, save_model
 from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE, load_weights
-from jointseg.models.domain_reference import REFERENCE_FILE, fit_recognition
-from jointseg.models.network import head_index
-from jointseg.models.scan_features import DomainPath
 from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, save_run_info
 from jointseg.training.checkpoint_io import AtomicCheckpointIO
 from jointseg.training.curves import plot_curves
@@ -37,7 +37,6 @@ from jointseg.training.resume import (
 )
 from jointseg.training.schemes import ModelPlan, deliverable_plans, plan_scheme
 from jointseg.utils.distributed import is_global_zero
-from jointseg.utils.seed import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -52,40 +51,6 @@ class EpochReseed(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.datamodule.set_epoch(trainer.current_epoch)
-
-
-def train_from_cli(
-    config: Path,
-    data: Path,
-    out: Path,
-    scheme: str | None = None,
-    fold: int | None = None,
-    splits: Path | None = None,
-    resume: bool = False,
-    devices: int = 1,
-    seed: int | None = None,
-) -> RunInfo:
-    """Load the config, apply the command-line overrides and train."""
-    overrides: dict = {}
-    if scheme is not None:
-        overrides["scheme"] = scheme
-    if seed is not None:
-        overrides["training.seed"] = seed
-    cfg = load_config(config, overrides)
-    return train_run(cfg, data, out, fold=fold, splits=splits, resume=resume, devices=devices)
-
-
-def ablate_from_cli(config: Path, data: Path, out: Path) -> dict[str, RunInfo]:
-    """Train every scheme of ``cfg.schemes`` into ``out/<scheme>``, resumable scheme by scheme."""
-    cfg = load_config(config)
-    runs = {}
-    for scheme in cfg.schemes:
-        run_dir = Path(out) / scheme.replace("+", "_")
-        scheme_cfg = cfg.model_copy(update={"scheme": scheme})
-        done = (run_dir / "run.json").is_file()
-        print(f"[ablate] {scheme}: {'done, skipped' if done else 'training'} -> {run_dir}")
-        runs[scheme] = train_run(scheme_cfg, data, run_dir, resume=run_dir.exists())
-    return runs
 
 
 def domain_labels(cfg: ExperimentConfig, data_dir: Path) -> list[DomainLabels]:
@@ -125,7 +90,21 @@ def split_subjects(
     return result
 
 
-def train_run(
+@dataclass
+class TrainedRun:
+    """What :func:`train_networks` leaves for the steps after training: the run's index, its
+    deliverable plans, label space, slice caches and subject split; ``primary``: this process
+    writes the run's shared files (rank 0)."""
+
+    info: RunInfo
+    plans: list[ModelPlan]
+    label_space: LabelSpace
+    caches: dict[str, SliceCache]
+    subjects: dict[str, tuple[list[str], list[str]]]
+    primary: bool
+
+
+def train_networks(
     cfg: ExperimentConfig,
     data_dir: Path,
     out: Path,
@@ -135,13 +114,14 @@ def train_run(
     devices: int = 1,
     progress: bool = True,
     callbacks: list[L.Callback] | None = None,
-) -> RunInfo:
-    """Train every network of ``cfg.scheme`` into the run folder ``out`` and index it."""
+) -> TrainedRun:
+    """Train every network of ``cfg.scheme`` into the run folder ``out``, index it (``run.json``)
+    and plot its curves."""
     data_dir, out = Path(data_dir), Path(out)
     primary = is_global_zero()  # DDP workers re-enter here: only rank 0 writes shared files
     if primary and out.exists() and any(out.iterdir()) and not resume:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or another --out")
-    seed_everything(cfg.training.seed)
+    L.seed_everything(cfg.training.seed, verbose=False)
     labels = domain_labels(cfg, data_dir)
     label_space = LabelSpace(labels)
     subjects = split_subjects(cfg, data_dir, fold, splits)
@@ -153,7 +133,7 @@ def train_run(
     plans = plan_scheme(cfg.scheme, cfg.domain_names)
     for plan in plans:
         if _model_saved(out / "models" / plan.name):
-            print(f"[train] {plan.name}: already trained, skipped")
+            logger.info("[train] %s: already trained, skipped", plan.name)
             continue
         _train_plan(
             cfg, plan, label_space, caches, subjects, out, resume, devices, progress, callbacks
@@ -180,58 +160,13 @@ def train_run(
     )
     if primary:
         save_run_info(out, info)
-        _fit_recognition(out, deliverable_plans(plans), label_space, caches, subjects, progress)
-        _decide_postprocessing(out, data_dir, progress)
         plot_curves(out, [p.name for p in plans])
-        _print_summary(out, plans)
-    return info
+    return TrainedRun(info, deliverable_plans(plans), label_space, caches, subjects, primary)
 
 
 def _model_saved(folder: Path) -> bool:
     """Both files of a saved model are there (``model.json`` is written last)."""
     return (folder / WEIGHTS_FILE).is_file() and (folder / INDEX_FILE).is_file()
-
-
-def _fit_recognition(
-    out: Path,
-    plans: list[ModelPlan],
-    label_space: LabelSpace,
-    caches: dict[str, SliceCache],
-    subjects: dict[str, tuple[list[str], list[str]]],
-    progress: bool = True,
-) -> None:
-    """Measure the run's domain references and calibration from its training slice cache."""
-    paths = {}
-    for plan in plans:
-        net, _ = load_model(out / "models" / plan.name)
-        for domain in plan.domains:
-            select = label_space.union_channels(domain) if plan.label_space == "union" else None
-            paths[domain] = DomainPath(net, head_index(net, plan.domains, domain), select)
-    volumes = {  # read-only memory-mapped views: only the recognition subsample is read
-        name: tuple(
-            [caches[name].images[slice(*caches[name].case_slices[case])] for case in cases]
-            for cases in split
-        )
-        for name, split in subjects.items()
-    }
-    calibration = fit_recognition(out, paths, volumes, progress=progress)  # type: ignore[arg-type]
-    if calibration is None:
-        print("[train] domain recognition: fewer than two training scans in a domain; it will "
-              "use the BN running statistics")  # fmt: skip
-    else:
-        print(f"[train] domain recognition: references measured, refusal threshold "
-              f"{calibration.threshold:.3g} ({out / REFERENCE_FILE})")  # fmt: skip
-
-
-def _decide_postprocessing(out: Path, data_dir: Path, progress: bool = True) -> None:
-    """Decide the run's postprocessing on its validation subjects (``postprocessing.json``)."""
-    # evaluation lies downstream of training (cross-validation trains runs): imported on use
-    from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
-
-    decision = decide_postprocessing(out, data_dir, progress=progress)
-    if decision is not None:
-        logger.info("postprocessing decided on the validation subjects:\n%s",
-                    decision_table(decision))  # fmt: skip
 
 
 def _train_plan(
@@ -246,7 +181,7 @@ def _train_plan(
     progress: bool,
     extra_callbacks: list[L.Callback] | None,
 ) -> None:
-    seed_everything(cfg.training.seed)
+    L.seed_everything(cfg.training.seed, verbose=False)
     head_classes = (
         [label_space.num_classes]
         if plan.label_space == "union"
@@ -320,7 +255,7 @@ def _train_plan(
         default_root_dir=out,
     )
     if ckpt_path:
-        print(f"[train] {plan.name}: resuming from {last}")
+        logger.info("[train] %s: resuming from %s", plan.name, last)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
         _export(module, plan, checkpoint, out, label_space)
@@ -391,15 +326,4 @@ def _export(
     save_model(module.net.cpu(), out / "models" / plan.name, metadata=metadata)
 
 
-def _print_summary(out: Path, plans: list[ModelPlan]) -> None:
-    for plan in deliverable_plans(plans):
-        index = out / "models" / plan.name / "model.json"
-        if index.is_file():
-            meta = json.loads(index.read_text(encoding="utf-8")).get("metadata", {})
-            dice = meta.get("best_validation_dice")
-            text = f"{dice:.3f}" if isinstance(dice, float) else "n/a"
-            print(f"[train] {plan.name}: best validation Dice {text}")
-    print(f"[train] run folder: {out}")
-
-
-__all__ = ["SCHEMES", "ablate_from_cli", "train_from_cli", "train_run"]
+__all__ = ["SCHEMES", "TrainedRun", "train_networks"]

@@ -12,10 +12,10 @@ def environment_report() -> str:
     import SimpleITK as sitk
     import torch
 
-    import jointseg
+    from jointseg._version import __version__
 
     lines = [
-        f"jointseg   {jointseg.__version__}",
+        f"jointseg   {__version__}",
         f"python     {platform.python_version()} ({platform.machine()})",
         f"torch      {torch.__version__}",
         f"monai      {monai.__version__}",

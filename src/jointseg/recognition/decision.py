@@ -1,8 +1,8 @@
 """Automatic domain (joint) recognition: which training domain a scan belongs to, or none.
 
 Every candidate domain scores a slice subsample of the scan (preprocessed as the training
-slices were; :mod:`jointseg.models.scan_features`): against the domain's measured references
-when the run has them (:mod:`jointseg.models.domain_reference`, written at the end of training),
+slices were; :mod:`jointseg.recognition.features`): against the domain's measured references
+when the run has them (:mod:`jointseg.recognition.references`, measured after training),
 a ranking distance (appearance and content) and a refusal distance (appearance); without them,
 the BN running statistics of the domain's early layers give both. The candidate with the
 smallest ranking distance wins, ``confidence = softmax(-distance / temperature)``; the scan is
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-from jointseg.models.domain_reference import Calibration, DomainReference
-from jointseg.models.scan_features import (
+from jointseg.recognition.calibration import Calibration
+from jointseg.recognition.features import (
     DomainPath,
     appearance_descriptor,
     bn_distance,
@@ -34,6 +34,7 @@ from jointseg.models.scan_features import (
     shared_context_slices,
     subsample_tensor,
 )
+from jointseg.recognition.references import DomainReference
 
 
 class DomainRecognitionError(ValueError):

@@ -8,6 +8,7 @@ label map, meshes and a preview, and writes ``OUT/REPORT.md``.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -20,10 +21,12 @@ from jointseg.evaluation.report import postprocessing_section
 from jointseg.inference.predict import PredictionError, predict_path
 from jointseg.runs import load_run_info
 from jointseg.synth.generate import synthesize_study
-from jointseg.training.runner import train_run
 from jointseg.utils.atomic import atomic_write_text
+from jointseg.workflows.train import train_run
 
 DEMO_SCHEMES = ("full", "individual")
+
+logger = logging.getLogger(__name__)
 
 
 def run_demo(
@@ -46,7 +49,7 @@ def run_demo(
         synthesize_study(data, subjects, test_subjects, joints, seed, jobs, True, scale=synth_scale)
     _step("check the datasets")
     report = check_path(data, progress=False)
-    print(format_report(report))
+    logger.info(format_report(report))
     if report.errors:
         raise ValueError(f"the synthesized study in {data} failed its checks")
     runs = {}
@@ -65,17 +68,17 @@ def run_demo(
     try:
         predict_path(runs["full"], scan, prediction_dir, domain="auto")
     except PredictionError as error:  # an under-trained demo model may not recognize the joint
-        print(f"[demo] automatic joint recognition failed ({error}); using the known joint")
+        logger.info("[demo] automatic joint recognition failed (%s); using the known joint", error)
         predict_path(runs["full"], scan, prediction_dir, domain=cfg.datasets[1].name)
     report_path = _write_report(
         out, compare_md, prediction_dir, runs, time.perf_counter() - started
     )
-    print(f"\n[demo] done in {time.perf_counter() - started:.0f} s. Report: {report_path}")
+    logger.info("\n[demo] done in %.0f s. Report: %s", time.perf_counter() - started, report_path)
     return report_path
 
 
 def _step(text: str) -> None:
-    print(f"\n[demo] === {text} ===", flush=True)
+    logger.info("\n[demo] === %s ===", text)
 
 
 def _budget(scheme: str, run_dir: Path) -> str:

@@ -1,7 +1,7 @@
-"""Per-domain recognition references and the refusal calibration, measured after training.
+"""Per-domain recognition references: what a domain's training scans look like to it.
 
 A domain's *reference* is measured on its training scans, each described as that domain runs it
-(:func:`jointseg.models.scan_features.scan_features`), once for the appearance and once for the
+(:func:`jointseg.recognition.features.scan_features`), once for the appearance and once for the
 content descriptor: the mean ``mu`` of the domain's descriptors, and a spread ``sigma`` per
 feature pooled over the training scans of every domain of the run, all run through the same
 domain's path (as in a diagonal linear discriminant):
@@ -18,45 +18,29 @@ scans alone, a few features of tiny chance spread decided the distance, and scan
 outside the training range (sharper, a smaller child) went to another domain.
 
 Candidates are ranked by ``D_appearance + CONTENT_WEIGHT x D_content``; a scan is refused when
-even the best candidate's *appearance* distance exceeds the threshold (a head reads anything,
-noise included, as some mixture of its classes: content tells domains apart, not scans from
-nothing). The calibration stores the threshold, :data:`CALIBRATION_FACTOR` x the largest
-appearance distance of held-out scans to their own domain, and the softmax temperature, the
-median of their ranking distances. ``RUN/domain_reference.json`` and
-``RUN/domain_calibration.json`` hold both; :func:`fit_recognition` writes them.
+even the best candidate's *appearance* distance exceeds the calibrated threshold
+(:mod:`jointseg.recognition.calibration`): a head reads anything, noise included, as some
+mixture of its classes, so content tells domains apart, not scans from nothing.
+``RUN/domain_reference.json`` holds the references (:func:`save_references`,
+:func:`load_references`); :func:`jointseg.recognition.fitting.fit_recognition` measures them.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from jointseg.models.scan_features import (
-    DomainPath,
-    ScanFeatures,
-    scan_features,
-    shared_context_slices,
-    subsample_tensor,
-)
+from jointseg.recognition.features import ScanFeatures
 from jointseg.utils.atomic import atomic_write_json
 
 REFERENCE_FILE = "domain_reference.json"
-CALIBRATION_FILE = "domain_calibration.json"
 FORMAT_VERSION = 2  # 2: appearance and content, spreads pooled over the domains
 CONTENT_WEIGHT = 0.5  # weight of the content distance in the ranking distance
-# Without a calibration file (and without references: BN running-statistics distances, measured on
-# small trained networks: unseen scans of a training domain 0.02-0.05, scans of another domain
-# 0.2-1, pure noise about 0.5) the threshold sits at about four times the in-domain range.
-DEFAULT_THRESHOLD = 0.15
-DEFAULT_TEMPERATURE = 0.02
-CALIBRATION_FACTOR = 4.0  # calibrated threshold = factor x the largest in-domain distance
-MIN_THRESHOLD = 0.05
 REFERENCE_FLOOR = 0.1  # floor of a reference's spread, x its median
 
 
@@ -127,64 +111,6 @@ class DomainReference:
         )
 
 
-@dataclass
-class Calibration:
-    """Refusal threshold and softmax temperature for the distances (plus what they came from)."""
-
-    threshold: float = DEFAULT_THRESHOLD
-    temperature: float = DEFAULT_TEMPERATURE
-    in_domain: dict[str, list[float]] = field(default_factory=dict)
-    source: str = "default"  # default | file | scans | study | reference
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> Calibration:
-        """The run's calibration, or the documented defaults when it has none."""
-        path = Path(run_dir) / CALIBRATION_FILE
-        if not path.is_file():
-            return cls()
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(
-            threshold=float(data["threshold"]),
-            temperature=float(data.get("temperature", DEFAULT_TEMPERATURE)),
-            in_domain={k: [float(v) for v in vs] for k, vs in data.get("in_domain", {}).items()},
-            source="file",
-        )
-
-    @classmethod
-    def from_distances(
-        cls,
-        in_domain: dict[str, list[float]],
-        factor: float = CALIBRATION_FACTOR,
-        ranking: dict[str, list[float]] | None = None,
-    ) -> Calibration:
-        """Threshold = ``factor`` x the largest in-domain refusal distance (at least
-        :data:`MIN_THRESHOLD`); temperature = the median in-domain ranking distance (``ranking``,
-        else ``in_domain``; at least a tenth of the default)."""
-        values = [v for vs in in_domain.values() for v in vs]
-        if not values:
-            raise ValueError("calibration needs at least one in-domain distance")
-        ranked = [v for vs in (ranking or in_domain).values() for v in vs]
-        temperature = max(float(np.median(ranked)), DEFAULT_TEMPERATURE / 10)
-        threshold = max(factor * max(values), MIN_THRESHOLD)
-        return cls(threshold=threshold, temperature=temperature, in_domain=in_domain)
-
-    @staticmethod
-    def exists(run_dir: str | Path) -> bool:
-        return (Path(run_dir) / CALIBRATION_FILE).is_file()
-
-    def save(self, run_dir: str | Path) -> Path:
-        path = Path(run_dir) / CALIBRATION_FILE
-        atomic_write_json(
-            path,
-            {
-                "threshold": self.threshold,
-                "temperature": self.temperature,
-                "in_domain": self.in_domain,
-            },
-        )
-        return path
-
-
 def save_references(run_dir: str | Path, references: dict[str, DomainReference]) -> Path:
     """Write the references into the run folder (atomically)."""
     path = Path(run_dir) / REFERENCE_FILE
@@ -242,51 +168,3 @@ def load_references(run_dir: str | Path) -> dict[str, DomainReference]:
             f"{path}: unreadable domain reference ({error}); delete it to recognize domains "
             "from the BN running statistics instead"
         ) from error
-
-
-def fit_recognition(
-    run_dir: str | Path,
-    paths: Mapping[str, DomainPath],
-    volumes: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
-    factor: float = CALIBRATION_FACTOR,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> Calibration | None:
-    """Measure the references and the calibration of a trained run and store both.
-
-    ``volumes[domain] = (training volumes, held-out volumes)``, each a preprocessed slice
-    stack [S, H, W]. Returns the calibration, or None (nothing written) when a domain has
-    fewer than two training volumes: recognition then uses the BN running statistics.
-    """
-    if any(len(volumes.get(name, ((), ()))[0]) < 2 for name in paths):
-        return None
-    k = shared_context_slices(paths.values())
-    subsamples = {
-        name: ([subsample_tensor(v, k) for v in train], [subsample_tensor(v, k) for v in held_out])
-        for name, (train, held_out) in volumes.items()
-        if name in paths
-    }
-    references: dict[str, DomainReference] = {}
-    in_domain: dict[str, list[float]] = {}
-    ranking: dict[str, list[float]] = {}
-    bar = tqdm(total=len(paths), desc="recognition references", unit="domain", disable=not progress)
-    with bar:
-        for name, path in paths.items():
-            seen = {  # every domain's training scans as ``name`` runs them
-                other: [scan_features(path, s, batch_size) for s in train]
-                for other, (train, _) in subsamples.items()
-            }
-            reference = DomainReference.fit(
-                seen[name], [f for other, f in seen.items() if other != name]
-            )
-            held_out = [scan_features(path, s, batch_size) for s in subsamples[name][1]]
-            scores = [reference.distances(f) for f in held_out or seen[name]]
-            references[name] = reference
-            ranking[name] = [r for r, _ in scores]
-            in_domain[name] = [a for _, a in scores]
-            bar.update()
-    calibration = Calibration.from_distances(in_domain, factor, ranking)
-    calibration.source = "reference"
-    save_references(run_dir, references)
-    calibration.save(run_dir)
-    return calibration

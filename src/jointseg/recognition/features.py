@@ -13,7 +13,7 @@ descriptors come out of one forward pass (:func:`scan_features`):
   probability (how sure the head is).
 
 The appearance pass stops after those layers; the content pass runs the whole network. Both are
-compared with a domain's measured reference (:mod:`jointseg.models.domain_reference`).
+compared with a domain's measured reference (:mod:`jointseg.recognition.references`).
 Runs without references use :func:`bn_distance`, the Gaussian Kullback-Leibler divergence of the
 early layers' input statistics to their running statistics, averaged over channels and layers:
 

@@ -11,6 +11,7 @@ Resumable fold by fold: a trained fold and an existing prediction are reused.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,10 +21,12 @@ from jointseg.data.io import read_image, write_image
 from jointseg.data.manifest import list_cases
 from jointseg.data.splits import load_splits, write_splits
 from jointseg.inference.predictor import Predictor
-from jointseg.training.runner import train_run
 from jointseg.utils.atomic import atomic_write_json
+from jointseg.workflows.train import train_run
 
 CV_INDEX = "cv.json"
+
+logger = logging.getLogger(__name__)
 
 
 def run_cross_validation(
@@ -41,13 +44,13 @@ def run_cross_validation(
         splits = data / "splits.json"
         if not splits.is_file():
             write_splits(data, cfg.evaluation.folds, cfg.training.seed, splits)
-            print(f"[cv] wrote {splits} ({cfg.evaluation.folds} folds)")
+            logger.info("[cv] wrote %s (%d folds)", splits, cfg.evaluation.folds)
     folds = load_splits(splits)
     fold_count = _fold_count(folds, [d.folder for d in cfg.datasets])
     predictions: dict[str, dict[str, str]] = {d.name: {} for d in cfg.datasets}
     for fold in range(fold_count):
         run_dir = out / f"fold_{fold}"
-        print(f"[cv] fold {fold + 1}/{fold_count} ({cfg.scheme}) -> {run_dir}")
+        logger.info("[cv] fold %d/%d (%s) -> %s", fold + 1, fold_count, cfg.scheme, run_dir)
         info = train_run(
             cfg, data, run_dir, fold=fold, splits=splits, resume=run_dir.exists(), progress=progress
         )

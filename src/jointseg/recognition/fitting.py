@@ -1,0 +1,71 @@
+"""Measuring a trained run's recognition references and calibration (after training).
+
+Each domain's reference is fitted on its training scans as it runs every domain's training scans
+(:class:`~jointseg.recognition.references.DomainReference`); the calibration on the distances of
+its held-out scans (its training scans when it has none) to that reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from jointseg.recognition.calibration import (
+    CALIBRATION_FACTOR,
+    Calibration,
+    calibration_from_scores,
+)
+from jointseg.recognition.features import (
+    DomainPath,
+    scan_features,
+    shared_context_slices,
+    subsample_tensor,
+)
+from jointseg.recognition.references import DomainReference, save_references
+
+
+def fit_recognition(
+    run_dir: str | Path,
+    paths: Mapping[str, DomainPath],
+    volumes: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
+    factor: float = CALIBRATION_FACTOR,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Calibration | None:
+    """Measure the references and the calibration of a trained run and store both.
+
+    ``volumes[domain] = (training volumes, held-out volumes)``, each a preprocessed slice
+    stack [S, H, W]. Returns the calibration, or None (nothing written) when a domain has
+    fewer than two training volumes: recognition then uses the BN running statistics.
+    """
+    if any(len(volumes.get(name, ((), ()))[0]) < 2 for name in paths):
+        return None
+    k = shared_context_slices(paths.values())
+    subsamples = {
+        name: ([subsample_tensor(v, k) for v in train], [subsample_tensor(v, k) for v in held_out])
+        for name, (train, held_out) in volumes.items()
+        if name in paths
+    }
+    references: dict[str, DomainReference] = {}
+    scores: dict[str, list[tuple[float, float]]] = {}
+    bar = tqdm(total=len(paths), desc="recognition references", unit="domain", disable=not progress)
+    with bar:
+        for name, path in paths.items():
+            seen = {  # every domain's training scans as ``name`` runs them
+                other: [scan_features(path, s, batch_size) for s in train]
+                for other, (train, _) in subsamples.items()
+            }
+            reference = DomainReference.fit(
+                seen[name], [f for other, f in seen.items() if other != name]
+            )
+            held_out = [scan_features(path, s, batch_size) for s in subsamples[name][1]]
+            scores[name] = [reference.distances(f) for f in held_out or seen[name]]
+            references[name] = reference
+            bar.update()
+    calibration = calibration_from_scores(scores, factor, source="reference")
+    save_references(run_dir, references)
+    calibration.save(run_dir)
+    return calibration
