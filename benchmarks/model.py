@@ -22,18 +22,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from jointseg.config import ModelConfig
+from jointseg.config import ModelConfig, shipped_config_text
 from jointseg.models import JointSegNet, build_model
 from jointseg.utils.atomic import atomic_write_json
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADS = [4, 5, 3]  # ankle, knee, shoulder: background + bones
 
 
 def read_setup(name: str, device: str, quick: bool) -> tuple[ModelConfig, int, int]:
-    """(model config, input size, batch size) of a configuration, from configs/ when present."""
-    path = ROOT / "configs" / f"{name}.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    """(model config, input size, batch size) of a configuration, from the shipped config."""
+    data = yaml.safe_load(shipped_config_text(name))
     if name == "demo":
         fallback = {"encoder": "resnet18", "width": 0.25}
         size, batch = 128, 12

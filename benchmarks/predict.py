@@ -37,7 +37,6 @@ import SimpleITK as sitk
 import yaml
 from _child import run_json_child
 
-ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = {
     "ankle": {"calcaneus": 1, "talus": 2, "tibia": 3},
     "knee": {"femur": 1, "fibula": 2, "patella": 3, "tibia": 4},
@@ -54,12 +53,11 @@ def build_run(name: str, folder: Path, size: tuple[int, int, int] | None = None)
     recognition references measured on scans of that size."""
     import torch
 
-    from jointseg.config import config_from_dict, save_config
+    from jointseg.config import config_from_dict, save_config, shipped_config_text
     from jointseg.models import build_model, save_model
     from jointseg.runs import DomainEntry, ModelEntry, RunInfo, save_run_info
 
-    path = ROOT / "configs" / f"{name}.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data = yaml.safe_load(shipped_config_text(name))
     model, preprocessing = FALLBACK[name]
     cfg = config_from_dict(
         {

@@ -344,7 +344,7 @@ def main() -> None:
         "--config",
         type=Path,
         default=None,
-        help="default: configs/demo.yaml with --quick, else configs/paper.yaml",
+        help="default: the shipped demo config with --quick, else paper",
     )
     parser.add_argument(
         "--subjects",
@@ -401,7 +401,7 @@ def main() -> None:
     from jointseg.config import load_config
 
     quick = args.quick
-    config = args.config or ROOT / "configs" / ("demo.yaml" if quick else "paper.yaml")
+    config = args.config or ("demo" if quick else "paper")
     settings = [int(s) for s in (args.subjects or ("5" if quick else "5,10")).split(",")]
     test_subjects = args.test_subjects or (4 if quick else 8)
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]

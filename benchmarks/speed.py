@@ -179,7 +179,7 @@ from train import StepTimer, make_study
 from jointseg.config import load_config
 from jointseg.workflows.train import train_run
 iterations, warmup = {iterations}, 3
-base = load_config({str(ROOT / "configs" / "demo.yaml")!r}, {{
+base = load_config("demo", {{
     "training.epochs": 1, "training.iterations_per_epoch": iterations + warmup,
     "training.iterations_per_dataset": False,
     "training.validation_fraction": 0.0, "regularization.shape_prior.steps": 20}})

@@ -14,7 +14,7 @@ Trains each scheme for a few iterations with the demo configuration on a generat
   former cache held them), as a ratio (aim: at most 1.1x), and the cache's size on disk per
   case.
 
-    python benchmarks/train.py [--quick] [--config configs/demo.yaml] [--iterations N]
+    python benchmarks/train.py [--quick] [--config demo] [--iterations N]
                                [--view-only]
 """
 
@@ -161,7 +161,7 @@ def view_comparison(base: ExperimentConfig, data: Path, out: Path, warmup: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    parser.add_argument("--config", type=Path, default=Path("demo"))
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument(

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jointseg.config import ConfigError, dump_config, load_config, save_config
+from jointseg.config import (
+    SHIPPED_CONFIGS,
+    ConfigError,
+    dump_config,
+    load_config,
+    save_config,
+    shipped_config_text,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,3 +69,24 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 def test_shipped_configs_are_valid(name: str) -> None:
     config = load_config(ROOT / "configs" / name)
     assert len(config.datasets) == 3
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_shipped_configs_load_by_name_from_any_folder(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # outside the checkout: no configs/ folder here
+    assert load_config(name) == load_config(ROOT / "configs" / f"{name}.yaml")
+    assert shipped_config_text(name) == (ROOT / "configs" / f"{name}.yaml").read_text("utf-8")
+
+
+def test_a_file_named_like_a_shipped_config_wins_and_unknown_names_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_text(yaml.safe_dump(BASE), encoding="utf-8")
+    assert load_config("demo") == load_config(_write(tmp_path, BASE))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no-such-config")
+    with pytest.raises(ConfigError, match="shipped"):
+        shipped_config_text("no-such-config")

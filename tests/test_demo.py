@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jointseg.config import shipped_config_text
 from jointseg.workflows.demo import run_demo
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_demo_runs_every_step(tmp_path: Path) -> None:
-    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load(shipped_config_text("demo"))
     config["training"].update({"epochs": 1, "iterations_per_epoch": 3, "validation_every": 1})
     config["regularization"]["shape_prior"]["steps"] = 5
     config["preprocessing"]["patch_size"] = [96, 96]

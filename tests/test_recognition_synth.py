@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import yaml
 
 from jointseg import Predictor
-from jointseg.config import load_config
+from jointseg.config import load_config, shipped_config_text
 from jointseg.data.manifest import list_cases
 from jointseg.recognition.decision import DomainRecognitionError
 from jointseg.recognition.references import REFERENCE_FILE
@@ -26,7 +26,6 @@ from jointseg.workflows.train import train_run
 # Bounds on a trained model: CI runs these tests under a second CPU-kernel setting too.
 pytestmark = pytest.mark.trains
 
-ROOT = Path(__file__).resolve().parents[1]
 JOINTS = {"ankle": "Dataset001_Ankle", "knee": "Dataset002_Knee", "shoulder": "Dataset003_Shoulder"}
 
 
@@ -44,7 +43,7 @@ def synthesize(root: Path) -> Path:
 
 def train(study: Path, out: Path, seed: int = 0) -> Path:
     """`mtmd` on ``study`` (96 x 96 patches, 40 steps per joint and epoch) to TARGET_DICE."""
-    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load(shipped_config_text("demo"))
     config["preprocessing"]["patch_size"] = [96, 96]
     config["training"].update(
         {

@@ -14,7 +14,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML config.")]
+CONFIG_HELP = "Experiment YAML config: a path, or 'demo' / 'paper' for a shipped one."
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help=CONFIG_HELP)]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder holding the dataset folders.")]
 PostprocessOpt = typer.Option(
     "--postprocess/--no-postprocess", help="Apply the run's postprocessing.json, if it has one."
@@ -273,7 +274,7 @@ def predict(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("demo"),
-    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/demo.yaml"),
+    config: ConfigOpt = Path("demo"),
 ) -> None:
     """Synthesize, train, evaluate, compare and predict: the whole product, small, on the CPU."""
     from jointseg.workflows.demo import run_demo

@@ -1,10 +1,12 @@
 """The experiment configuration: pydantic models, loaded from and written back to YAML.
 
 Every section forbids unknown keys, so a typo is an error that names the key's path and the file.
+The shipped configs (``demo``, ``paper``) are package data, loaded by name from any folder.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jointseg.utils.atomic import atomic_write_text
 
+SHIPPED_CONFIGS = ("demo", "paper")  # src/jointseg/configs/NAME.yaml
 SCHEMES = ("individual", "transfer", "shared", "mtmd", "mtmd+con", "full")
 Scheme = Literal["individual", "transfer", "shared", "mtmd", "mtmd+con", "full"]
 
@@ -296,11 +299,28 @@ def config_from_dict(data: dict, source: str = "<dict>") -> ExperimentConfig:
         raise ConfigError(_format_errors(error, source)) from None
 
 
+def shipped_config_text(name: str) -> str:
+    """The YAML text of a shipped config (``demo`` or ``paper``), read from the package data."""
+    if name not in SHIPPED_CONFIGS:
+        raise ConfigError(
+            f"no shipped config named {name!r}; shipped: {', '.join(SHIPPED_CONFIGS)}"
+        )
+    return files("jointseg").joinpath("configs", f"{name}.yaml").read_text(encoding="utf-8")
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    """Load and validate a YAML experiment config; ``overrides`` are merged in (dotted keys)."""
+    """Load and validate a YAML experiment config; ``overrides`` are merged in (dotted keys).
+
+    ``path`` is a YAML file, or the name of a shipped config (``demo``, ``paper``) when no file
+    of that name exists.
+    """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if str(path) in SHIPPED_CONFIGS and not path.is_file():
+            text = shipped_config_text(str(path))
+        else:
+            text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as error:
