@@ -18,8 +18,10 @@ import math
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
+import numpy as np
 from monai.transforms import (
     Compose,
+    MapTransform,
     Rand2DElasticd,
     RandAdjustContrastd,
     RandAffined,
@@ -27,6 +29,7 @@ from monai.transforms import (
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    Randomizable,
 )
 
 from jointseg.config import AugmentationConfig
@@ -38,21 +41,47 @@ ELASTIC_SPACING = (16.0, 16.0)  # control-point spacing of the elastic grid, in 
 ELASTIC_MAGNITUDE = (1.0, 3.0)  # displacement scale of the control points, in pixels
 
 
-class RandAffineFractiond(RandAffined):
+class RandAffineFractiond(Randomizable, MapTransform):
     """:class:`monai.transforms.RandAffined` with the translation given as a fraction of size.
 
-    MONAI's translation range is in pixels; slices of any size get the same relative shift.
+    MONAI's translation range is in pixels; slices of any size get the same relative shift. Each
+    slice size gets its own ``RandAffined`` (``translate_range`` = fraction x size), seeded with
+    the seed (or state) this transform was given.
     """
 
     def __init__(self, keys: tuple[str, ...], translate_fraction: float, **kwargs: Any) -> None:
-        super().__init__(keys, **kwargs)
+        MapTransform.__init__(self, keys)
         self.translate_fraction = translate_fraction
+        self.kwargs = kwargs
+        self.seed: int | None = None
+        self.state: np.random.RandomState | None = None
+        self.seeded = False
+        self.by_size: dict[tuple[int, ...], RandAffined] = {}
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandAffineFractiond:
+        super().set_random_state(seed, state)
+        self.seed, self.state, self.seeded = seed, state, True
+        self.by_size.clear()
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """The draws happen in the ``RandAffined`` of the slice size."""
+
+    def transform_for(self, size: tuple[int, ...]) -> RandAffined:
+        """The ``RandAffined`` of slices of ``size`` (H, W), built on first use."""
+        if size not in self.by_size:
+            translate = tuple(self.translate_fraction * extent for extent in size)
+            transform = RandAffined(self.keys, translate_range=translate, **self.kwargs)
+            if self.seeded:
+                transform.set_random_state(self.seed, self.state)
+            self.by_size[size] = transform
+        return self.by_size[size]
 
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict:
-        shape = data[self.first_key(dict(data))].shape[1:]
-        grid = self.rand_affine.rand_affine_grid
-        grid.translate_range = tuple(self.translate_fraction * size for size in shape)
-        return super().__call__(data, lazy)
+        size = tuple(data[self.first_key(dict(data))].shape[1:])
+        return self.transform_for(size)(data, lazy)
 
 
 def build_augmentation(cfg: AugmentationConfig, seed: int = 0) -> Callable[[dict], dict] | None:
