@@ -30,6 +30,7 @@ import SimpleITK as sitk
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
+from jointseg.data.dice import dice
 from jointseg.data.io import geometry_mismatches
 
 METRICS: tuple[str, ...] = ("dice", "sensitivity", "specificity", "mssd", "hd95", "ravd")
@@ -83,14 +84,6 @@ def surface_distances(
             y_pred, y_ref, include_background=True, percentile=95, spacing=spacing
         )
     return float(mssd.item()), float(hd95.item())
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two boolean masks of one shape: 2 TP / (|P| + |R|); 1 when both are empty."""
-    pred = np.asarray(pred, dtype=bool)
-    ref = np.asarray(ref, dtype=bool)
-    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(ref))
-    return 2.0 * int(np.count_nonzero(pred & ref)) / total if total else 1.0
 
 
 def structure_metrics(

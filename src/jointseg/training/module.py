@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from jointseg.config import ExperimentConfig
 from jointseg.data.context import context_stack
+from jointseg.data.dice import dice_per_class
 from jointseg.data.labels import LabelSpace
 from jointseg.losses import (
     adversarial_losses,
@@ -26,7 +27,6 @@ from jointseg.losses import (
 from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import context_slices, head_logits
 from jointseg.training.schemes import ModelPlan
-from jointseg.training.validation import dice_per_class
 from jointseg.utils.atomic import atomic_write_json
 from jointseg.utils.faults import fault_point
 

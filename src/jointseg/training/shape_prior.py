@@ -30,6 +30,7 @@ from monai.losses import DiceCELoss
 from tqdm.auto import tqdm
 
 from jointseg.config import ShapePriorConfig
+from jointseg.data.dice import dice_from_counts
 from jointseg.data.labels import LabelSpace
 from jointseg.losses.shape_prior import adversarial_losses
 from jointseg.models.shape_autoencoder import (
@@ -143,8 +144,9 @@ def reconstruction_dice(
         predicted += pred.sum(dim=(0, 2, 3)).double().cpu()
     per_class: list[float | None] = []
     for c in range(1, k):
-        denominator = float(reference[c] + predicted[c])
-        per_class.append(None if denominator == 0 else 2 * float(intersection[c]) / denominator)
+        per_class.append(
+            dice_from_counts(float(intersection[c]), float(predicted[c]), float(reference[c]))
+        )
     present = [d for d in per_class if d is not None]
     return (float(np.mean(present)) if present else float("nan")), per_class
 

@@ -40,13 +40,3 @@ class CaseDataset(Dataset):
             "domain": case.domain,
             "case": case.case_id,
         }
-
-
-def dice_per_class(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) -> np.ndarray:
-    """3D Dice of classes 1..C-1 between two label volumes (1.0 when both are empty)."""
-    scores = np.zeros(num_classes - 1)
-    for cls in range(1, num_classes):
-        pred, ref = prediction == cls, target == cls
-        denominator = int(pred.sum()) + int(ref.sum())
-        scores[cls - 1] = 1.0 if denominator == 0 else 2.0 * int((pred & ref).sum()) / denominator
-    return scores
