@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jointseg.utils.atomic import atomic_write_text
 
+PATCH_MULTIPLE = 32  # the network's input sides: multiples of the encoder's total stride
 SHIPPED_CONFIGS = ("demo", "paper")  # src/jointseg/configs/NAME.yaml
 SCHEMES = ("individual", "transfer", "shared", "mtmd", "mtmd+con", "full")
 Scheme = Literal["individual", "transfer", "shared", "mtmd", "mtmd+con", "full"]
@@ -55,8 +56,10 @@ class PreprocessingConfig(Section):
     @field_validator("patch_size")
     @classmethod
     def _divisible(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if any(v % 32 or v <= 0 for v in value):
-            raise ValueError("each patch dimension must be a positive multiple of 32")
+        if any(v % PATCH_MULTIPLE or v <= 0 for v in value):
+            raise ValueError(
+                f"each patch dimension must be a positive multiple of {PATCH_MULTIPLE}"
+            )
         return value
 
     @field_validator("clip_percentiles")

@@ -14,9 +14,7 @@ from collections.abc import Callable
 from monai.inferers import SlidingWindowInferer
 from torch import Tensor
 
-from jointseg.config import InferenceConfig
-
-PATCH_MULTIPLE = 32  # the network's input sides must be multiples of this
+from jointseg.config import PATCH_MULTIPLE, InferenceConfig
 
 
 def pad_to_multiple(x: Tensor, multiple: int = PATCH_MULTIPLE) -> Tensor:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from jointseg.config import ModelConfig
+from jointseg.config import PATCH_MULTIPLE, ModelConfig
 from jointseg.models.decoder import UNetDecoder
 from jointseg.models.dsbn import DomainRouting, convert_to_domain_bn
 from jointseg.models.projector import Projector
@@ -28,7 +28,6 @@ ENCODER_TAPS = ("enc0", "enc1", "enc2", "enc3", "enc4")
 DECODER_TAPS = ("dec0", "dec1", "dec2", "dec3", "dec4")
 TAP_NAMES = ENCODER_TAPS + DECODER_TAPS
 TAP_STRIDES: dict[str, int] = dict(zip(TAP_NAMES, (2, 4, 8, 16, 32, 16, 8, 4, 2, 1), strict=True))
-INPUT_MULTIPLE = 32
 
 
 @dataclass
@@ -132,9 +131,9 @@ class JointSegNet(nn.Module):
             raise ValueError(
                 f"expected input [B, {k}, H, W] (model.context_slices = {k}), got {tuple(x.shape)}"
             )
-        if x.shape[2] % INPUT_MULTIPLE or x.shape[3] % INPUT_MULTIPLE:
+        if x.shape[2] % PATCH_MULTIPLE or x.shape[3] % PATCH_MULTIPLE:
             raise ValueError(
-                f"input height and width must be multiples of {INPUT_MULTIPLE}, "
+                f"input height and width must be multiples of {PATCH_MULTIPLE}, "
                 f"got {tuple(x.shape[2:])}"
             )
 
