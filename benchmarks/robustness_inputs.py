@@ -29,6 +29,7 @@ from robustness_faults import Unhandled, check, jointseg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/
 
+from jointseg.config import PATCH_MULTIPLE  # noqa: E402
 from jointseg.data.io import read_image, write_image  # noqa: E402
 from jointseg.inference import slices  # noqa: E402
 from jointseg.inference.predict import predict_path  # noqa: E402
@@ -586,7 +587,7 @@ def anisotropy_02_02_8mm() -> str:
     _on_own_grid(prediction, thin)
     details = prediction.details
     check(details["slices"] == 7, f"{details['slices']} slices, not the 7 of the 8 mm axis")
-    check(all(side % slices.PATCH_MULTIPLE == 0 for side in details["grid"]), "odd slice grid")
+    check(all(side % PATCH_MULTIPLE == 0 for side in details["grid"]), "odd slice grid")
     return f"352x320x7 label map; 7 slices along the 8 mm axis, slice grid {details['grid']}"
 
 
