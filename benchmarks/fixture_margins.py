@@ -151,7 +151,7 @@ def measure_recognition(seed: int) -> dict[str, tuple[float, float, str]]:
             ratio = decision.scores[1].distance / max(decision.scores[0].distance, 1e-12)
             rows[f"{case.case_id} runner-up / winner"] = (
                 ratio if decision.domain == joint else -ratio,
-                1.2,
+                1.0,
                 ">",
             )
     return rows
