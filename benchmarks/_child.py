@@ -15,7 +15,7 @@ def run_json_child(script: str | Path, spec: dict, what: str, tail: int = 3000) 
     """
     result = subprocess.run(
         [sys.executable, str(script), "--child", json.dumps(spec)],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, encoding="utf-8", check=False,
     )  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{result.stderr[-tail:]}")

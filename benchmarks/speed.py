@@ -197,7 +197,12 @@ with tempfile.TemporaryDirectory() as tmp:
 print("RESULT " + json.dumps(out))
 """
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        cwd=ROOT,
+        check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"training speed failed:\n{result.stderr[-2000:]}")

@@ -41,7 +41,9 @@ def test_two_cpu_processes_train_and_draw_different_samples(tmp_path: Path) -> N
         "2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        command, capture_output=True, text=True, encoding="utf-8", timeout=600, env=env
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     draws = json.loads(
         (tmp_path / "run" / "logs" / "main" / "ddp_first_batches.json").read_text(encoding="utf-8")
