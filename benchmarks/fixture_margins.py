@@ -103,7 +103,7 @@ def measure_prior(seed: int) -> dict[str, tuple[float, float, str]]:
     from jointseg.training.shape_prior import train_shape_autoencoder
 
     cfg = ShapePriorConfig(
-        steps=160, batch_size=16, lr=5e-3, base_channels=8, code_channels=16, depth=2, pool=1
+        steps=320, batch_size=16, lr=5e-3, base_channels=8, code_channels=16, depth=2, pool=1
     )
     _, report = train_shape_autoencoder(
         tsp.shapes(320, seed=seed), 4, cfg, seed=seed,
