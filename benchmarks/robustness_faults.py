@@ -26,7 +26,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from jointseg.config import PreprocessingConfig, config_from_dict, save_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/
+
+from jointseg.config import PreprocessingConfig, config_from_dict, save_config  # noqa: E402
 from jointseg.data import cache as cache_module
 from jointseg.data.cache import build_slice_cache, verify_cache
 from jointseg.data.io import write_image
@@ -36,6 +38,7 @@ from jointseg.models import load_model
 from jointseg.training.checkpoint_io import AtomicCheckpointIO
 from jointseg.utils.atomic import DiskFullError, atomic_write_json
 from jointseg.utils.faults import FAULT_ENV
+from tests.disk_budget import budgeted_write
 
 KILLED = -9
 STRUCTURES = {"femur": 1, "tibia": 2}
@@ -181,21 +184,8 @@ def _train_killed_at(fault: str) -> str:
 @contextlib.contextmanager
 def disk_full(folder: Path, budget: int) -> Iterator[None]:
     """Writes (``os.write``) into ``folder`` fail with ENOSPC after ``budget`` bytes (Linux)."""
-    real_write, left = os.write, [budget]
-
-    def write(fd: int, data) -> int:
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            target = ""
-        if not target.startswith(str(folder)):
-            return real_write(fd, data)
-        if left[0] <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        written = real_write(fd, bytes(data)[: left[0]])
-        left[0] -= written
-        return written
-
+    real_write = os.write
+    write = budgeted_write(folder, budget, real_write)
     os.write = write
     try:
         yield

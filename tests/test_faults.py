@@ -35,6 +35,7 @@ from jointseg.training.checkpoint_io import AtomicCheckpointIO
 from jointseg.utils.atomic import DiskFullError, atomic_write_json
 from jointseg.utils.faults import FAULT_ENV
 from tests.conftest import write_dataset
+from tests.disk_budget import budgeted_write
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLED = -9
@@ -401,22 +402,7 @@ def disk_full_after(monkeypatch):
     real_write = os.write
 
     def limit(folder: Path, budget: int) -> None:
-        left = [budget]
-
-        def write(fd: int, data) -> int:
-            try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                target = ""
-            if not target.startswith(str(folder)):
-                return real_write(fd, data)
-            if left[0] <= 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            written = real_write(fd, bytes(data)[: left[0]])
-            left[0] -= written
-            return written
-
-        monkeypatch.setattr(os, "write", write)
+        monkeypatch.setattr(os, "write", budgeted_write(folder, budget, real_write))
 
     return limit
 
