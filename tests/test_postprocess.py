@@ -107,7 +107,7 @@ def test_a_step_that_lowers_validation_dice_is_not_kept_and_one_that_helps_is() 
     truth[1:6, 1:7, 9:14] = 2
     truth[2:4, 3:5, 10:12] = 0  # the tibia is solid: the cavity here is a prediction error
     predicted = truth.copy()
-    predicted[8, 1, 1] = 2  # a spurious tibia island
+    predicted[7:9, 0:2, 0:4] = 2  # a spurious 16-voxel tibia island: above 0.1 x 142 voxels
     solid_tibia = truth.copy()
     solid_tibia[2:4, 3:5, 10:12] = 2
     decision = decide_steps(
@@ -119,26 +119,27 @@ def test_a_step_that_lowers_validation_dice_is_not_kept_and_one_that_helps_is() 
     measured = decision.measured["knee"]["femur"]
     assert measured["components_dice"]["largest"] < measured["components_dice"]["without"]
     assert measured["fill_holes_dice"]["with"] < measured["fill_holes_dice"]["without"]
-    # tibia: removing the island and filling the cavity both help
+    # tibia: removing the island (only "largest" does) and filling the cavity both help
     assert tibia == StructureSteps("largest", True)
     measured = decision.measured["knee"]["tibia"]
     assert measured["dice_with"] == 1.0 > measured["dice_without"] and measured["cases"] == 2
 
 
-def test_a_tie_keeps_the_step_and_largest_wins_over_share() -> None:
+def test_a_tie_keeps_the_step_and_share_wins_over_largest() -> None:
     clean = np.zeros((6, 6, 6), np.uint8)
     clean[1:4, 1:4, 1:4] = 1
     decision = decide_steps({"knee": [(clean, clean)], "other": []}, {"knee": {"femur": 1}})
-    assert decision.steps == {"knee": {"femur": StructureSteps("largest", True)}}
+    assert decision.steps == {"knee": {"femur": StructureSteps("share", True)}}
 
 
 def test_json_round_trip_and_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    decision = decide_steps({"knee": [(two_islands(), two_islands(0))]}, {"knee": KNEE}, 0.2)
+    # the 8-voxel piece is above 0.05 x the femur's 144: only "largest" removes it
+    decision = decide_steps({"knee": [(two_islands(), two_islands(0))]}, {"knee": KNEE}, 0.05)
     decision.cases = {"knee": ["knee_001"]}
     path = decision.save(tmp_path)
     assert path == tmp_path / POSTPROCESSING_FILE
     document = json.loads(path.read_text(encoding="utf-8"))
-    assert document["connectivity"] == 26 and document["share"] == 0.2
+    assert document["connectivity"] == 26 and document["share"] == 0.05
     assert document["domains"]["knee"]["femur"]["components"] == "largest"
     loaded = Postprocessing.load(tmp_path)
     assert loaded == decision
@@ -222,7 +223,7 @@ def test_cli_decides_and_reports(island_run: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(module.Predictor, "from_run", lambda *a, **k: IslandPredictor())
     result = CliRunner().invoke(cli.app, ["postprocess", str(island_run), "--share", "0.5"])
     assert result.exit_code == 0, result.output
-    assert "largest component, fill holes" in result.output
+    assert "components above the share, fill holes" in result.output  # a tie with "largest"
     assert Postprocessing.load(island_run).share == 0.5
     bad = CliRunner().invoke(cli.app, ["postprocess", str(island_run), "--share", "2"])
     assert bad.exit_code == 2 and "--share must be in (0, 1]" in bad.output

@@ -5,7 +5,10 @@ structure, each step of :mod:`jointseg.inference.postprocess` is kept only when 
 the structure's mean Dice over those subjects (a tie keeps it: the step cleans the mesh):
 
 1. components: ``"largest"`` and ``"share"`` are each scored on the raw prediction; the better
-   one (``"largest"`` on a tie) is kept if it is at least as good as no step;
+   one is kept if it is at least as good as no step. On a tie the rule that removes less wins
+   (``"share"``): a few validation subjects often hold no second piece at all, and on a test
+   scan where the network misses a thin bridge of a bone (the scapula's blade), ``"largest"``
+   would delete half of it;
 2. hole filling: scored on the label map after every structure's kept components step.
 
 The decision and the Dice measured with and without each step go to ``RUN/postprocessing.json``.
@@ -25,8 +28,8 @@ from jointseg.data.io import geometry_mismatches, read_image, verify_scans
 from jointseg.evaluation.evaluate import LabelPredictor, config_evaluation, plan_train_run
 from jointseg.evaluation.metrics import GeometryMismatchError, dice
 from jointseg.inference.postprocess import (
-    COMPONENT_RULES,
     DEFAULT_SHARE,
+    ComponentRule,
     Postprocessing,
     StructureSteps,
     fill_holes,
@@ -37,6 +40,7 @@ from jointseg.inference.postprocess import (
 logger = logging.getLogger(__name__)
 
 TOLERANCE = 1e-9  # Dice differences below this are ties (floating-point noise)
+TIE_ORDER: tuple[ComponentRule, ...] = ("share", "largest")  # on a tie, the one removing less
 Pairs = list[tuple[np.ndarray, np.ndarray]]  # (predicted, reference) label maps, z,y,x
 
 
@@ -69,10 +73,10 @@ def decide_steps(
         for name, value in names.items():
             raw = [pred == value for pred, _ in items]
             scores = {"without": _mean_dice(raw, items, value)}
-            for rule in COMPONENT_RULES:
+            for rule in TIE_ORDER:
                 kept = [keep_components(m, rule, share) for m in raw]
                 scores[rule] = _mean_dice(kept, items, value)
-            best = max(COMPONENT_RULES, key=lambda r: scores[r])  # first rule on a tie
+            best = max(TIE_ORDER, key=lambda r: scores[r])  # first rule on a tie
             chosen = best if _not_lower(scores[best], scores["without"]) else None
             rules[name] = StructureSteps(chosen)
             record[name]["components_dice"] = _rounded(scores)
