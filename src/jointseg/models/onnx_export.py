@@ -14,6 +14,7 @@ float32 [B, C, H, W] (softmax over background first, then the domain's structure
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,7 +75,9 @@ def export_domain_graph(
     graph = graph.eval()
     example = torch.zeros(2, context_slices(graph.net), side, side)
     axes = {0: "batch", 2: "height", 3: "width"}
-    with atomic_path(path) as tmp, torch.no_grad():
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        # the batch's one-domain routing is a constant of the trace, as intended
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             graph,
             (example,),
