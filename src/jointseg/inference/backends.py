@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from jointseg.inference.onnx_manifest import check_manifest, read_manifest
+from jointseg.inference.onnx_manifest import check_manifest, default_export_folder, read_manifest
 from jointseg.models.network import head_logits
 from jointseg.models.onnx_export import INPUT_NAME, OUTPUT_NAME
 from jointseg.recognition.features import DomainPath
@@ -104,4 +104,35 @@ class OnnxRuntimeBackend:
         return torch.from_numpy(probabilities).to(x.device)
 
 
-__all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "TorchBackend"]
+class RoutedRun(Protocol):
+    """What a backend is built for: a run's folder, index and domain routes (a Predictor)."""
+
+    run_dir: Path
+    info: RunInfo
+    routes: dict[str, DomainPath]
+
+
+def load_backend(
+    name: str,
+    run: RoutedRun,
+    folder: str | Path | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+) -> Backend:
+    """The backend called ``name`` for ``run``; ``folder``: the ONNX export (default RUN/onnx)."""
+    if name == "torch":
+        return TorchBackend()
+    if name == "onnxruntime":
+        folder = Path(folder) if folder is not None else default_export_folder(run.run_dir)
+        return OnnxRuntimeBackend.load(folder, run.run_dir, run.info, run.routes, threads, device)
+    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "OnnxRuntimeBackend",
+    "RoutedRun",
+    "TorchBackend",
+    "load_backend",
+]

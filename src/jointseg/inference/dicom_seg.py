@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from jointseg._version import __version__
 from jointseg.data.io import ScanReadError, dicom_series_files, verify_scan
 from jointseg.inference.label_tables import LabelEntry, label_entries
+from jointseg.inference.slices import InputError
 from jointseg.inference.terminology import structure_term
 from jointseg.utils.atomic import atomic_path
 
@@ -34,7 +35,7 @@ ALGORITHM_NAME = "jointseg"
 POSITION_TOLERANCE = 0.01  # voxels: how far a slice's position may sit from the label map's grid
 
 
-class DicomSegError(ValueError):
+class DicomSegError(InputError):
     """A DICOM-SEG that cannot be written; the message names the series folder and why."""
 
 

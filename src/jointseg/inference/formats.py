@@ -9,7 +9,9 @@ own format) and its label tables are always written::
     seg.nrrd    OUT/<case>.seg.nrrd     3D Slicer segmentation, named and coloured segments
 
 DICOM-SEG needs the source DICOM instances: asked for scans that are not DICOM series, it is
-written for the series among them, and refused when there is none.
+written for the series among them, and refused when there is none. Asked for, a series that
+cannot carry one (no Frame of Reference, slices off the label map's grid) fails its scan;
+written by default, it is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import SimpleITK as sitk
-
-from jointseg.inference.dicom_seg import Algorithm, write_dicom_seg
+from jointseg.inference.dicom_seg import Algorithm, DicomSegError, write_dicom_seg
 from jointseg.inference.onnx_manifest import run_identifier, weights_digests
+from jointseg.inference.predictor import Prediction
 from jointseg.inference.slicer_seg import write_slicer_segmentation
 from jointseg.runs import RunInfo
 
@@ -50,44 +52,61 @@ def check_formats(formats: Sequence[str] | None, scans: Sequence[Path]) -> tuple
     return tuple(dict.fromkeys(formats))
 
 
-def case_formats(formats: Sequence[str] | None, scan: Path) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class CaseFormat:
+    """A format to write for one scan; one that is not ``required`` (the DICOM series' default
+    DICOM-SEG) is skipped with a warning when the series cannot carry it."""
+
+    kind: str
+    required: bool = True
+
+
+def case_formats(formats: Sequence[str] | None, scan: Path) -> tuple[CaseFormat, ...]:
     """The formats written beside one scan's label map."""
     if formats is None:
-        return ("dicom-seg",) if scan.is_dir() else ()
-    wanted = tuple(f for f in formats if f != "nifti")
+        return (CaseFormat("dicom-seg", required=False),) if scan.is_dir() else ()
+    wanted = [f for f in formats if f != "nifti"]
     if "dicom-seg" in wanted and not scan.is_dir():
         logger.info("%s: not a DICOM series; no DICOM-SEG written for it", scan)
-        wanted = tuple(f for f in wanted if f != "dicom-seg")
-    return wanted
+        wanted.remove("dicom-seg")
+    return tuple(CaseFormat(kind) for kind in wanted)
 
 
 def format_path(out: Path, case: str, kind: str) -> Path:
     return out / {"dicom-seg": f"{case}_seg.dcm", "seg.nrrd": f"{case}.seg.nrrd"}[kind]
 
 
-def run_algorithm(run_dir: Path, info: RunInfo, domain: str) -> Algorithm:
-    """The algorithm a DICOM-SEG names for a prediction by ``run_dir``."""
+def run_algorithm(run_dir: Path, info: RunInfo) -> Algorithm:
+    """The algorithm a DICOM-SEG names for a prediction by ``run_dir`` (its domain is set
+    per prediction)."""
     identifier = run_identifier(weights_digests(run_dir, info))
-    return Algorithm(Path(run_dir).resolve().name, identifier, domain, info.scheme)
+    return Algorithm(Path(run_dir).resolve().name, identifier, "", info.scheme)
 
 
 def write_formats(
-    formats: Sequence[str],
+    formats: Sequence[CaseFormat],
     scan: Path,
-    label_map: sitk.Image,
-    structures: dict[str, int],
+    prediction: Prediction,
     out: Path,
     case: str,
     algorithm: Algorithm,
 ) -> list[Path]:
-    """Write ``label_map`` in each of ``formats``; returns the paths (none left on failure)."""
+    """Write the prediction's label map in each of ``formats``; returns the paths (none left
+    on failure)."""
+    label_map, structures = prediction.label_map, prediction.structures
+    algorithm = replace(algorithm, domain=prediction.domain)
     written: list[Path] = []
     try:
-        for kind in formats:
-            path = format_path(out, case, kind)
-            if kind == "dicom-seg":
-                written.append(write_dicom_seg(scan, label_map, structures, algorithm, path))
-            elif kind == "seg.nrrd":
+        for item in formats:
+            path = format_path(out, case, item.kind)
+            if item.kind == "dicom-seg":
+                try:
+                    written.append(write_dicom_seg(scan, label_map, structures, algorithm, path))
+                except DicomSegError as error:
+                    if item.required:
+                        raise
+                    logger.warning("%s; no DICOM-SEG written", error)
+            elif item.kind == "seg.nrrd":
                 written.append(write_slicer_segmentation(label_map, structures, path))
     except BaseException:
         for path in written:
@@ -99,6 +118,7 @@ def write_formats(
 
 __all__ = [
     "OUTPUT_FORMATS",
+    "CaseFormat",
     "case_formats",
     "check_formats",
     "format_path",
