@@ -72,8 +72,12 @@ class OnnxRuntimeBackend:
         Raises :class:`RunError` naming the folder when it is missing, incomplete, or exported
         from other weights.
         """
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RunError(
+                "--backend onnxruntime needs ONNX Runtime: pip install 'jointseg[onnx]'"
+            ) from None
         folder = Path(folder)
         manifest = read_manifest(folder)
         check_manifest(manifest, folder, run_dir, info)

@@ -69,8 +69,10 @@ def export_domain_graph(
 ) -> Path:
     """Export ``graph`` to ``path`` (written atomically), check it with ``onnx.checker`` and
     store ``metadata`` as the model's metadata properties; returns the path."""
-    import onnx
-
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("ONNX export needs onnx: pip install 'jointseg[onnx]'") from None
     path = Path(path)
     graph = graph.eval()
     example = torch.zeros(2, context_slices(graph.net), side, side)
