@@ -6,6 +6,7 @@
     python benchmarks/predict.py --device cuda  # on a GPU
     python benchmarks/predict.py --configs paper --tta on --slices 20 --threads 1
                                                 # one configuration, a shorter scan, one thread
+    python benchmarks/predict.py --backends onnxruntime   # ONNX Runtime only (default: both)
 
 Each configuration runs in its own process (so peak memory is its own): a temporary run folder
 holds a randomly initialised three-domain network (timing needs no trained weights) built from
@@ -17,7 +18,10 @@ scan is synthetic (a body with two bright ellipsoids, 0.6 x 0.6 x 3 mm). Timed:
 first call at new tensor shapes pays for kernel selection), best of the repetitions; domain
 recognition on its own; and ``write_case`` (label map, tables, meshes, measurements, preview) of
 the scan's true label map. Memory: peak RSS of the process (getrusage) and the RSS high-water
-mark during prediction above the RSS before it (psutil, sampled every 5 ms).
+mark during prediction above the RSS before it (psutil, sampled every 5 ms). Each configuration
+runs with each backend: PyTorch, and ONNX Runtime on the run's graphs exported by
+``jointseg export`` (export not timed; domain recognition stays on PyTorch, and the process
+holds both the PyTorch model and the ONNX Runtime sessions).
 """
 
 from __future__ import annotations
@@ -158,6 +162,8 @@ def child(spec: dict) -> dict:
     """Measure one configuration in this process."""
     import torch
 
+    from jointseg.inference.backends import load_backend
+    from jointseg.inference.export import export_run
     from jointseg.inference.predict import write_case
     from jointseg.inference.predictor import Predictor
 
@@ -168,6 +174,11 @@ def child(spec: dict) -> dict:
         predictor = Predictor.from_run(
             run, device=spec["device"], batch_size=spec["batch_size"], tta=spec["tta"]
         )
+        if spec["backend"] != "torch":
+            export_run(run, Path(tmp) / "onnx")
+            predictor.backend = load_backend(
+                spec["backend"], predictor, Path(tmp) / "onnx", spec["threads"], spec["device"]
+            )
         scan, truth = make_scan(tuple(spec["size"]))
         if spec["warmup"]:  # the first call at new shapes pays for kernel selection
             predictor.predict(scan, domain="knee")
@@ -221,6 +232,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls; the best is kept")
     parser.add_argument("--configs", default="demo,paper")
     parser.add_argument("--tta", choices=("both", "off", "on"), default="both")
+    parser.add_argument("--backends", default="torch,onnxruntime", help="torch, onnxruntime")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -231,16 +243,19 @@ def main() -> None:
     specs = [
         {"config": c, "tta": tta, "size": size, "device": args.device,
          "batch_size": args.batch_size, "threads": args.threads,
-         "repeats": args.repeats, "warmup": not args.no_warmup, "meshes": True}
+         "repeats": args.repeats, "warmup": not args.no_warmup, "meshes": True,
+         "backend": backend}
         for c in args.configs.split(",")
         for tta in {"both": (False, True), "off": (False,), "on": (True,)}[args.tta]
+        for backend in args.backends.split(",")
     ]  # fmt: skip
     if args.large:
         large = {**specs[0], "config": "demo", "tta": False, "size": [512, 512, 300]}
         specs.append({**large, "repeats": 1, "warmup": False})
     results = []
     header = (
-        f"{'config':7} {'scan':>12} {'grid':>9} {'TTA':>4} {'s/scan':>8} {'cpu s':>7} {'x':>5} "
+        f"{'config':7} {'backend':>11} {'scan':>12} {'grid':>9} {'TTA':>4} {'s/scan':>8} "
+        f"{'cpu s':>7} {'x':>5} "
         f"{'recog s':>8} {'out s':>6} {'peak MB':>8} {'+MB':>6} {'out +MB':>8}"
     )
     print(header)
@@ -250,7 +265,7 @@ def main() -> None:
         results.append(r)
         base = next(
             (b for b in results if b["config"] == r["config"] and not b["tta"]
-             and b["size"] == r["size"]), r,
+             and b["size"] == r["size"] and b["backend"] == r["backend"]), r,
         )  # fmt: skip
         ratio = (
             f"{r['cpu_seconds'] / base['cpu_seconds']:5.2f}"
@@ -258,7 +273,7 @@ def main() -> None:
             else ""
         )
         print(
-            f"{r['config']:7} {'x'.join(map(str, r['size'])):>12} "
+            f"{r['config']:7} {r['backend']:>11} {'x'.join(map(str, r['size'])):>12} "
             f"{'x'.join(map(str, r['grid'])):>9} {'yes' if r['tta'] else 'no':>4} "
             f"{r['seconds']:8.2f} {r['cpu_seconds']:7.2f} {ratio:>5} "
             f"{r['recognition_seconds']:8.2f} "
@@ -270,7 +285,7 @@ def main() -> None:
         f"\n{results[0]['device']}, torch threads {results[0]['torch_threads']}, batch "
         f"{args.batch_size}; s/scan = wall-clock seconds of predict(), cpu s = its process CPU "
         "time (robust to other load on the machine); x = cpu s relative to the same model "
-        "without TTA; peak MB = the "
+        "and backend without TTA; peak MB = the "
         "process's peak RSS; +MB = RSS high-water mark during predict() above the RSS before it; "
         "out s / out +MB = the same for writing a case's outputs (label map, tables, meshes, "
         "measurements, preview) of the scan's true label map."

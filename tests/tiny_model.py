@@ -217,6 +217,7 @@ def write_dicom_series(image: sitk.Image, folder) -> None:
             "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
             "0020|000d": "1.2.826.0.1.3680043.2.1125.1.41",
             "0020|000e": series,
+            "0020|0052": "1.2.826.0.1.3680043.2.1125.1.43",  # Frame of Reference UID
             "0020|0013": str(k + 1),
             "0020|0032": "\\".join(f"{v:.10f}" for v in position),
             "0020|0037": orientation,

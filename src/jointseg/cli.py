@@ -251,6 +251,19 @@ def predict(
         bool, typer.Option(help="Redo scans whose outputs are complete (default: skip them).")
     ] = False,
     postprocess: Annotated[bool, PostprocessOpt] = True,
+    format: Annotated[  # noqa: A002 - the option's name
+        list[str] | None,
+        typer.Option(
+            help="Also write: dicom-seg, seg.nrrd; nifti: the label map alone "
+            "(default: dicom-seg for a DICOM series). Repeatable."
+        ),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="torch, or onnxruntime (`jointseg export` first).")
+    ] = "torch",
+    onnx: Annotated[
+        Path | None, typer.Option(help="ONNX export folder (default RUN/onnx).")
+    ] = None,
 ) -> None:
     """Predict label maps, per-bone meshes, measurements and previews."""
     from jointseg.inference.predict import predict_path
@@ -268,7 +281,24 @@ def predict(
         meshes=meshes,
         overwrite=overwrite,
         postprocess=postprocess,
+        formats=format,
+        backend=backend,
+        onnx=onnx,
     )
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Trained run folder.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder (default RUN/onnx).")
+    ] = None,
+) -> None:
+    """Export the run's networks to ONNX: one checked graph per domain, and a manifest."""
+    from jointseg.inference.export import export_run
+
+    manifest = _run(export_run, run, out)
+    typer.echo(f"ONNX export: {manifest.parent} ({manifest.name})")
 
 
 @app.command()

@@ -33,6 +33,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 22  # bytes per read when verifying a compressed stream
 _POSITION_TAG = "0020|0032"  # DICOM Image Position (Patient)
 _ORIENTATION_TAG = "0020|0037"  # DICOM Image Orientation (Patient)
+_PARALLEL_TOLERANCE = 1e-3  # direction cosines of one series' slices agree to this
 
 
 class ScanReadError(OSError):
@@ -93,7 +94,7 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
     verify_scan(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(_dicom_files(path))
+        reader.SetFileNames(dicom_series_files(path))
         try:
             return reader.Execute()
         except RuntimeError as error:
@@ -119,7 +120,7 @@ def read_header(path: str | os.PathLike[str]) -> ScanHeader:
     path = Path(path)
     _check_exists(path)
     if path.is_dir():
-        files = _dicom_files(path)
+        files = dicom_series_files(path)
         header = _file_header(Path(files[0]), what="DICOM file")
         return ScanHeader(
             path, (*header.size[:2], len(files)), header.spacing, header.origin,
@@ -141,7 +142,7 @@ def verify_scan(path: str | os.PathLike[str]) -> ScanHeader:
     path = Path(path)
     header = read_header(path)
     if path.is_dir():
-        _check_slice_positions(path, _dicom_files(path))
+        _check_slice_positions(path, dicom_series_files(path))
     elif _is_gzip(path):
         head, length = _gzip_contents(path)
         _check_nifti_length(path, head, length)
@@ -315,7 +316,7 @@ def _check_nifti_length(path: Path, head: bytes, available: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- DICOM
-def _dicom_files(folder: Path) -> list[str]:
+def dicom_series_files(folder: Path) -> list[str]:
     """The files of a folder's DICOM series (the largest series when there are several)."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
@@ -326,7 +327,8 @@ def _dicom_files(folder: Path) -> list[str]:
 
 
 def _check_slice_positions(folder: Path, files: list[str]) -> None:
-    """Refuse a series with two slices at one position or a gap where slices are missing."""
+    """Refuse a series with two slices at one position, a gap where slices are missing, or
+    slices that are not parallel."""
     if len(files) < 3:
         return
     positions, normal = [], None
@@ -341,11 +343,18 @@ def _check_slice_positions(folder: Path, files: list[str]) -> None:
             ) from None
         if not reader.HasMetaDataKey(_POSITION_TAG) or not reader.HasMetaDataKey(_ORIENTATION_TAG):
             return  # without positions the reader orders by other means; nothing to compare
+        row_col = _numbers(reader.GetMetaData(_ORIENTATION_TAG))
+        if len(row_col) != 6:
+            return
         if normal is None:
-            row_col = _numbers(reader.GetMetaData(_ORIENTATION_TAG))
-            if len(row_col) != 6:
-                return
+            first, first_row_col = Path(name).name, row_col
             normal = np.cross(row_col[:3], row_col[3:])
+        elif np.max(np.abs(row_col - first_row_col)) > _PARALLEL_TOLERANCE:
+            raise ScanReadError(
+                f"{folder}: the slices are not parallel: {Path(name).name} is oriented "
+                f"{_fmt(row_col)}, {first} {_fmt(first_row_col)} (Image Orientation Patient); "
+                "a volume needs one orientation for every slice"
+            )
         positions.append(float(np.dot(_numbers(reader.GetMetaData(_POSITION_TAG)), normal)))
     order = np.argsort(positions, kind="stable")
     where = np.asarray(positions)[order]

@@ -10,6 +10,8 @@ Per scan (``case`` = the file name without extension, or the DICOM folder's name
     OUT/<case>_measurements.json     volume, area, extents, components per structure
     OUT/<case>_preview.png           overlays on three orthogonal slices and a 3D view
     OUT/measurements.csv             one row per case and structure, all cases
+    OUT/<case>_seg.dcm, <case>.seg.nrrd   DICOM-SEG, 3D Slicer segmentation (``--format``;
+                                     DICOM-SEG by default for a DICOM series: inference/formats.py)
     OUT/<case>_outputs.json          written last: the case's outputs, their sizes, the settings
 
 Label maps are postprocessed as the run's ``postprocessing.json`` says (islands removed, holes
@@ -43,6 +45,8 @@ from jointseg.data.io import (
     strip_extension,
     write_image,
 )
+from jointseg.inference.backends import load_backend
+from jointseg.inference.formats import case_formats, check_formats, run_algorithm, write_formats
 from jointseg.inference.label_tables import label_entries, write_label_tables
 from jointseg.inference.measurements import (
     csv_rows,
@@ -138,6 +142,9 @@ def predict_path(
     meshes: bool = True,
     overwrite: bool = False,
     postprocess: bool = True,
+    formats: list[str] | None = None,  # output formats: inference/formats.py
+    backend: str = "torch",  # or "onnxruntime": inference/backends.py
+    onnx: Path | None = None,  # the ONNX export folder (default RUN/onnx)
 ) -> list[CaseResult]:
     """Predict every scan of ``input`` into ``out``; see the module docstring for the outputs.
 
@@ -153,7 +160,10 @@ def predict_path(
         torch.set_num_threads(threads)
     scans = find_scans(input)
     _check_unique_cases(scans)
+    chosen = check_formats(formats, scans)
     predictor = Predictor.from_run(run, device=device, batch_size=batch_size, tta=tta)
+    predictor.backend = load_backend(backend, predictor, onnx, threads, device)
+    algorithm = run_algorithm(predictor.run_dir, predictor.info)  # named in DICOM-SEG
     postprocessing = Postprocessing.load(run) if postprocess else None
     if not postprocess:
         logger.info("%s: postprocessing disabled; label maps are written as predicted", run)
@@ -162,6 +172,7 @@ def predict_path(
     out = Path(out)
     remove_temporaries(out, recursive=True)  # left by a killed run
     settings = {"run": str(Path(run).resolve()), "domain": domain, "tta": tta, "meshes": meshes}
+    settings |= {"formats": list(chosen) if chosen is not None else "default", "backend": backend}
     if postprocessing is not None:
         settings["postprocessing"] = {d: postprocessing.describe(d) for d in postprocessing.steps}
     results: list[CaseResult] = []
@@ -181,9 +192,15 @@ def predict_path(
             image = load_scan(scan)
             prediction = postprocess_prediction(postprocessing, predictor.predict(image, domain))
             result.domain, result.confidence = prediction.domain, prediction.confidence
-            result.outputs = write_case(
-                image, prediction, out, case, output_extension(scan), meshes
+            extra = write_formats(  # the label map in other formats (--format)
+                case_formats(chosen, scan), scan, prediction, out, case, algorithm
             )
+            try:
+                written = write_case(image, prediction, out, case, output_extension(scan), meshes)
+            except BaseException:
+                _remove(extra, out / case)
+                raise
+            result.outputs = written + extra
             _write_outputs_record(out, case, scan, settings, result)
             fault_point("predict.case")
         except (KeyboardInterrupt, SystemExit, DiskFullError):

@@ -31,6 +31,7 @@ from jointseg.data.preprocess import (
     restore_labels,
     restore_probabilities,
 )
+from jointseg.inference.backends import Backend, TorchBackend  # the network call
 from jointseg.inference.slices import (
     InputError,
     check_scan,
@@ -110,6 +111,7 @@ class Predictor:
         self.label_space: LabelSpace = info.label_space()
         self.routes = {d.name: self._route(d.name) for d in info.domains}
         self.inferer = WholeViewInferer.from_config(config.inference)
+        self.backend: Backend = TorchBackend()  # or OnnxRuntimeBackend (inference/backends.py)
 
     @classmethod
     def from_run(
@@ -254,10 +256,7 @@ class Predictor:
         total = None
         flips = self.tta_flips() if self.tta else [()]
         for dims in flips:
-            logits = head_logits(net, torch.flip(x, dims) if dims else x, route.index)
-            if route.select is not None:
-                logits = logits[:, list(route.select)]
-            probs = torch.softmax(logits.float(), dim=1)
+            probs = self.backend(torch.flip(x, dims) if dims else x, route)
             probs = torch.flip(probs, dims) if dims else probs
             total = probs if total is None else total + probs
         return total / len(flips)

@@ -1,0 +1,142 @@
+"""The network call of prediction, behind one contract: ``backend(x, route) -> probabilities``.
+
+``x``: a batch of slices [B, k, H, W] (float32; H, W multiples of 32), ``route``: the domain's
+:class:`~jointseg.recognition.features.DomainPath`; the result: class probabilities
+[B, C, H, W] (float32, on ``x``'s device; background first, then the domain's structures).
+:class:`TorchBackend` runs the PyTorch network; :class:`OnnxRuntimeBackend` runs the domain's
+graph exported by ``jointseg export`` (:mod:`jointseg.inference.export`). Test-time flips,
+padding and sliding windows stay with the caller, so both backends feed the same pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from jointseg.inference.onnx_manifest import check_manifest, default_export_folder, read_manifest
+from jointseg.models.network import head_logits
+from jointseg.models.onnx_export import INPUT_NAME, OUTPUT_NAME
+from jointseg.recognition.features import DomainPath
+from jointseg.runs import RunError, RunInfo
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+class Backend(Protocol):
+    """Class probabilities of a batch of slices for one domain (see the module docstring)."""
+
+    name: str
+
+    def __call__(self, x: Tensor, route: DomainPath) -> Tensor: ...
+
+
+class TorchBackend:
+    """The PyTorch network: softmax of the domain's head (its union channels, if any)."""
+
+    name = "torch"
+
+    def __call__(self, x: Tensor, route: DomainPath) -> Tensor:
+        logits = head_logits(route.net, x, route.index)
+        if route.select is not None:
+            logits = logits[:, list(route.select)]
+        return torch.softmax(logits.float(), dim=1)
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime sessions of the exported domain graphs, one per route."""
+
+    name = "onnxruntime"
+
+    def __init__(self, sessions: dict[DomainPath, object], folder: Path | None = None):
+        self.sessions = sessions
+        self.folder = folder
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | Path,
+        run_dir: str | Path,
+        info: RunInfo,
+        routes: dict[str, DomainPath],
+        threads: int | None = None,
+        device: str = "cpu",
+    ) -> OnnxRuntimeBackend:
+        """Sessions for every domain of ``routes`` from an export folder of this run's weights.
+
+        Raises :class:`RunError` naming the folder when it is missing, incomplete, or exported
+        from other weights.
+        """
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RunError(
+                "--backend onnxruntime needs ONNX Runtime: pip install 'jointseg[onnx]'"
+            ) from None
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        check_manifest(manifest, folder, run_dir, info)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        sessions = {}
+        for domain, route in routes.items():
+            path = folder / manifest["domains"][domain]["file"]
+            try:
+                sessions[route] = ort.InferenceSession(
+                    str(path), sess_options=options, providers=providers
+                )
+            except Exception as error:  # onnxruntime raises its own exception types
+                raise RunError(f"{path}: ONNX Runtime cannot load the graph: {error}") from None
+        logger.info("ONNX Runtime backend: %s (%s)", folder, ", ".join(providers))
+        return cls(sessions, folder)
+
+    def __call__(self, x: Tensor, route: DomainPath) -> Tensor:
+        session = self.sessions.get(route)
+        if session is None:
+            raise RunError(f"{self.folder}: no exported graph for this domain")
+        batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})  # type: ignore[attr-defined]
+        return torch.from_numpy(probabilities).to(x.device)
+
+
+class RoutedRun(Protocol):
+    """What a backend is built for: a run's folder, index and domain routes (a Predictor)."""
+
+    run_dir: Path
+    info: RunInfo
+    routes: dict[str, DomainPath]
+
+
+def load_backend(
+    name: str,
+    run: RoutedRun,
+    folder: str | Path | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+) -> Backend:
+    """The backend called ``name`` for ``run``; ``folder``: the ONNX export (default RUN/onnx)."""
+    if name == "torch":
+        return TorchBackend()
+    if name == "onnxruntime":
+        folder = Path(folder) if folder is not None else default_export_folder(run.run_dir)
+        return OnnxRuntimeBackend.load(folder, run.run_dir, run.info, run.routes, threads, device)
+    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "OnnxRuntimeBackend",
+    "RoutedRun",
+    "TorchBackend",
+    "load_backend",
+]
