@@ -55,16 +55,7 @@ def union_training_masks(per_domain: Sequence[np.ndarray], label_space: LabelSpa
     class indices [sum N_d, H, W] (uint8)."""
     if len(per_domain) != len(label_space.domains):
         raise ValueError(f"{len(per_domain)} mask arrays for {len(label_space.domains)} domains")
-    parts = []
-    for domain, masks in enumerate(per_domain):
-        lut = label_space.local_to_union(domain)
-        masks = np.asarray(masks)
-        if masks.size and int(masks.max()) >= lut.size:
-            raise ValueError(
-                f"domain {label_space.domains[domain].name!r}: mask class {int(masks.max())} "
-                f"beyond its {lut.size} local classes"
-            )
-        parts.append(lut[masks].astype(np.uint8))
+    parts = [label_space.masks_to_union(m, d) for d, m in enumerate(per_domain)]
     return np.concatenate(parts, axis=0)
 
 
