@@ -41,7 +41,7 @@ from jointseg.inference.slices import (
     torch_device,
 )
 from jointseg.models.inferer import WholeViewInferer
-from jointseg.models.network import context_slices, head_index, head_logits
+from jointseg.models.network import context_slices, domain_logits, head_index, head_logits
 from jointseg.recognition.calibration import CALIBRATION_FACTOR, Calibration
 from jointseg.recognition.decision import (
     Candidate,
@@ -255,8 +255,7 @@ class Predictor:
         flips = self.tta_flips() if self.tta else [()]
         for dims in flips:
             logits = head_logits(net, torch.flip(x, dims) if dims else x, route.index)
-            if route.select is not None:
-                logits = logits[:, list(route.select)]
+            logits = domain_logits(logits, route.select)
             probs = torch.softmax(logits.float(), dim=1)
             probs = torch.flip(probs, dims) if dims else probs
             total = probs if total is None else total + probs

@@ -168,6 +168,22 @@ def head_logits(net: nn.Module, x: Tensor, index: int) -> Tensor:
     return torch.stack(out.per_sample())
 
 
+def domain_logits(logits: Tensor, channels: Sequence[int] | None) -> Tensor:
+    """A head's logits [B, K, H, W] as one domain's: for a head over the union label space, the
+    domain's union ``channels`` (``LabelSpace.union_channels``: background, then its structures),
+    so that channel ``c`` is local class ``c`` and other domains' structures take no part in the
+    softmax or argmax; a domain's own head (``channels`` None) is returned unchanged.
+
+    The one decoding of a shared head: validation and prediction both go through it.
+    """
+    return logits if channels is None else logits[:, list(channels)]
+
+
+def domain_labels(logits: Tensor, channels: Sequence[int] | None) -> Tensor:
+    """The domain's local label map [B, H, W] of a head's logits (see :func:`domain_logits`)."""
+    return domain_logits(logits, channels).argmax(dim=1)
+
+
 def head_index(net: nn.Module, model_domains: Sequence[str], domain: str) -> int:
     """The head (and BN) index of ``domain`` in a network trained on ``model_domains``."""
     return list(model_domains).index(domain) if getattr(net, "num_heads", 1) > 1 else 0
