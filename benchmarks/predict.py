@@ -158,8 +158,8 @@ def child(spec: dict) -> dict:
     """Measure one configuration in this process."""
     import torch
 
-    from jointseg.inference.predict import write_case
     from jointseg.inference.predictor import Predictor
+    from jointseg.inference.writer import write_case
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

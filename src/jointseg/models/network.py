@@ -184,6 +184,40 @@ def domain_labels(logits: Tensor, channels: Sequence[int] | None) -> Tensor:
     return domain_logits(logits, channels).argmax(dim=1)
 
 
+@dataclass(frozen=True)
+class Route:
+    """How a network runs one domain: the network, the domain's head (and BN) index there and,
+    for a head over the union label space, the union channels of the domain's classes
+    (background first; see :func:`domain_logits`). Prediction, recognition and the
+    recognition fitting all run a domain through one."""
+
+    net: nn.Module
+    index: int
+    select: tuple[int, ...] | None = None
+
+    @classmethod
+    def for_domain(
+        cls,
+        net: nn.Module,
+        model_domains: Sequence[str],
+        domain: str,
+        union_channels: Sequence[int] | None = None,
+    ) -> Route:
+        """``domain``'s route through ``net`` trained on ``model_domains``; ``union_channels``
+        for a union head (``LabelSpace.union_channels``), else None."""
+        select = None if union_channels is None else tuple(int(c) for c in union_channels)
+        return cls(net, head_index(net, model_domains, domain), select)
+
+    @property
+    def context_slices(self) -> int:
+        """The slices per input of the route's network."""
+        return context_slices(self.net)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The domain's logits [B, C_domain, H, W] of inputs [B, k, H, W]."""
+        return domain_logits(head_logits(self.net, x, self.index), self.select)
+
+
 def head_index(net: nn.Module, model_domains: Sequence[str], domain: str) -> int:
     """The head (and BN) index of ``domain`` in a network trained on ``model_domains``."""
     return list(model_domains).index(domain) if getattr(net, "num_heads", 1) > 1 else 0

@@ -1,7 +1,7 @@
 """Automatic domain (joint) recognition: which training domain a scan belongs to, or none.
 
 - ``features``: what a scan looks like to a domain's path through a network (appearance and
-  content descriptors, BN running-statistics distance); :class:`DomainPath`
+  content descriptors, BN running-statistics distance); :class:`Route`
 - ``references``: each domain's measured reference (``domain_reference.json``), its distances
 - ``calibration``: refusal threshold and temperature (``domain_calibration.json``)
 - ``decision``: candidates -> a decision (or a refusal)
