@@ -12,6 +12,7 @@ import torch
 
 from jointseg.data.io import read_header, read_image
 from jointseg.data.preprocess import InverseInfo, restore_labels, restore_probabilities
+from jointseg.data.scan_checks import constant_problem, shape_problem
 
 MAX_SCAN_VOXELS = 1 << 30  # larger scans are refused from their header, before reading
 BYTES_PER_VOXEL = 5  # peak memory of a prediction per scan voxel, roughly
@@ -24,13 +25,9 @@ class InputError(ValueError):
 def check_scan(image: sitk.Image) -> None:
     """Refuse what cannot be segmented (not a 3D single-channel scan, too large, constant)."""
     _check_shape(image.GetSize(), image.GetNumberOfComponentsPerPixel())
-    stats = sitk.MinimumMaximumImageFilter()
-    stats.Execute(image)
-    if stats.GetMinimum() == stats.GetMaximum():
-        raise InputError(
-            f"every voxel has the same intensity ({stats.GetMinimum():g}); there is nothing to "
-            "segment"
-        )
+    problem = constant_problem(image)
+    if problem:
+        raise InputError(problem)
 
 
 def load_scan(scan: str | Path | sitk.Image) -> sitk.Image:
@@ -45,12 +42,9 @@ def load_scan(scan: str | Path | sitk.Image) -> sitk.Image:
 
 
 def _check_shape(size: tuple[int, ...], components: int) -> None:
-    if components != 1:
-        raise InputError(
-            f"the scan has {components} components per voxel; a single-channel scan is needed"
-        )
-    if len(size) != 3:
-        raise InputError(f"the scan is {len(size)}D (size {size}); a 3D scan is needed")
+    problem = shape_problem(size, components)
+    if problem:
+        raise InputError(problem)
     if min(size) < 2:
         raise InputError(f"the scan is a single 2D slice (size {size}); a 3D scan is needed")
     voxels = math.prod(size)
