@@ -4,7 +4,8 @@ It composes the prediction stages and holds no algorithm of its own::
 
     read + check        inference.slices.load_scan (refused from the header when possible)
     preprocess (once)   data.preprocess.preprocess_case: whole-view slices, as in training
-    recognize (auto)    recognition.decision.recognize_domain on the same slices, break_ties
+    recognize (auto)    recognition.recognizer.DomainRecognizer on the same slices (the run's
+                        references and calibration; calibrated on its study when it has none)
     infer               models.inferer.WholeViewInferer.predict_volume: batches, context slices,
                         sliding windows beyond ``inference.max_in_plane``, TTA, float16
                         probabilities kept when restoration_fits (the memory policy)
@@ -39,16 +40,9 @@ from jointseg.inference.slices import (
 from jointseg.models.inferer import WholeViewInferer, flip_sets, restoration_fits
 from jointseg.models.network import Route
 from jointseg.recognition.calibration import CALIBRATION_FACTOR, Calibration
-from jointseg.recognition.decision import (
-    Candidate,
-    DomainDecision,
-    DomainRecognitionError,
-    break_ties,
-    recognize_domain,
-    refusal_message,
-)
-from jointseg.recognition.references import REFERENCE_FILE, DomainReference, load_references
-from jointseg.recognition.study import calibrate_domains, calibrate_from_study
+from jointseg.recognition.decision import Candidate, DomainDecision
+from jointseg.recognition.recognizer import DomainRecognizer
+from jointseg.recognition.references import DomainReference
 from jointseg.runs import RunError, RunInfo, load_run_info
 
 __all__ = ["InputError", "Prediction", "Predictor", "check_scan"]
@@ -99,11 +93,13 @@ class Predictor:
         self.device = device
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
-        self.calibration = calibration or Calibration()
-        self.references: dict[str, DomainReference] = {}
         self.label_space: LabelSpace = info.label_space()
         self.routes = {d.name: self._route(d.name) for d in info.domains}
         self.inferer = WholeViewInferer.from_config(config.inference)
+        self.recognizer = DomainRecognizer(
+            self.routes, self.label_space.num_classes, device, self.batch_size,
+            calibration=calibration or Calibration(),
+        )  # fmt: skip
 
     @classmethod
     def from_run(
@@ -143,18 +139,10 @@ class Predictor:
                 )
             net, _ = load_model(folder, map_location=where)
             networks[entry.name] = net.eval()
-        references = load_references(run)
-        # references of an older format are ignored, and with them the calibration measured
-        # in their units: recognition falls back to the BN statistics and their calibration
-        stale = (run / REFERENCE_FILE).is_file() and not references
-        calibration = Calibration() if stale else Calibration.load(run)
-        predictor = cls(run, config, info, networks, where, batch_size, tta, calibration)
-        predictor.references = references
-        if calibrate and (stale or not Calibration.exists(run)):
-            calibration = calibrate_from_study(
-                info, run, predictor.candidate, predictor._scan_volume, predictor.batch_size
-            )
-            predictor.calibration = calibration or predictor.calibration
+        predictor = cls(run, config, info, networks, where, batch_size, tta)
+        predictor.recognizer.load_run(run)
+        if calibrate and not predictor.recognizer.calibrated:
+            predictor.recognizer.calibrate_from_study(info, run, predictor._scan_volume)
         return predictor
 
     @property
@@ -197,7 +185,7 @@ class Predictor:
         case = self.preprocess(image)
         decision = None
         if domain == "auto":
-            decision = self._recognize(case.image)
+            decision = self.recognizer.recognize(case.image)
             domain = decision.domain  # type: ignore[assignment]
         else:
             self.info.domain(domain)
@@ -246,39 +234,30 @@ class Predictor:
     def _scan_volume(self, scan: Scan) -> np.ndarray:
         return self.recognition_volume(load_scan(scan))
 
-    def candidates(self) -> list[Candidate]:
-        """Every domain as a recognition candidate (see :meth:`candidate`)."""
-        return [self.candidate(name) for name in self.routes]
+    @property
+    def calibration(self) -> Calibration:
+        """The recognizer's calibration."""
+        return self.recognizer.calibration
 
-    def candidate(self, domain: str) -> Candidate:
-        """``domain`` with its network; with its measured reference when the run has one for
-        every domain (distances of both kinds are not comparable)."""
-        complete = all(name in self.references for name in self.routes)
-        reference = self.references[domain] if complete else None
-        return Candidate(domain, self.routes[domain], reference)
+    @property
+    def references(self) -> dict[str, DomainReference]:
+        """The run's measured recognition references (empty without them)."""
+        return self.recognizer.references
+
+    def candidates(self) -> list[Candidate]:
+        """Every domain as a recognition candidate."""
+        return self.recognizer.candidates()
 
     def recognize(self, scan: Scan, refuse: bool = True) -> DomainDecision:
-        """Which domain the scan belongs to; raises :class:`DomainRecognitionError` when none
-        fits (unless ``refuse`` is False, then ``decision.domain`` is None)."""
-        image = load_scan(scan)
-        return self._recognize(self.recognition_volume(image), refuse)
-
-    def _recognize(self, volume: np.ndarray, refuse: bool = True) -> DomainDecision:
-        decision = recognize_domain(self.candidates(), volume, self.calibration, self.batch_size)
-        decision = break_ties(
-            decision, self.routes, volume, self.label_space.num_classes, self.device
-        )
-        if decision.domain is None and refuse:
-            raise DomainRecognitionError(refusal_message(decision))
-        return decision
+        """Which domain the scan belongs to; raises
+        :class:`~jointseg.recognition.decision.DomainRecognitionError` when none fits (unless
+        ``refuse`` is False, then ``decision.domain`` is None)."""
+        return self.recognizer.recognize(self.recognition_volume(load_scan(scan)), refuse)
 
     def calibrate_domains(
         self, scans: dict[str, list[Scan]], factor: float = CALIBRATION_FACTOR
     ) -> Calibration:
         """Measure in-domain distances on scans of known domain; save the run's calibration."""
-        calibration = calibrate_domains(
-            self.candidate, self._scan_volume, scans, factor, self.batch_size
-        )
+        calibration = self.recognizer.calibrate(scans, self._scan_volume, factor)
         calibration.save(self.run_dir)
-        self.calibration = calibration
         return calibration

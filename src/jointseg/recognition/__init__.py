@@ -5,6 +5,7 @@
 - ``references``: each domain's measured reference (``domain_reference.json``), its distances
 - ``calibration``: refusal threshold and temperature (``domain_calibration.json``)
 - ``decision``: candidates -> a decision (or a refusal)
+- ``recognizer``: a run's recognizer (routes, references, calibration), as prediction uses it
 - ``fitting``: references and calibration of a trained run, from its slice caches
 - ``study``: calibration on scans of known domain (a run's own study folder)
 
