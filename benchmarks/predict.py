@@ -164,8 +164,8 @@ def child(spec: dict) -> dict:
 
     from jointseg.inference.backends import load_backend
     from jointseg.inference.export import export_run
-    from jointseg.inference.predict import write_case
     from jointseg.inference.predictor import Predictor
+    from jointseg.inference.writer import write_case
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

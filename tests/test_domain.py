@@ -10,7 +10,7 @@ from torch import nn
 
 from jointseg.config import ModelConfig
 from jointseg.models import build_model
-from jointseg.models.network import head_index
+from jointseg.models.network import Route, head_index
 from jointseg.recognition.calibration import Calibration
 from jointseg.recognition.decision import (
     Candidate,
@@ -21,7 +21,6 @@ from jointseg.recognition.decision import (
     refusal_message,
 )
 from jointseg.recognition.features import (
-    DomainPath,
     ScanFeatures,
     bn_distance,
     early_batchnorm_layers,
@@ -74,7 +73,7 @@ def fitted_net() -> nn.Module:
 
 
 def _candidates(net):
-    return [Candidate("smooth", DomainPath(net, 0)), Candidate("striped", DomainPath(net, 1))]
+    return [Candidate("smooth", Route(net, 0)), Candidate("striped", Route(net, 1))]
 
 
 def test_subsample_indices_cover_the_stack():
@@ -174,7 +173,7 @@ def test_reference_spread_is_pooled_over_the_other_domains():
 
 def test_scan_features_are_the_early_moments_and_the_heads_reading(fitted_net):
     volume = torch.from_numpy(smooth_volume(3)).unsqueeze(1)
-    features = scan_features(DomainPath(fitted_net, 1), volume, batch_size=5)
+    features = scan_features(Route(fitted_net, 1), volume, batch_size=5)
     assert features.appearance.shape == (5 * 2 * 16,)  # 5 layers x (means, log-variances) x 16
     # content: log mean class probability (2 classes) and logit of the mean top probability
     with torch.no_grad():
@@ -186,7 +185,7 @@ def test_scan_features_are_the_early_moments_and_the_heads_reading(fitted_net):
     expected = np.append(np.log(mean + 1e-3), np.log(top / (1 - top)))
     np.testing.assert_allclose(features.content, expected, rtol=1e-6)
     # a union head reads only the domain's channels, in the given order
-    union = scan_features(DomainPath(fitted_net, 1, select=(1, 0)), volume)
+    union = scan_features(Route(fitted_net, 1, select=(1, 0)), volume)
     np.testing.assert_allclose(union.content[:2], np.log(mean[::-1] + 1e-3), rtol=1e-6)
     np.testing.assert_allclose(union.appearance, features.appearance)
 
@@ -221,7 +220,7 @@ def test_head_index_follows_the_heads():
 
 def test_recognition_with_measured_references(fitted_net):
     def features(volume, index):
-        path = DomainPath(fitted_net, index)
+        path = Route(fitted_net, index)
         return scan_features(path, torch.from_numpy(volume).unsqueeze(1))
 
     makers = {"smooth": smooth_volume, "striped": striped_volume}
@@ -230,8 +229,7 @@ def test_recognition_with_measured_references(fitted_net):
         for i, (name, make) in enumerate(makers.items())
     }
     candidates = [
-        Candidate(name, DomainPath(fitted_net, i), references[name])
-        for i, name in enumerate(makers)
+        Candidate(name, Route(fitted_net, i), references[name]) for i, name in enumerate(makers)
     ]
     in_domain = {
         name: [references[name].distances(features(make(s), i))[1] for s in (500, 501)]
@@ -258,9 +256,7 @@ def test_recognition_with_measured_references(fitted_net):
             assert ">= " in decision.describe()
     assert recognize_domain(candidates, noise_volume(7), calibration).domain is None
     with pytest.raises(ValueError, match="every candidate"):
-        recognize_domain(
-            [candidates[0], Candidate("x", DomainPath(fitted_net, 1))], smooth_volume(1)
-        )
+        recognize_domain([candidates[0], Candidate("x", Route(fitted_net, 1))], smooth_volume(1))
 
 
 def test_decide_softmax_and_threshold():

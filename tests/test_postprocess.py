@@ -250,10 +250,10 @@ def test_predict_applies_the_runs_postprocessing(
     from jointseg.inference.predict import predict_path
     from tests.tiny_model import make_scan
 
-    original = module.Predictor.predict
+    original = module.Predictor.predict_checked  # what predict_path calls per scan
 
-    def with_island(self, image, domain="auto", return_probabilities=False):
-        prediction = original(self, image, domain, return_probabilities)
+    def with_island(self, image, domain="auto", return_probabilities=False, started=None):
+        prediction = original(self, image, domain, return_probabilities, started)
         array = sitk.GetArrayFromImage(prediction.label_map)
         array[0:2, 0:3, 0:3] = 1  # a femur island in a corner, far from the bones
         labels = sitk.GetImageFromArray(array)
@@ -261,7 +261,7 @@ def test_predict_applies_the_runs_postprocessing(
         prediction.label_map = labels
         return prediction
 
-    monkeypatch.setattr(module.Predictor, "predict", with_island)
+    monkeypatch.setattr(module.Predictor, "predict_checked", with_island)
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     scan_path = tmp_path / "k3.nii.gz"

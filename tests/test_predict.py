@@ -50,6 +50,7 @@ def test_predicts_known_labels_in_the_input_geometry(predictor, domain):
 
 def test_explicit_domain_tta_and_nearest_restoration(trained_run, monkeypatch):
     from jointseg.inference import predictor as module
+    from jointseg.models import inferer
 
     image, truth = make_scan("shoulder", 2)
     want = sitk.GetArrayFromImage(truth)
@@ -63,7 +64,7 @@ def test_explicit_domain_tta_and_nearest_restoration(trained_run, monkeypatch):
     assert probs.GetNumberOfComponentsPerPixel() == 3 and same_geometry(probs, image)
     np.testing.assert_allclose(sitk.GetArrayViewFromImage(probs).sum(-1), 1.0, atol=1e-2)
     # Too little memory for the probability maps: argmax slices, nearest-neighbour restoration.
-    monkeypatch.setattr(module, "MEMORY_BUDGET", 0)
+    monkeypatch.setattr(inferer, "MEMORY_BUDGET", 0)
     plain = module.Predictor.from_run(trained_run)
     prediction = plain.predict(image, domain="shoulder")
     assert prediction.details["smooth_restore"] is False
@@ -173,6 +174,7 @@ def test_dicom_folder_input_and_cli(trained_run, tmp_path):
         app, ["predict", str(trained_run), str(folder), "--out", str(out), "--no-meshes"]
     )
     assert result.exit_code == 0, result.output
+    assert "[predict] series: shoulder (confidence " in result.output  # the CLI shows the log
     seg = sitk.ReadImage(str(out / "series_seg.nii.gz"))
     source = read_image(folder)
     assert seg.GetSize() == source.GetSize()
@@ -230,7 +232,7 @@ def test_union_head_maps_to_the_domains_labels(trained_run, tmp_path):
 
     from jointseg.inference.predictor import Predictor
     from jointseg.recognition.calibration import Calibration
-    from jointseg.recognition.decision import decide
+    from jointseg.recognition.decision import break_ties, decide
     from jointseg.runs import load_run_info
 
     run = tmp_path / "shared"
@@ -254,7 +256,9 @@ def test_union_head_maps_to_the_domains_labels(trained_run, tmp_path):
     volume = predictor.recognition_volume(make_scan("shoulder", 1)[0])
     for knee, shoulder, expected in ((1.0, 2.0, "knee"), (2.0, 1.0, "shoulder")):
         decision = decide({"knee": knee, "shoulder": shoulder}, Calibration(threshold=10.0))
-        assert predictor._break_ties(decision, volume).domain == expected
+        classes = predictor.label_space.num_classes
+        tie = break_ties(decision, predictor.routes, volume, classes, predictor.device)
+        assert tie.domain == expected
 
 
 def test_run_is_calibrated_on_its_study_once(trained_run, tmp_path):
@@ -410,8 +414,8 @@ def test_sliding_window_beyond_the_maximum_view(trained_run, tmp_path):
 
 
 def test_write_case_again_replaces_the_cases_outputs(tmp_path):
-    from jointseg.inference.predict import write_case
     from jointseg.inference.predictor import Prediction
+    from jointseg.inference.writer import write_case
 
     image, truth = make_scan("knee", 13)
     both = Prediction(label_map=truth, domain="knee", structures=DOMAINS["knee"])

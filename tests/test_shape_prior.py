@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from itertools import pairwise
 
@@ -9,16 +10,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
 from jointseg.config import ShapePriorConfig
 from jointseg.data.labels import DomainLabels, LabelSpace
 from jointseg.losses import shape_prior_loss, union_onehot, union_probabilities
+from jointseg.models.checkpoint import CheckpointError, load_module_weights
 from jointseg.models.shape_autoencoder import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     LatentDiscriminator,
     ShapeAutoencoder,
+    autoencoder_metadata,
     load_autoencoder,
     save_autoencoder,
 )
@@ -181,6 +185,32 @@ def test_save_and_load_round_trip(tmp_path):
         load_autoencoder(tmp_path / "nowhere")
 
 
+def test_saved_in_the_common_model_folder_format(tmp_path):
+    ae = ShapeAutoencoder(num_classes=4, base_channels=4, code_channels=3, depth=2)
+    save_autoencoder(ae, tmp_path, metadata={"train_dice": 0.5})
+    index = json.loads((tmp_path / CONFIG_FILE).read_text(encoding="utf-8"))
+    assert index == {
+        "format": "jointseg-shape-autoencoder", "version": 1, "architecture": ae.architecture(),
+        "metadata": {"train_dice": 0.5},
+    }  # fmt: skip
+    bigger = ShapeAutoencoder(num_classes=4, base_channels=8, code_channels=3, depth=2)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_module_weights(bigger, tmp_path, WEIGHTS_FILE)
+
+
+def test_a_folder_of_the_earlier_flat_format_still_loads(tmp_path):
+    """Runs written before the common format hold a flat index and untagged weights."""
+    torch.manual_seed(2)
+    ae = ShapeAutoencoder(num_classes=3, base_channels=4, code_channels=2, depth=1, pool=2)
+    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, tmp_path / WEIGHTS_FILE)
+    flat = {"format_version": 1, **ae.architecture(), "metadata": {"validation_dice": 0.7}}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(flat), encoding="utf-8")
+    loaded = load_autoencoder(tmp_path)
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(loaded(x), ae(x), rtol=0, atol=0)
+    assert autoencoder_metadata(tmp_path) == {"validation_dice": 0.7}
+
+
 def test_training_reconstructs_held_out_masks(trained):
     ae, report = trained
     assert report["validation_dice"] >= 0.85, report
@@ -247,6 +277,37 @@ def test_obtain_reuses_a_saved_prior(tmp_path):
     assert report == {"validation_dice": 0.93} and loaded.architecture() == ae.architecture()
     with pytest.raises(ValueError, match="has 4 classes, this label space has 7"):
         obtain_shape_autoencoder(cfg, masks=np.zeros((0, 8, 8), int), num_classes=7)
+
+
+def test_obtain_loads_the_runs_own_prior_before_training(tmp_path):
+    """A resumed run finds its prior in its folder: the masks are never gathered."""
+    ae = ShapeAutoencoder(num_classes=4, base_channels=4, code_channels=3, depth=2)
+    save_autoencoder(ae, tmp_path, metadata={"train_dice": 0.8})
+
+    def masks():
+        raise AssertionError("masks gathered although a saved prior exists")
+
+    loaded, report = obtain_shape_autoencoder(ShapePriorConfig(), masks, 4, directory=tmp_path)
+    assert report == {"train_dice": 0.8} and loaded.architecture() == ae.architecture()
+    with pytest.raises(ValueError, match="has 4 classes, this label space has 5"):
+        obtain_shape_autoencoder(ShapePriorConfig(), masks, 5, directory=tmp_path)
+
+
+def test_obtain_trains_from_a_mask_function_and_saves(tmp_path):
+    cfg = ShapePriorConfig(steps=2, batch_size=2, base_channels=4, code_channels=2, depth=1)
+    calls = []
+
+    def masks():
+        calls.append(1)
+        return shapes(4, seed=5, size=16), None
+
+    ae, report = obtain_shape_autoencoder(cfg, masks, 4, directory=tmp_path / "p", progress=False)
+    assert calls == [1] and report["steps"] == 2 and report["validation_dice"] is None
+    assert autoencoder_metadata(tmp_path / "p")["num_masks"] == 4
+    _, again = obtain_shape_autoencoder(cfg, masks, 4, directory=tmp_path / "p")
+    assert calls == [1] and again["num_masks"] == 4
+    obtain_shape_autoencoder(cfg, masks, 4, directory=tmp_path / "q", progress=False, save=False)
+    assert not (tmp_path / "q").exists()
 
 
 # --- the shape-prior loss -------------------------------------------------------------------

@@ -13,6 +13,7 @@ from jointseg.data.splits import (
     fold_cases,
     load_splits,
     make_splits,
+    split_subjects,
     write_splits,
 )
 
@@ -135,3 +136,30 @@ def test_load_splits_rejects_broken_files(tmp_path: Path) -> None:
 def test_no_dataset_folder(tmp_path: Path) -> None:
     with pytest.raises(SplitsError, match="no dataset folder"):
         make_splits(tmp_path, 2, 0)
+
+
+def test_split_subjects_by_validation_fraction_or_by_fold(tmp_path: Path) -> None:
+    from jointseg.config import ExperimentConfig
+
+    fake_dataset(tmp_path, "Dataset001_Ankle", cases=5)
+    fake_dataset(tmp_path, "Dataset002_Knee", cases=2)
+    cfg = ExperimentConfig(
+        name="split",
+        datasets=[
+            {"name": "ankle", "folder": "Dataset001_Ankle"},
+            {"name": "knee", "folder": "Dataset002_Knee"},
+        ],
+        training={"validation_fraction": 0.2, "seed": 3},
+    )
+    subjects = split_subjects(cfg, tmp_path, None, None)
+    train, validation = subjects["ankle"]
+    assert len(validation) == 1 and len(train) == 4  # round(0.2 * 5)
+    assert sorted(train + validation) == [f"dataset001_ankle_{i:03d}" for i in range(5)]
+    assert [len(part) for part in subjects["knee"]] == [1, 1]  # at least one on each side
+    assert split_subjects(cfg, tmp_path, None, None) == subjects  # seeded
+    with pytest.raises(SplitsError, match="--fold needs a splits file"):
+        split_subjects(cfg, tmp_path, 0, None)
+    write_splits(tmp_path, folds=2, seed=0)
+    by_fold = split_subjects(cfg, tmp_path, 1, None)
+    splits = load_splits(tmp_path / "splits.json")
+    assert by_fold["knee"] == fold_cases(splits, tmp_path / "Dataset002_Knee", 1)

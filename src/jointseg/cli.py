@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -266,25 +267,30 @@ def predict(
     ] = None,
 ) -> None:
     """Predict label maps, per-bone meshes, measurements and previews."""
-    from jointseg.inference.predict import predict_path
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    _run(
-        predict_path,
-        run,
-        input,
-        out,
-        domain=domain,
-        tta=tta,
-        device=device,
-        batch_size=batch_size,
-        threads=threads,
-        meshes=meshes,
-        overwrite=overwrite,
-        postprocess=postprocess,
-        formats=format,
-        backend=backend,
-        onnx=onnx,
-    )
+    from jointseg.inference.predict import predict_path
+    from jointseg.workflows.console import PACKAGE_LOGGER, configure_logging
+
+    configure_logging()
+    with logging_redirect_tqdm([logging.getLogger(PACKAGE_LOGGER)]):  # lines above the bar
+        _run(
+            predict_path,
+            run,
+            input,
+            out,
+            domain=domain,
+            tta=tta,
+            device=device,
+            batch_size=batch_size,
+            threads=threads,
+            meshes=meshes,
+            overwrite=overwrite,
+            postprocess=postprocess,
+            formats=format,
+            backend=backend,
+            onnx=onnx,
+        )
 
 
 @app.command()

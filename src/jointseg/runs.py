@@ -5,7 +5,8 @@ Layout of a run folder written by ``jointseg train`` (:mod:`jointseg.workflows.t
     RUN/config.yaml                      the fully resolved experiment config
     RUN/run.json                         this index (RunInfo)
     RUN/models/<model>/model.safetensors weights (+ model.json: architecture and metadata)
-    RUN/models/shape_prior/              the frozen shape auto-encoder (schemes with a prior)
+    RUN/models/shape_prior/              the frozen shape auto-encoder (schemes with a prior):
+                                         shape_autoencoder.safetensors + shape_autoencoder.json
     RUN/checkpoints/<model>/last.ckpt    trainer state for --resume (and best.ckpt)
     RUN/logs/<model>/                    CSV and TensorBoard logs
     RUN/curves.png                       losses and validation Dice per dataset

@@ -18,6 +18,7 @@ from jointseg.data.manifest import (
     load_manifest,
     orphan_labels,
 )
+from jointseg.data.scan_checks import constant_problem, dimension_problem, nonfinite_problem
 
 
 @dataclass(frozen=True)
@@ -131,19 +132,18 @@ def _read(path: Path, report: CheckReport) -> sitk.Image | None:
     except ScanReadError as error:
         report.errors.append(Problem(path, str(error).split(": ", 1)[-1]))
         return None
-    if image.GetDimension() != 3:
-        report.errors.append(Problem(path, f"a {image.GetDimension()}D image; 3D volumes expected"))
+    problem = dimension_problem(image.GetSize())  # components: refused by read_image
+    if problem:
+        report.errors.append(Problem(path, problem))
         return None
     return image
 
 
 def _check_intensities(path: Path, image: sitk.Image, report: CheckReport) -> None:
-    array = sitk.GetArrayViewFromImage(image)
-    count = count_nonfinite(path, image)
-    if count:
-        report.errors.append(Problem(path, f"{count} NaN or infinite intensities"))
-    elif np.ptp(array) == 0:
-        report.errors.append(Problem(path, "empty volume: every voxel has the same intensity"))
+    voxels = image.GetNumberOfPixels()
+    problem = nonfinite_problem(count_nonfinite(path, image), voxels) or constant_problem(image)
+    if problem:
+        report.errors.append(Problem(path, problem))
 
 
 def _check_labels(

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from jointseg.data.scan_checks import components_problem
 from jointseg.utils.atomic import atomic_path
 
 SCAN_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -191,10 +192,9 @@ def _check_exists(path: Path) -> None:
 
 
 def _check_components(path: Path, components: int) -> None:
-    if components != 1:
-        raise ScanReadError(
-            f"{path}: has {components} components per voxel; a single-channel scan is expected"
-        )
+    problem = components_problem(components)
+    if problem:
+        raise ScanReadError(f"{path}: {problem}")
 
 
 def _file_header(path: Path, what: str = "scan") -> ScanHeader:

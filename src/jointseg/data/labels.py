@@ -8,6 +8,7 @@ prior both work in this space.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,3 +76,41 @@ class LabelSpace:
         for local, union in enumerate(self.local_to_union(domain)):
             lut[union] = local
         return lut
+
+    def local_to_union_table(self, names: Sequence[str]) -> np.ndarray:
+        """[len(names), max local classes]: row ``i`` maps domain ``names[i]``'s local classes
+        to union classes (padded with 0 beyond its classes)."""
+        return lookup_table([self.local_to_union(self.domain_index(n)) for n in names], fill=0)
+
+    def head_to_union(self, names: Sequence[str], union_head: bool) -> dict[int, np.ndarray]:
+        """Head index -> the union class of each of its output channels, for a model trained on
+        domains ``names``: one head over the union (``union_head``, the identity), or one head
+        per domain over its local classes."""
+        if union_head:
+            return {0: np.arange(self.num_classes, dtype=np.int64)}
+        return {h: self.local_to_union(self.domain_index(n)) for h, n in enumerate(names)}
+
+    def masks_to_union(self, masks: np.ndarray, domain: int) -> np.ndarray:
+        """Domain ``domain``'s LOCAL class masks as union classes (uint8); a class beyond the
+        domain's classes is a ``ValueError``."""
+        lut = self.local_to_union(domain)
+        masks = np.asarray(masks)
+        if masks.size and int(masks.max()) >= lut.size:
+            raise ValueError(
+                f"domain {self.domains[domain].name!r}: mask class {int(masks.max())} "
+                f"beyond its {lut.size} local classes"
+            )
+        return lut[masks].astype(np.uint8)
+
+
+def lookup_table(rows: Sequence | Mapping[int, Sequence], fill: int = 0) -> np.ndarray:
+    """Class lookups stacked into one [rows, widest] int64 table, padded with ``fill``: row
+    ``h`` maps class ``c`` to ``table[h, c]``. A mapping's keys are the row indices (missing rows
+    are all ``fill``)."""
+    items = dict(rows) if isinstance(rows, Mapping) else dict(enumerate(rows))
+    arrays = {h: np.asarray(r, dtype=np.int64).reshape(-1) for h, r in items.items()}
+    width = max((a.size for a in arrays.values()), default=0)
+    table = np.full((max(arrays, default=-1) + 1, width), fill, dtype=np.int64)
+    for h, array in arrays.items():
+        table[h, : array.size] = array
+    return table

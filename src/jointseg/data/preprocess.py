@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from jointseg.config import PreprocessingConfig
 from jointseg.data.io import geometry_mismatches
+from jointseg.data.scan_checks import NO_FINITE_INTENSITY, image_shape_problem
 
 ORIENTATION = "LPS"
 """Canonical orientation (DICOM convention): index axes x, y, z run to Left, Posterior, Superior."""
@@ -171,7 +172,7 @@ def intensity_statistics(
     sample = np.array(flat[::step], dtype=np.float64)  # a copy: clipped in place below
     sample = sample[np.isfinite(sample)]  # NaN or infinite voxels (a scanner's or a converter's)
     if sample.size == 0:
-        raise ValueError("the scan holds no finite intensity (every voxel NaN or infinite)")
+        raise ValueError(NO_FINITE_INTENSITY)
     low, high = (float(v) for v in np.percentile(sample, percentiles))
     np.clip(sample, low, high, out=sample)
     mean, std = float(sample.mean()), float(sample.std())
@@ -236,8 +237,9 @@ def _to_grid(
 
 
 def _check_scan(image: sitk.Image, label: sitk.Image | None) -> None:
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"expected a 3D single-channel scan, got size {image.GetSize()}")
+    problem = image_shape_problem(image)
+    if problem:
+        raise ValueError(problem)
     if label is None:
         return
     problems = geometry_mismatches(image, label)

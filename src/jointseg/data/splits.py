@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jointseg.config import ExperimentConfig
 from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.utils.atomic import atomic_write_json
 
@@ -172,3 +173,37 @@ def fold_cases(splits: dict, dataset_folder: str | Path, fold: int) -> tuple[lis
             f"dataset {name!r} has folds 0..{len(entries) - 1} in the splits file, not {fold}"
         )
     return list(entries[fold]["train"]), list(entries[fold]["validation"])
+
+
+def split_subjects(
+    cfg: ExperimentConfig, data_dir: Path, fold: int | None, splits_path: Path | None
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Per domain of ``cfg``: (training case ids, validation case ids).
+
+    With a splits file (``splits_path``, or ``data_dir/splits.json`` when only ``fold`` is
+    given), fold ``fold`` of it; otherwise a ``cfg.training.validation_fraction`` of each
+    dataset's cases, drawn with a generator seeded by the training seed and the dataset's index
+    (at least one case on each side when there are two or more).
+    """
+    result = {}
+    splits = load_splits(splits_path) if splits_path is not None else None
+    if fold is not None and splits is None:
+        default = Path(data_dir) / "splits.json"
+        if not default.is_file():
+            raise SplitsError(f"--fold needs a splits file: none given and {default} is missing")
+        splits = load_splits(default)
+    for index, dataset in enumerate(cfg.datasets):
+        folder = Path(data_dir) / dataset.folder
+        cases = [c.case_id for c in list_cases(folder, "train")]
+        if not cases:
+            raise SplitsError(f"{folder}: no training cases in imagesTr")
+        if splits is not None:
+            result[dataset.name] = fold_cases(splits, folder, fold or 0)
+            continue
+        rng = np.random.default_rng([cfg.training.seed, index])
+        count = int(round(cfg.training.validation_fraction * len(cases)))
+        if cfg.training.validation_fraction > 0 and len(cases) >= 2:
+            count = min(max(count, 1), len(cases) - 1)
+        chosen = set(rng.permutation(cases)[:count].tolist()) if count else set()
+        result[dataset.name] = ([c for c in cases if c not in chosen], sorted(chosen))
+    return result

@@ -1,9 +1,10 @@
 """Inference: a trained run folder -> label maps, meshes, measurements and previews.
 
-- ``predictor``: :class:`~jointseg.inference.predictor.Predictor` (also ``jointseg.Predictor``)
-- ``predict``: ``jointseg predict`` (``predict_path``, ``write_case``)
-- ``domain``, ``calibration``: automatic domain recognition from BN statistics
-- ``slices``: input checks, slice grids, flips, head outputs, restoration helpers
+- ``predictor``: :class:`~jointseg.inference.predictor.Predictor` (also ``jointseg.Predictor``),
+  the prediction stages composed: read + check, preprocess once, recognize, infer, restore
+- ``predict``: ``jointseg predict`` (``predict_path``): the pipeline per scan, then clean, write
+- ``writer``: the writer stage, every output of one case (``write_case``, ``_outputs.json``)
+- ``slices``: scan checks (``load_scan``), devices, restoration onto the scan's grid
 - ``postprocess``: per-structure islands and holes, a run's ``postprocessing.json``
 - ``meshes``, ``measurements``, ``label_tables``, ``preview``: the per-case outputs
 

@@ -1,7 +1,7 @@
 """The network call of prediction, behind one contract: ``backend(x, route) -> probabilities``.
 
 ``x``: a batch of slices [B, k, H, W] (float32; H, W multiples of 32), ``route``: the domain's
-:class:`~jointseg.recognition.features.DomainPath`; the result: class probabilities
+:class:`~jointseg.models.network.Route`; the result: class probabilities
 [B, C, H, W] (float32, on ``x``'s device; background first, then the domain's structures).
 :class:`TorchBackend` runs the PyTorch network; :class:`OnnxRuntimeBackend` runs the domain's
 graph exported by ``jointseg export`` (:mod:`jointseg.inference.export`). Test-time flips,
@@ -18,9 +18,8 @@ import torch
 from torch import Tensor
 
 from jointseg.inference.onnx_manifest import check_manifest, default_export_folder, read_manifest
-from jointseg.models.network import head_logits
+from jointseg.models.network import Route
 from jointseg.models.onnx_export import INPUT_NAME, OUTPUT_NAME
-from jointseg.recognition.features import DomainPath
 from jointseg.runs import RunError, RunInfo
 
 logger = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ class Backend(Protocol):
 
     name: str
 
-    def __call__(self, x: Tensor, route: DomainPath) -> Tensor: ...
+    def __call__(self, x: Tensor, route: Route) -> Tensor: ...
 
 
 class TorchBackend:
@@ -41,11 +40,8 @@ class TorchBackend:
 
     name = "torch"
 
-    def __call__(self, x: Tensor, route: DomainPath) -> Tensor:
-        logits = head_logits(route.net, x, route.index)
-        if route.select is not None:
-            logits = logits[:, list(route.select)]
-        return torch.softmax(logits.float(), dim=1)
+    def __call__(self, x: Tensor, route: Route) -> Tensor:
+        return torch.softmax(route.logits(x).float(), dim=1)
 
 
 class OnnxRuntimeBackend:
@@ -53,7 +49,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, sessions: dict[DomainPath, object], folder: Path | None = None):
+    def __init__(self, sessions: dict[Route, object], folder: Path | None = None):
         self.sessions = sessions
         self.folder = folder
 
@@ -63,7 +59,7 @@ class OnnxRuntimeBackend:
         folder: str | Path,
         run_dir: str | Path,
         info: RunInfo,
-        routes: dict[str, DomainPath],
+        routes: dict[str, Route],
         threads: int | None = None,
         device: str = "cpu",
     ) -> OnnxRuntimeBackend:
@@ -99,7 +95,7 @@ class OnnxRuntimeBackend:
         logger.info("ONNX Runtime backend: %s (%s)", folder, ", ".join(providers))
         return cls(sessions, folder)
 
-    def __call__(self, x: Tensor, route: DomainPath) -> Tensor:
+    def __call__(self, x: Tensor, route: Route) -> Tensor:
         session = self.sessions.get(route)
         if session is None:
             raise RunError(f"{self.folder}: no exported graph for this domain")
@@ -113,7 +109,7 @@ class RoutedRun(Protocol):
 
     run_dir: Path
     info: RunInfo
-    routes: dict[str, DomainPath]
+    routes: dict[str, Route]
 
 
 def load_backend(

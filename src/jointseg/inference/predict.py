@@ -14,8 +14,10 @@ Per scan (``case`` = the file name without extension, or the DICOM folder's name
                                      DICOM-SEG by default for a DICOM series: inference/formats.py)
     OUT/<case>_outputs.json          written last: the case's outputs, their sizes, the settings
 
-Label maps are postprocessed as the run's ``postprocessing.json`` says (islands removed, holes
-filled per structure) before they are measured, meshed and written.
+Each scan goes through one pipeline: read and check (``load_scan``), the Predictor
+(preprocess once, recognize with ``--domain auto``, infer, restore), clean (the run's
+``postprocessing.json``: islands removed, holes filled per structure), then the writer stage
+(:mod:`jointseg.inference.writer`), which measures, meshes and writes.
 
 A case's files are all computed before the first is written; if writing fails, the case's files
 written so far are removed. Every file is written atomically. A case is complete when its
@@ -26,15 +28,10 @@ output it lists exists with its recorded size; a rerun skips complete cases unle
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
@@ -43,35 +40,26 @@ from jointseg.data.io import (
     is_dicom_dir,
     scan_extension,
     strip_extension,
-    write_image,
 )
 from jointseg.inference.backends import load_backend
 from jointseg.inference.formats import case_formats, check_formats, run_algorithm, write_formats
-from jointseg.inference.label_tables import label_entries, write_label_tables
-from jointseg.inference.measurements import (
-    csv_rows,
-    measure_labels,
-    measurements_document,
-    update_measurements_csv,
-)
-from jointseg.inference.meshes import MESH_FORMATS, Geometry, label_meshes, write_mesh
 from jointseg.inference.postprocess import Postprocessing
 from jointseg.inference.predictor import InputError, Prediction, Predictor
-from jointseg.inference.preview import render_preview
 from jointseg.inference.slices import load_scan
+from jointseg.inference.writer import (
+    completed_outputs,
+    remove_outputs,
+    write_case,
+    write_outputs_record,
+)
 from jointseg.recognition.decision import DomainRecognitionError
 from jointseg.utils.atomic import (
     DiskFullError,
-    atomic_write_bytes,
-    atomic_write_json,
     remove_temporaries,
 )
 from jointseg.utils.faults import fault_point
 
 logger = logging.getLogger(__name__)
-
-MEASUREMENTS_CSV = "measurements.csv"
-OUTPUTS_SUFFIX = "_outputs.json"
 
 
 class PredictionError(ValueError):
@@ -152,7 +140,8 @@ def predict_path(
     it, or with ``postprocess=False``) before anything is measured or meshed. Scans whose outputs
     are complete are skipped unless ``overwrite``. A scan that fails is reported and skipped; the
     others are still predicted, then a :class:`PredictionError` lists the failures. A single
-    scan's failure raises its own error.
+    scan's failure raises its own error. Nothing is printed: each scan's outcome is logged
+    (:func:`case_line`; INFO, WARNING for a failure) and returned.
     """
     if threads is not None:
         if threads < 1:
@@ -185,12 +174,13 @@ def predict_path(
         if done is not None:
             result.domain, result.confidence, result.outputs = done
             result.skipped = True
-            tqdm.write(f"[predict] {case}: outputs complete, skipped (--overwrite redoes it)")
+            logger.info(case_line(result))
             results.append(result)
             continue
         try:
-            image = load_scan(scan)
-            prediction = postprocess_prediction(postprocessing, predictor.predict(image, domain))
+            image = load_scan(scan)  # read + check, once
+            prediction = predictor.predict_checked(image, domain)  # preprocess, infer, restore
+            prediction = postprocess_prediction(postprocessing, prediction)  # clean
             result.domain, result.confidence = prediction.domain, prediction.confidence
             extra = write_formats(  # the label map in other formats (--format)
                 case_formats(chosen, scan), scan, prediction, out, case, algorithm
@@ -198,10 +188,11 @@ def predict_path(
             try:
                 written = write_case(image, prediction, out, case, output_extension(scan), meshes)
             except BaseException:
-                _remove(extra, out / case)
+                remove_outputs(extra, out / case)
                 raise
             result.outputs = written + extra
-            _write_outputs_record(out, case, scan, settings, result)
+            write_outputs_record(out, case, scan, settings, result.domain, result.confidence,
+                                 result.outputs)  # fmt: skip
             fault_point("predict.case")
         except (KeyboardInterrupt, SystemExit, DiskFullError):
             raise  # a full disk fails every later scan too
@@ -211,10 +202,9 @@ def predict_path(
                     raise type(error)(f"{scan}: {_reason(error, scan)}") from None
                 raise
             result.error = _reason(error, scan)
-            tqdm.write(f"[predict] {case}: FAILED - {result.error}")
+            logger.warning(case_line(result))
         else:
-            how = "" if result.confidence is None else f" (confidence {result.confidence:.2f})"
-            tqdm.write(f"[predict] {case}: {result.domain}{how} -> {result.outputs[0]}")
+            logger.info(case_line(result))
         results.append(result)
     failed = [r for r in results if r.error]
     if failed:
@@ -222,6 +212,16 @@ def predict_path(
         lines += [f"  - {r.source}: {r.error}" for r in failed]
         raise PredictionError("\n".join(lines))
     return results
+
+
+def case_line(result: CaseResult) -> str:
+    """One line on what became of a scan: skipped, failed (why), or its domain and label map."""
+    if result.skipped:
+        return f"[predict] {result.case}: outputs complete, skipped (--overwrite redoes it)"
+    if result.error:
+        return f"[predict] {result.case}: FAILED - {result.error}"
+    how = "" if result.confidence is None else f" (confidence {result.confidence:.2f})"
+    return f"[predict] {result.case}: {result.domain}{how} -> {result.outputs[0]}"
 
 
 def postprocess_prediction(
@@ -235,47 +235,6 @@ def postprocess_prediction(
     label_map = postprocessing.apply_image(prediction.label_map, domain, structures)
     details = {**prediction.details, "postprocessing": postprocessing.describe(domain)}
     return replace(prediction, label_map=label_map, details=details)
-
-
-def _outputs_record_path(out: Path, case: str) -> Path:
-    return out / f"{case}{OUTPUTS_SUFFIX}"
-
-
-def _write_outputs_record(
-    out: Path, case: str, scan: Path, settings: dict, result: CaseResult
-) -> None:
-    record = {
-        "case": case,
-        "source": str(scan.resolve()),
-        "settings": settings,
-        "domain": result.domain,
-        "confidence": result.confidence,
-        "outputs": [
-            {"path": p.relative_to(out).as_posix(), "bytes": p.stat().st_size}
-            for p in result.outputs
-        ],
-    }
-    atomic_write_json(_outputs_record_path(out, case), record)
-
-
-def completed_outputs(
-    out: Path, case: str, scan: Path, settings: dict
-) -> tuple[str | None, float | None, list[Path]] | None:
-    """(domain, confidence, outputs) of a case predicted completely with these settings, or
-    None (no record, other scan or settings, an output missing or of another size)."""
-    try:
-        record = json.loads(_outputs_record_path(out, case).read_text(encoding="utf-8"))
-        if record["source"] != str(scan.resolve()) or record["settings"] != settings:
-            return None
-        outputs = []
-        for item in record["outputs"]:
-            path = out / item["path"]
-            if not path.is_file() or path.stat().st_size != item["bytes"]:
-                return None
-            outputs.append(path)
-        return record["domain"], record["confidence"], outputs
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _reason(error: Exception, scan: Path) -> str:
@@ -292,91 +251,10 @@ def _check_unique_cases(scans: list[Path]) -> None:
             raise ValueError(f"{other} and {scan} would write the same outputs; rename one")
 
 
-def write_case(
-    image: sitk.Image,
-    prediction: Prediction,
-    out: Path,
-    case: str,
-    extension: str = ".nii.gz",
-    meshes: bool = True,
-) -> list[Path]:
-    """Compute, then write every output of one case; returns the paths, label map first."""
-    labels = sitk.GetArrayViewFromImage(prediction.label_map)
-    geometry = Geometry.of(prediction.label_map)
-    structures = prediction.structures
-    surfaces = label_meshes(labels, structures, geometry) if meshes else {}
-    items = measure_labels(labels, structures, geometry, surfaces)
-    document = measurements_document(case, prediction.domain, prediction.confidence, items)
-    document["seconds"] = round(prediction.seconds, 3)
-    document["postprocessing"] = prediction.details.get("postprocessing")
-    if prediction.decision is not None:
-        document["domain_scores"] = {
-            s.name: {
-                "distance": round(s.distance, 5),
-                "refusal_distance": round(s.refusal, 5),
-                "distance_is_lower_bound": not s.complete,
-                "confidence": round(s.confidence, 4),
-            }
-            for s in prediction.decision.scores
-        }
-        document["refusal_threshold"] = round(prediction.decision.threshold, 5)
-    title = f"{case}: {prediction.domain}"
-    if prediction.confidence is not None:
-        title += f" (confidence {prediction.confidence:.2f})"
-    png = render_preview(image, np.asarray(labels), label_entries(structures), surfaces, title)
-
-    written: list[Path] = []
-    mesh_dir = out / case
-    with contextlib.suppress(FileNotFoundError):  # the case is incomplete until rewritten
-        _outputs_record_path(out, case).unlink()
-    try:
-        seg = out / f"{case}_seg{extension}"
-        write_image(prediction.label_map, seg)
-        written.append(seg)
-        written += write_label_tables(out, case, structures, prediction.domain)
-        for name, mesh in surfaces.items():
-            for kind in MESH_FORMATS:
-                written.append(write_mesh(mesh, mesh_dir / f"{_safe(name)}.{kind}"))
-        path = out / f"{case}_measurements.json"
-        atomic_write_json(path, document)
-        written.append(path)
-        path = out / f"{case}_preview.png"
-        atomic_write_bytes(path, png)
-        written.append(path)
-        update_measurements_csv(
-            out / MEASUREMENTS_CSV, case, csv_rows(case, prediction.domain, items)
-        )
-    except BaseException:
-        _remove(written, mesh_dir)
-        raise
-    _remove_stale_meshes(mesh_dir, written)
-    return written
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "structure"
-
-
-def _remove(paths: list[Path], mesh_dir: Path) -> None:
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-    if mesh_dir.is_dir() and not any(mesh_dir.iterdir()):
-        shutil.rmtree(mesh_dir, ignore_errors=True)
-
-
-def _remove_stale_meshes(mesh_dir: Path, written: list[Path]) -> None:
-    """Meshes an earlier prediction of the case left for structures not found this time."""
-    if not mesh_dir.is_dir():
-        return
-    for path in mesh_dir.iterdir():
-        if path.suffix.lstrip(".") in MESH_FORMATS and path not in written:
-            path.unlink()
-
-
 __all__ = [
     "CaseResult",
     "PredictionError",
+    "case_line",
     "case_name",
     "completed_outputs",
     "find_scans",

@@ -1,64 +1,52 @@
 """The Predictor: a trained run folder -> label maps in each scan's own geometry.
 
-Slices stream through the network in batches; per-slice class probabilities are kept as float16
-in the slice grid and restored class by class onto the scan's grid (linear, then argmax) when
-that fits :data:`MEMORY_BUDGET`, else the argmax slices are restored by nearest neighbour. The
-slices cover the scan's whole in-plane field of view, as in training's slice cache; the fully
-convolutional network runs on them in one pass, or by sliding windows beyond
-``inference.max_in_plane`` (:class:`~jointseg.models.inferer.WholeViewInferer`); each slice goes
-in with the context slices its network was trained with (the model's ``context_slices``).
-Domain recognition sees the same slices.
+It composes the prediction stages and holds no algorithm of its own::
+
+    read + check        inference.slices.load_scan (refused from the header when possible)
+    preprocess (once)   data.preprocess.preprocess_case: whole-view slices, as in training
+    recognize (auto)    recognition.recognizer.DomainRecognizer on the same slices (the run's
+                        references and calibration; calibrated on its study when it has none)
+    infer               models.inferer.WholeViewInferer.predict_volume: batches, context slices,
+                        sliding windows beyond ``inference.max_in_plane``, TTA, float16
+                        probabilities kept when restoration_fits (the memory policy)
+    restore             inference.slices.restore_prediction: onto the scan's grid, disk values
+
+Cleaning (postprocessing) and writing follow in ``inference.predict`` (``inference.writer``).
+A domain runs through its :class:`~jointseg.models.network.Route` (network, head, union
+channels).
 """
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from jointseg.config import ExperimentConfig, load_config
-from jointseg.data.context import context_stack
 from jointseg.data.labels import LabelSpace
-from jointseg.data.preprocess import (
-    PreprocessedCase,
-    preprocess_case,
-    restore_labels,
-    restore_probabilities,
-)
+from jointseg.data.preprocess import PreprocessedCase, preprocess_case
 from jointseg.inference.backends import Backend, TorchBackend  # the network call
 from jointseg.inference.slices import (
     InputError,
     check_scan,
-    flip_sets,
     load_scan,
-    restore_class_probabilities,
-    to_disk_values,
+    restore_prediction,
     torch_device,
 )
-from jointseg.models.inferer import WholeViewInferer
-from jointseg.models.network import context_slices, head_index, head_logits
+from jointseg.models.inferer import WholeViewInferer, flip_sets, restoration_fits
+from jointseg.models.network import Route
 from jointseg.recognition.calibration import CALIBRATION_FACTOR, Calibration
-from jointseg.recognition.decision import (
-    Candidate,
-    DomainDecision,
-    DomainRecognitionError,
-    recognize_domain,
-    refusal_message,
-)
-from jointseg.recognition.features import DomainPath, subsample_tensor
-from jointseg.recognition.references import REFERENCE_FILE, DomainReference, load_references
-from jointseg.recognition.study import calibrate_domains, calibrate_from_study
+from jointseg.recognition.decision import Candidate, DomainDecision
+from jointseg.recognition.recognizer import DomainRecognizer
+from jointseg.recognition.references import DomainReference
 from jointseg.runs import RunError, RunInfo, load_run_info
 
 __all__ = ["InputError", "Prediction", "Predictor", "check_scan"]
-
-MEMORY_BUDGET = 1.0e9  # bytes the probability restoration may take, beyond the scan itself
 
 Scan = str | Path | sitk.Image
 
@@ -106,12 +94,14 @@ class Predictor:
         self.device = device
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
-        self.calibration = calibration or Calibration()
-        self.references: dict[str, DomainReference] = {}
         self.label_space: LabelSpace = info.label_space()
         self.routes = {d.name: self._route(d.name) for d in info.domains}
         self.inferer = WholeViewInferer.from_config(config.inference)
         self.backend: Backend = TorchBackend()  # or OnnxRuntimeBackend (inference/backends.py)
+        self.recognizer = DomainRecognizer(
+            self.routes, self.label_space.num_classes, device, self.batch_size,
+            calibration=calibration or Calibration(),
+        )  # fmt: skip
 
     @classmethod
     def from_run(
@@ -151,18 +141,10 @@ class Predictor:
                 )
             net, _ = load_model(folder, map_location=where)
             networks[entry.name] = net.eval()
-        references = load_references(run)
-        # references of an older format are ignored, and with them the calibration measured
-        # in their units: recognition falls back to the BN statistics and their calibration
-        stale = (run / REFERENCE_FILE).is_file() and not references
-        calibration = Calibration() if stale else Calibration.load(run)
-        predictor = cls(run, config, info, networks, where, batch_size, tta, calibration)
-        predictor.references = references
-        if calibrate and (stale or not Calibration.exists(run)):
-            calibration = calibrate_from_study(
-                info, run, predictor.candidate, predictor._scan_volume, predictor.batch_size
-            )
-            predictor.calibration = calibration or predictor.calibration
+        predictor = cls(run, config, info, networks, where, batch_size, tta)
+        predictor.recognizer.load_run(run)
+        if calibrate and not predictor.recognizer.calibrated:
+            predictor.recognizer.calibrate_from_study(info, run, predictor._scan_volume)
         return predictor
 
     @property
@@ -173,16 +155,13 @@ class Predictor:
         """Structure name -> on-disk label value of ``domain``."""
         return dict(self.info.domain(domain).structures)
 
-    def _route(self, domain: str) -> DomainPath:
+    def _route(self, domain: str) -> Route:
         """How ``domain`` runs: its model's network, the head/BN index there and, for a union
         model, the union channels of its classes."""
         entry = self.info.model_for(domain)
-        net = self.networks[entry.name]
-        index = head_index(net, entry.domains, domain)
-        select = None
-        if entry.label_space == "union":
-            select = self.label_space.union_channels(domain)
-        return DomainPath(net, index, select)
+        union = entry.label_space == "union"
+        channels = self.label_space.union_channels(domain) if union else None
+        return Route.for_domain(self.networks[entry.name], entry.domains, domain, channels)
 
     # ------------------------------------------------------------------------ prediction
     def predict(
@@ -194,31 +173,43 @@ class Predictor:
         that fits none with :class:`DomainRecognitionError`).
         """
         started = time.perf_counter()
-        image = load_scan(scan)
-        case = self.recognition_case(image)
+        return self.predict_checked(load_scan(scan), domain, return_probabilities, started)
+
+    def predict_checked(
+        self,
+        image: sitk.Image,
+        domain: str = "auto",
+        return_probabilities: bool = False,
+        started: float | None = None,
+    ) -> Prediction:
+        """:meth:`predict` of an image :func:`load_scan` has read and checked."""
+        started = time.perf_counter() if started is None else started
+        case = self.preprocess(image)
         decision = None
         if domain == "auto":
-            decision = self._recognize(case.image)
+            decision = self.recognizer.recognize(case.image)
             domain = decision.domain  # type: ignore[assignment]
         else:
             self.info.domain(domain)
         route = self.routes[domain]
         inverse = case.inverse
         classes = len(self.structures(domain)) + 1
-        smooth = return_probabilities or _probabilities_fit(image, inverse.slice_shape, classes)
-        labels, probabilities = self._infer(route, case.image, smooth)
+        smooth = return_probabilities or restoration_fits(
+            image.GetSize(), inverse.slice_shape, classes
+        )
+        labels, probabilities = self.inferer.predict_volume(
+            case.image, lambda x: self.backend(x, route), route.context_slices, self.batch_size,
+            self.device,
+            self.tta_flips() if self.tta else [()], keep_probabilities=smooth,
+        )  # fmt: skip
         grid = labels.shape[1:]
         del case
-        if probabilities is not None:
-            local = restore_probabilities(probabilities, inverse)
-        else:
-            local = restore_labels(labels, inverse)
-        prob_image = None
-        if return_probabilities and probabilities is not None:
-            prob_image = restore_class_probabilities(probabilities, inverse)
         lut = self.info.domain(domain).labels().disk_values()
+        label_map, prob_image = restore_prediction(
+            labels, probabilities, inverse, lut, return_probabilities
+        )
         return Prediction(
-            label_map=to_disk_values(local, lut),
+            label_map=label_map,
             domain=domain,
             structures=self.structures(domain),
             confidence=None if decision is None else decision.confidence,
@@ -230,123 +221,46 @@ class Predictor:
                      "smooth_restore": probabilities is not None},
         )  # fmt: skip
 
-    @torch.no_grad()
-    def _infer(
-        self, route: DomainPath, volume: np.ndarray, keep_probabilities: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Argmax slices [S, H, W] (uint8) and, if asked, float16 probabilities [S, C, H, W]."""
-        net = route.net
-        k = context_slices(net)
-        labels = np.zeros(volume.shape, dtype=np.uint8)
-        probabilities = None
-        for start in range(0, volume.shape[0], self.batch_size):
-            stop = min(start + self.batch_size, volume.shape[0])
-            x = torch.from_numpy(context_stack(volume, np.arange(start, stop), k))
-            probs = self.inferer(x.to(self.device), lambda t: self.softmax(net, t, route))
-            if keep_probabilities and probabilities is None:
-                shape = (volume.shape[0], probs.shape[1], *volume.shape[1:])
-                probabilities = np.zeros(shape, np.float16)
-            if probabilities is not None:
-                probabilities[start:stop] = probs.to("cpu", torch.float16).numpy()
-            labels[start:stop] = probs.argmax(1).to("cpu", torch.uint8).numpy()
-        return labels, probabilities
-
-    def softmax(self, net: nn.Module, x: Tensor, route: DomainPath) -> Tensor:
-        """Class probabilities [B, C, H, W] of a batch, averaged over flips with TTA."""
-        total = None
-        flips = self.tta_flips() if self.tta else [()]
-        for dims in flips:
-            probs = self.backend(torch.flip(x, dims) if dims else x, route)
-            probs = torch.flip(probs, dims) if dims else probs
-            total = probs if total is None else total + probs
-        return total / len(flips)
-
     def tta_flips(self) -> list[tuple[int, ...]]:
         """The flips TTA averages over: the in-plane axes training flipped, else both."""
         return flip_sets(self.config.augmentation.flip_axes)
 
-    # ------------------------------------------------------------------ domain recognition
-    def recognition_case(self, image: sitk.Image) -> PreprocessedCase:
+    def preprocess(self, image: sitk.Image) -> PreprocessedCase:
         """The scan preprocessed exactly as the training slices were (whole view)."""
         return preprocess_case(image, None, self.config.preprocessing)
 
+    # ------------------------------------------------------------------ domain recognition
     def recognition_volume(self, image: sitk.Image) -> np.ndarray:
-        return self.recognition_case(image).image
+        """The slices recognition reads: the preprocessed scan (:meth:`preprocess`)."""
+        return self.preprocess(image).image
 
     def _scan_volume(self, scan: Scan) -> np.ndarray:
         return self.recognition_volume(load_scan(scan))
 
-    def candidates(self) -> list[Candidate]:
-        """Every domain as a recognition candidate (see :meth:`candidate`)."""
-        return [self.candidate(name) for name in self.routes]
+    @property
+    def calibration(self) -> Calibration:
+        """The recognizer's calibration."""
+        return self.recognizer.calibration
 
-    def candidate(self, domain: str) -> Candidate:
-        """``domain`` with its network; with its measured reference when the run has one for
-        every domain (distances of both kinds are not comparable)."""
-        complete = all(name in self.references for name in self.routes)
-        reference = self.references[domain] if complete else None
-        return Candidate(domain, self.routes[domain], reference)
+    @property
+    def references(self) -> dict[str, DomainReference]:
+        """The run's measured recognition references (empty without them)."""
+        return self.recognizer.references
+
+    def candidates(self) -> list[Candidate]:
+        """Every domain as a recognition candidate."""
+        return self.recognizer.candidates()
 
     def recognize(self, scan: Scan, refuse: bool = True) -> DomainDecision:
-        """Which domain the scan belongs to; raises :class:`DomainRecognitionError` when none
-        fits (unless ``refuse`` is False, then ``decision.domain`` is None)."""
-        image = load_scan(scan)
-        return self._recognize(self.recognition_volume(image), refuse)
-
-    def _recognize(self, volume: np.ndarray, refuse: bool = True) -> DomainDecision:
-        decision = recognize_domain(self.candidates(), volume, self.calibration, self.batch_size)
-        decision = self._break_ties(decision, volume)
-        if decision.domain is None and refuse:
-            raise DomainRecognitionError(refusal_message(decision))
-        return decision
-
-    def _break_ties(self, decision: DomainDecision, volume: np.ndarray) -> DomainDecision:
-        """Without references, domains sharing one model and BN (shared/union schemes) score
-        the same; among them pick the one whose structures cover most of the union head's
-        predicted foreground."""
-        if decision.domain is None:
-            return decision
-        best = self.routes[decision.domain]
-        top = decision.scores[0].distance
-        tied = [
-            s.name
-            for s in decision.scores
-            if (self.routes[s.name].net, self.routes[s.name].index) == (best.net, best.index)
-            and math.isclose(s.distance, top, rel_tol=1e-9)
-        ]
-        if len(tied) < 2 or best.select is None:
-            return decision
-        net = best.net
-        with torch.no_grad():
-            slices = subsample_tensor(volume, context_slices(net))
-            logits = head_logits(net, slices.to(self.device), 0)
-        counts = np.bincount(
-            logits.argmax(1).cpu().numpy().ravel(), minlength=self.label_space.num_classes
-        )
-        cover = {n: float(counts[list(self.routes[n].select or ())[1:]].sum()) for n in tied}
-        winner = max(tied, key=lambda n: cover[n])
-        confidence = cover[winner] / (sum(cover.values()) or 1.0)
-        return replace(decision, domain=winner, confidence=confidence)
+        """Which domain the scan belongs to; raises
+        :class:`~jointseg.recognition.decision.DomainRecognitionError` when none fits (unless
+        ``refuse`` is False, then ``decision.domain`` is None)."""
+        return self.recognizer.recognize(self.recognition_volume(load_scan(scan)), refuse)
 
     def calibrate_domains(
         self, scans: dict[str, list[Scan]], factor: float = CALIBRATION_FACTOR
     ) -> Calibration:
         """Measure in-domain distances on scans of known domain; save the run's calibration."""
-        calibration = calibrate_domains(
-            self.candidate, self._scan_volume, scans, factor, self.batch_size
-        )
+        calibration = self.recognizer.calibrate(scans, self._scan_volume, factor)
         calibration.save(self.run_dir)
-        self.calibration = calibration
         return calibration
-
-
-def _probabilities_fit(image: sitk.Image, slice_shape: tuple[int, ...], classes: int) -> bool:
-    """Whether class-wise restoration fits :data:`MEMORY_BUDGET`.
-
-    It holds the float16 probabilities (2 bytes per slice voxel and class), one class as float32
-    on the slice grid and its SimpleITK copy (8 bytes per slice voxel), and on the scan's grid
-    the restored class, the running maximum, the labels and a mask (10 bytes per voxel).
-    """
-    slices = math.prod(slice_shape)
-    need = math.prod(image.GetSize()) * 10 + slices * (classes * 2 + 8)
-    return need <= MEMORY_BUDGET

@@ -1,4 +1,4 @@
-"""Slice-level helpers of inference: input checks, flips, head outputs, restoration."""
+"""Slice-level helpers of inference: input checks, devices, restoration onto the scan's grid."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import SimpleITK as sitk
 import torch
 
 from jointseg.data.io import read_header, read_image
-from jointseg.data.preprocess import InverseInfo
+from jointseg.data.preprocess import InverseInfo, restore_labels, restore_probabilities
+from jointseg.data.scan_checks import constant_problem, shape_problem
 
 MAX_SCAN_VOXELS = 1 << 30  # larger scans are refused from their header, before reading
 BYTES_PER_VOXEL = 5  # peak memory of a prediction per scan voxel, roughly
@@ -24,13 +25,9 @@ class InputError(ValueError):
 def check_scan(image: sitk.Image) -> None:
     """Refuse what cannot be segmented (not a 3D single-channel scan, too large, constant)."""
     _check_shape(image.GetSize(), image.GetNumberOfComponentsPerPixel())
-    stats = sitk.MinimumMaximumImageFilter()
-    stats.Execute(image)
-    if stats.GetMinimum() == stats.GetMaximum():
-        raise InputError(
-            f"every voxel has the same intensity ({stats.GetMinimum():g}); there is nothing to "
-            "segment"
-        )
+    problem = constant_problem(image)
+    if problem:
+        raise InputError(problem)
 
 
 def load_scan(scan: str | Path | sitk.Image) -> sitk.Image:
@@ -45,12 +42,9 @@ def load_scan(scan: str | Path | sitk.Image) -> sitk.Image:
 
 
 def _check_shape(size: tuple[int, ...], components: int) -> None:
-    if components != 1:
-        raise InputError(
-            f"the scan has {components} components per voxel; a single-channel scan is needed"
-        )
-    if len(size) != 3:
-        raise InputError(f"the scan is {len(size)}D (size {size}); a 3D scan is needed")
+    problem = shape_problem(size, components)
+    if problem:
+        raise InputError(problem)
     if min(size) < 2:
         raise InputError(f"the scan is a single 2D slice (size {size}); a 3D scan is needed")
     voxels = math.prod(size)
@@ -84,16 +78,6 @@ def torch_device(name: str) -> torch.device:
         raise ValueError(f"unknown device {name!r}: {error}") from None
 
 
-def flip_sets(flip_axes: list[int] | tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Tensor dims to flip for TTA: every combination of the in-plane axes (0 = rows, 1 = cols)
-    given, or of both when none are; the identity first."""
-    dims = [2 + a for a in sorted(set(flip_axes)) or [0, 1]]
-    flips: list[tuple[int, ...]] = [()]
-    for d in dims:
-        flips += [(*f, d) for f in flips]
-    return flips
-
-
 def restore_class_probabilities(probabilities: np.ndarray, inverse: InverseInfo) -> sitk.Image:
     """Probabilities [S, C, H, W] as a C-component float32 image on the scan's grid."""
     channels = []
@@ -114,3 +98,23 @@ def to_disk_values(local: sitk.Image, lut: np.ndarray) -> sitk.Image:
     out = sitk.GetImageFromArray(array)
     out.CopyInformation(local)
     return out
+
+
+def restore_prediction(
+    labels: np.ndarray,
+    probabilities: np.ndarray | None,
+    inverse: InverseInfo,
+    disk_values: np.ndarray,
+    return_probabilities: bool = False,
+) -> tuple[sitk.Image, sitk.Image | None]:
+    """A slice-grid prediction on the scan's grid: the label map in on-disk values (from the
+    probabilities, class by class, when given, else the argmax slices by nearest neighbour) and,
+    with ``return_probabilities``, the class probabilities as a vector image."""
+    if probabilities is not None:
+        local = restore_probabilities(probabilities, inverse)
+    else:
+        local = restore_labels(labels, inverse)
+    prob_image = None
+    if return_probabilities and probabilities is not None:
+        prob_image = restore_class_probabilities(probabilities, inverse)
+    return to_disk_values(local, disk_values), prob_image

@@ -1,7 +1,7 @@
 """The multi-joint shape prior: predictions and ground truth in the union label space, the code
 distance under a frozen shape auto-encoder, and the latent adversarial terms.
 
-A domain head predicts its own classes; ``head_to_union[h]`` (``LabelSpace.local_to_union``; the
+A domain head predicts its own classes; ``head_to_union[h]`` (``LabelSpace.head_to_union``; the
 identity for a head over the union) sends them to the union space, where the auto-encoder of
 all joints' label maps lives. Union channels of structures a head does not know are 0.
 """
@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from jointseg.data.labels import lookup_table
 
 if TYPE_CHECKING:
     from jointseg.models.shape_autoencoder import ShapeAutoencoder
@@ -70,11 +72,9 @@ def union_onehot(
     heads = domains_or_heads.to(target.device).long().reshape(-1)
     if heads.numel() != target.shape[0]:
         raise ValueError(f"{heads.numel()} head ids for {target.shape[0]} samples")
-    width = max(len(m) for m in head_to_union.values())
-    table = torch.full((max(head_to_union) + 1, width), -1, dtype=torch.long, device=target.device)
-    for head, mapping in head_to_union.items():
-        mapping = torch.as_tensor(mapping, device=target.device).long()
-        table[head, : mapping.numel()] = mapping
+    rows = {h: torch.as_tensor(m).cpu().numpy() for h, m in head_to_union.items()}
+    table = torch.as_tensor(lookup_table(rows, fill=-1), device=target.device)
+    width = table.shape[1]
     missing = sorted(set(heads.tolist()) - set(head_to_union))
     if missing:
         raise KeyError(f"no head_to_union entry for heads {missing}")

@@ -1,12 +1,14 @@
-"""Model folders: ``model.safetensors`` (weights) beside ``model.json`` (architecture, metadata).
+"""Model folders: weights (safetensors) beside an index (JSON: format, architecture, metadata).
 
-``model.json``::
+Every saved module of the package has this one format; what differs is the file names and the
+``format`` tag. A segmentation network: ``model.safetensors`` + ``model.json``::
 
     {"format": "jointseg-model", "version": 1,
      "architecture": {"model": <ModelConfig>, "head_classes": [...], "domain_specific_bn": bool},
      "metadata": {...}}
 
-Weights are stored with safetensors (no pickle), so loading runs no code from the file.
+The shape auto-encoder (:mod:`jointseg.models.shape_autoencoder`) is saved the same way under its
+own names. Weights are stored with safetensors (no pickle), so loading runs no code from the file.
 """
 
 from __future__ import annotations
@@ -44,31 +46,73 @@ def architecture(net: JointSegNet) -> dict[str, Any]:
     }
 
 
+def save_module(
+    module: nn.Module,
+    directory: Path,
+    architecture: dict[str, Any],
+    metadata: dict | None = None,
+    *,
+    format: str = FORMAT,
+    weights_file: str = WEIGHTS_FILE,
+    index_file: str = INDEX_FILE,
+) -> None:
+    """Write ``module``'s weights and its index (format, architecture, metadata) atomically."""
+    directory = Path(directory)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(directory / weights_file) as tmp:
+        tags = {"format": format, "architecture": json.dumps(architecture)}
+        save_file(state, str(tmp), metadata=tags)
+    index = {
+        "format": format, "version": VERSION, "architecture": architecture,
+        "metadata": metadata or {},
+    }  # fmt: skip
+    atomic_write_json(directory / index_file, index)
+
+
 def save_model(net: JointSegNet, directory: Path, metadata: dict | None = None) -> None:
     """Write ``directory/model.safetensors`` and ``directory/model.json`` atomically."""
-    directory = Path(directory)
-    arch = architecture(net)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "architecture": json.dumps(arch)})
-    index = {"format": FORMAT, "version": VERSION, "architecture": arch, "metadata": metadata or {}}
-    atomic_write_json(directory / INDEX_FILE, index)
+    save_module(net, directory, architecture(net), metadata)
 
 
-def read_index(directory: Path) -> dict[str, Any]:
-    """The parsed ``model.json`` of a model folder, checked for format and version."""
-    path = Path(directory) / INDEX_FILE
+def read_json_index(directory: Path, index_file: str = INDEX_FILE) -> dict[str, Any]:
+    """The parsed index file of a saved folder, unchecked (a clear error when absent/invalid)."""
+    path = Path(directory) / index_file
     if not path.is_file():
-        raise CheckpointError(f"{directory}: no {INDEX_FILE}; not a saved model folder")
+        raise CheckpointError(f"{directory}: no {index_file}; not a saved model folder")
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path}: invalid JSON ({error})") from None
-    if index.get("format") != FORMAT or index.get("version") != VERSION:
+
+
+def check_index(index: dict[str, Any], path: Path, format: str = FORMAT) -> dict[str, Any]:
+    """``index`` when it is of ``format`` and this version, else a :class:`CheckpointError`."""
+    if index.get("format") != format or index.get("version") != VERSION:
         raise CheckpointError(
             f"{path}: unsupported format {index.get('format')!r} version {index.get('version')!r}"
         )
     return index
+
+
+def read_index(directory: Path) -> dict[str, Any]:
+    """The parsed ``model.json`` of a model folder, checked for format and version."""
+    return check_index(read_json_index(directory), Path(directory) / INDEX_FILE)
+
+
+def load_module_weights(
+    module: nn.Module,
+    directory: Path,
+    weights_file: str = WEIGHTS_FILE,
+    source: str = "",
+    exclude: Sequence[str] = (),
+) -> None:
+    """Load ``directory/weights_file`` into ``module`` (every mismatch in one clear error;
+    ``source`` is appended to the file's name in it; ``exclude`` as in :func:`load_weights`)."""
+    path = Path(directory) / weights_file
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {weights_file}")
+    state = load_file(str(path))
+    load_state_checked(module, state, source=f"{path}{source}", exclude=exclude)
 
 
 def load_model(
@@ -92,18 +136,14 @@ def load_weights(net: nn.Module, directory: Path, exclude: Sequence[str] = ()) -
     e.g. to start a fine-tuning from another scheme's network. Raises :class:`CheckpointError`
     naming mismatched layers, missing and unexpected keys.
     """
-    path = Path(directory) / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
-    state = load_file(str(path))
-    source = str(path)
+    source = ""
     if (Path(directory) / INDEX_FILE).is_file():
         arch = read_index(directory)["architecture"]
-        source += (
+        source = (
             f" ({arch['model']['encoder']}, width {arch['model']['width']}, heads "
             f"{arch['head_classes']}, domain_specific_bn={arch['domain_specific_bn']})"
         )
-    load_state_checked(net, state, source=source, exclude=exclude)
+    load_module_weights(net, directory, WEIGHTS_FILE, source, exclude)
 
 
 def load_state_checked(

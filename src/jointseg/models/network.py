@@ -168,6 +168,56 @@ def head_logits(net: nn.Module, x: Tensor, index: int) -> Tensor:
     return torch.stack(out.per_sample())
 
 
+def domain_logits(logits: Tensor, channels: Sequence[int] | None) -> Tensor:
+    """A head's logits [B, K, H, W] as one domain's: for a head over the union label space, the
+    domain's union ``channels`` (``LabelSpace.union_channels``: background, then its structures),
+    so that channel ``c`` is local class ``c`` and other domains' structures take no part in the
+    softmax or argmax; a domain's own head (``channels`` None) is returned unchanged.
+
+    The one decoding of a shared head: validation and prediction both go through it.
+    """
+    return logits if channels is None else logits[:, list(channels)]
+
+
+def domain_labels(logits: Tensor, channels: Sequence[int] | None) -> Tensor:
+    """The domain's local label map [B, H, W] of a head's logits (see :func:`domain_logits`)."""
+    return domain_logits(logits, channels).argmax(dim=1)
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a network runs one domain: the network, the domain's head (and BN) index there and,
+    for a head over the union label space, the union channels of the domain's classes
+    (background first; see :func:`domain_logits`). Prediction, recognition and the
+    recognition fitting all run a domain through one."""
+
+    net: nn.Module
+    index: int
+    select: tuple[int, ...] | None = None
+
+    @classmethod
+    def for_domain(
+        cls,
+        net: nn.Module,
+        model_domains: Sequence[str],
+        domain: str,
+        union_channels: Sequence[int] | None = None,
+    ) -> Route:
+        """``domain``'s route through ``net`` trained on ``model_domains``; ``union_channels``
+        for a union head (``LabelSpace.union_channels``), else None."""
+        select = None if union_channels is None else tuple(int(c) for c in union_channels)
+        return cls(net, head_index(net, model_domains, domain), select)
+
+    @property
+    def context_slices(self) -> int:
+        """The slices per input of the route's network."""
+        return context_slices(self.net)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The domain's logits [B, C_domain, H, W] of inputs [B, k, H, W]."""
+        return domain_logits(head_logits(self.net, x, self.index), self.select)
+
+
 def head_index(net: nn.Module, model_domains: Sequence[str], domain: str) -> int:
     """The head (and BN) index of ``domain`` in a network trained on ``model_domains``."""
     return list(model_domains).index(domain) if getattr(net, "num_heads", 1) > 1 else 0

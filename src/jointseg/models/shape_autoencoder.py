@@ -8,26 +8,32 @@ decoder's logits are upsampled (bilinear) back to H x W. Normalization is GroupN
 nothing depends on ``train()``/``eval()``: the frozen prior behaves the same inside a training
 loop that switches its parent module to train mode.
 
-Saved as ``shape_autoencoder.safetensors`` (weights) + ``shape_autoencoder.json`` (architecture
-and metadata) in one folder.
+Saved in the package's one model-folder format (:mod:`jointseg.models.checkpoint`) as
+``shape_autoencoder.safetensors`` (weights) + ``shape_autoencoder.json`` (format
+``jointseg-shape-autoencoder``, architecture, metadata); folders written before that format
+(a flat ``{"format_version": 1, <architecture>, "metadata"}`` index) still load.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from jointseg.utils.atomic import atomic_path, atomic_write_json
+from jointseg.models.checkpoint import (
+    check_index,
+    load_module_weights,
+    read_json_index,
+    save_module,
+)
 
 WEIGHTS_FILE = "shape_autoencoder.safetensors"
 CONFIG_FILE = "shape_autoencoder.json"
-FORMAT_VERSION = 1
+FORMAT = "jointseg-shape-autoencoder"
+LEGACY_FORMAT_VERSION = 1  # the flat index of folders written before the common format
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -159,12 +165,20 @@ def save_autoencoder(
     ae: ShapeAutoencoder, directory: Path, metadata: dict[str, Any] | None = None
 ) -> None:
     """Write weights (safetensors) and architecture (+ ``metadata``, JSON) into ``directory``."""
-    directory = Path(directory)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp))
-    config = {"format_version": FORMAT_VERSION, **ae.architecture(), "metadata": metadata or {}}
-    atomic_write_json(directory / CONFIG_FILE, config)
+    save_module(
+        ae, directory, ae.architecture(), metadata,
+        format=FORMAT, weights_file=WEIGHTS_FILE, index_file=CONFIG_FILE,
+    )  # fmt: skip
+
+
+def _read_index(directory: Path) -> dict[str, Any]:
+    """The folder's index in the common format (a legacy flat index converted)."""
+    index = read_json_index(directory, CONFIG_FILE)
+    if "format" not in index and index.get("format_version") == LEGACY_FORMAT_VERSION:
+        metadata = index.get("metadata", {})
+        architecture = {k: v for k, v in index.items() if k not in ("format_version", "metadata")}
+        return {"architecture": architecture, "metadata": metadata}
+    return check_index(index, Path(directory) / CONFIG_FILE, FORMAT)
 
 
 def load_autoencoder(directory: Path, device: str | torch.device = "cpu") -> ShapeAutoencoder:
@@ -172,14 +186,13 @@ def load_autoencoder(directory: Path, device: str | torch.device = "cpu") -> Sha
     directory = Path(directory)
     if directory.name == WEIGHTS_FILE:
         directory = directory.parent
-    weights, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
-    for path in (weights, config_path):
+    for path in (directory / WEIGHTS_FILE, directory / CONFIG_FILE):
         if not path.is_file():
             raise FileNotFoundError(
                 f"shape auto-encoder file missing: {path} (a saved auto-encoder folder holds "
                 f"{WEIGHTS_FILE} and {CONFIG_FILE})"
             )
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = _read_index(directory)["architecture"]
     ae = ShapeAutoencoder(
         num_classes=int(config["num_classes"]),
         base_channels=int(config["base_channels"]),
@@ -187,11 +200,16 @@ def load_autoencoder(directory: Path, device: str | torch.device = "cpu") -> Sha
         depth=int(config["depth"]),
         pool=int(config.get("pool", 1)),
     )
-    ae.load_state_dict(load_file(str(weights), device="cpu"))
+    load_module_weights(ae, directory, WEIGHTS_FILE)
     return ae.to(device).freeze()
+
+
+def is_saved_autoencoder(directory: Path) -> bool:
+    """Whether ``directory`` holds both files of a saved auto-encoder."""
+    directory = Path(directory)
+    return (directory / WEIGHTS_FILE).is_file() and (directory / CONFIG_FILE).is_file()
 
 
 def autoencoder_metadata(directory: Path) -> dict[str, Any]:
     """The metadata saved with an auto-encoder (e.g. its training report)."""
-    config = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
-    return dict(config.get("metadata", {}))
+    return dict(_read_index(directory).get("metadata", {}))

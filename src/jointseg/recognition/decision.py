@@ -18,15 +18,17 @@ candidate complete; usually one or two heads run instead of all.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 from torch import Tensor
 
+from jointseg.models.network import Route, head_logits
 from jointseg.recognition.calibration import Calibration
 from jointseg.recognition.features import (
-    DomainPath,
     appearance_descriptor,
     bn_distance,
     content_descriptor,
@@ -47,7 +49,7 @@ class Candidate:
     references."""
 
     name: str
-    path: DomainPath
+    path: Route
     reference: DomainReference | None = None
 
 
@@ -167,3 +169,36 @@ def refusal_message(decision: DomainDecision) -> str:
         "the scan fits none of this run's domains; candidates: "
         f"{decision.describe()}. Pass --domain NAME to segment it anyway."
     )
+
+
+def break_ties(
+    decision: DomainDecision,
+    routes: Mapping[str, Route],
+    volume: np.ndarray,
+    num_classes: int,
+    device: torch.device,
+) -> DomainDecision:
+    """Without references, domains sharing one model and BN (shared/union schemes) score the
+    same; among them pick the one whose structures cover most of the union head's predicted
+    foreground (``num_classes``: the union's classes)."""
+    if decision.domain is None:
+        return decision
+    best = routes[decision.domain]
+    top = decision.scores[0].distance
+    tied = [
+        s.name
+        for s in decision.scores
+        if (routes[s.name].net, routes[s.name].index) == (best.net, best.index)
+        and math.isclose(s.distance, top, rel_tol=1e-9)
+    ]
+    if len(tied) < 2 or best.select is None:
+        return decision
+    net = best.net
+    with torch.no_grad():
+        slices = subsample_tensor(volume, best.context_slices)
+        logits = head_logits(net, slices.to(device), 0)
+    counts = np.bincount(logits.argmax(1).cpu().numpy().ravel(), minlength=num_classes)
+    cover = {n: float(counts[list(routes[n].select or ())[1:]].sum()) for n in tied}
+    winner = max(tied, key=lambda n: cover[n])
+    confidence = cover[winner] / (sum(cover.values()) or 1.0)
+    return replace(decision, domain=winner, confidence=confidence)

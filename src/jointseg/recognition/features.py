@@ -1,7 +1,7 @@
 """What a scan looks like to a network: the features of automatic domain recognition.
 
 A domain ``d`` of a network is run on a subsample of a scan's preprocessed slices (evenly spaced
-over the whole stack) through the network with ``d``'s BN and head (:class:`DomainPath`). Two
+over the whole stack) through the network with ``d``'s BN and head (:class:`Route`). Two
 descriptors come out of one forward pass (:func:`scan_features`):
 
 - *appearance*: at each BN layer of the encoder's stem and first stage, the channel means and
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from jointseg.data.context import context_stack
 from jointseg.models.inferer import pad_to_multiple
-from jointseg.models.network import context_slices, head_logits
+from jointseg.models.network import Route
 
 SUBSAMPLE_SLICES = 32
 EARLY_STAGES = ("bn1", "layer1")  # the encoder's stem BN and first residual stage
@@ -41,22 +41,7 @@ EARLY_FALLBACK = 5  # BN layers used when the encoder does not name its stages s
 PROBABILITY_FLOOR = 1e-3  # added to mean class probabilities before the log
 
 
-@dataclass(frozen=True)
-class DomainPath:
-    """How a network runs a domain: the network, the domain's head (and BN) index there and,
-    for a union head, the union channels of the domain's classes (background first)."""
-
-    net: nn.Module
-    index: int
-    select: tuple[int, ...] | None = None
-
-    @property
-    def context_slices(self) -> int:
-        """The slices per input of the path's network."""
-        return context_slices(self.net)
-
-
-def shared_context_slices(paths: Iterable[DomainPath]) -> int:
+def shared_context_slices(paths: Iterable[Route]) -> int:
     """The context slices every path's network takes (one subsample serves them all)."""
     found = {path.context_slices for path in paths}
     if len(found) > 1:
@@ -205,22 +190,20 @@ def bn_distance(net: nn.Module, slices: Tensor, index: int, batch_size: int = 16
     return _early_moments(net, slices, index, batch_size).distance()
 
 
-def appearance_descriptor(path: DomainPath, slices: Tensor, batch_size: int = 16) -> np.ndarray:
+def appearance_descriptor(path: Route, slices: Tensor, batch_size: int = 16) -> np.ndarray:
     """The appearance descriptor of ``slices`` [N, k, H, W] as ``path`` runs them (module doc);
     only the encoder's first layers run."""
     return _early_moments(path.net, slices, path.index, batch_size).descriptor()
 
 
 @torch.no_grad()
-def content_descriptor(path: DomainPath, slices: Tensor, batch_size: int = 16) -> np.ndarray:
+def content_descriptor(path: Route, slices: Tensor, batch_size: int = 16) -> np.ndarray:
     """The content descriptor of ``slices`` [N, k, H, W] as ``path``'s head reads them."""
     net = path.net.eval()
     device = next(net.parameters()).device
     probability_sum, top_sum, count = None, 0.0, 0
     for start in range(0, slices.shape[0], batch_size):
-        logits = head_logits(net, slices[start : start + batch_size].to(device), path.index)
-        if path.select is not None:
-            logits = logits[:, list(path.select)]
+        logits = path.logits(slices[start : start + batch_size].to(device))
         probabilities = torch.softmax(logits.double(), dim=1)
         sums = probabilities.sum(dim=(0, 2, 3))
         probability_sum = sums if probability_sum is None else probability_sum + sums
@@ -231,7 +214,7 @@ def content_descriptor(path: DomainPath, slices: Tensor, batch_size: int = 16) -
     return np.append(np.log(mean_probabilities + PROBABILITY_FLOOR), np.log(top / (1.0 - top)))
 
 
-def scan_features(path: DomainPath, slices: Tensor, batch_size: int = 16) -> ScanFeatures:
+def scan_features(path: Route, slices: Tensor, batch_size: int = 16) -> ScanFeatures:
     """Both descriptors of ``slices`` [N, k, H, W] as ``path`` runs them."""
     return ScanFeatures(
         appearance_descriptor(path, slices, batch_size),

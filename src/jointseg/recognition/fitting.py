@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from jointseg.models.network import Route
 from jointseg.recognition.calibration import (
     CALIBRATION_FACTOR,
     Calibration,
     calibration_from_scores,
 )
 from jointseg.recognition.features import (
-    DomainPath,
     scan_features,
     shared_context_slices,
     subsample_tensor,
@@ -29,7 +29,7 @@ from jointseg.recognition.references import DomainReference, save_references
 
 def fit_recognition(
     run_dir: str | Path,
-    paths: Mapping[str, DomainPath],
+    paths: Mapping[str, Route],
     volumes: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
     factor: float = CALIBRATION_FACTOR,
     batch_size: int = 16,

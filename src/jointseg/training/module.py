@@ -25,7 +25,7 @@ from jointseg.losses import (
     union_probabilities,
 )
 from jointseg.models.inferer import WholeViewInferer
-from jointseg.models.network import context_slices, head_logits
+from jointseg.models.network import context_slices, domain_labels, head_logits
 from jointseg.training.schemes import ModelPlan
 from jointseg.utils.atomic import atomic_write_json
 from jointseg.utils.faults import fault_point
@@ -38,7 +38,8 @@ class SegmentationModule(L.LightningModule):
 
     Batches carry ``domain`` = index into ``plan.domains`` and ``label`` = that domain's local
     classes. With a union label space (one head over all structures) labels are mapped to union
-    classes here; validation maps predictions back to each domain's local classes.
+    classes here; validation reads each domain's own union channels (``domain_labels``), as the
+    Predictor does, so that the checkpoint chosen on validation is the one deployed.
     """
 
     def __init__(
@@ -60,14 +61,11 @@ class SegmentationModule(L.LightningModule):
         indices = [label_space.domain_index(d) for d in plan.domains]
         self.local_classes = [label_space.domains[i].num_classes for i in indices]
         self.union_classes = label_space.num_classes
-        width = max(self.local_classes)
-        to_union = torch.zeros(len(indices), width, dtype=torch.long)
-        for row, index in enumerate(indices):
-            lut = torch.as_tensor(label_space.local_to_union(index))
-            to_union[row, : len(lut)] = lut
+        to_union = torch.as_tensor(label_space.local_to_union_table(plan.domains))
         self.register_buffer("to_union", to_union, persistent=False)
-        to_local = torch.stack([torch.as_tensor(label_space.union_to_local(i)) for i in indices])
-        self.register_buffer("to_local", to_local, persistent=False)
+        # validation decodes a union head as prediction does: each domain's own channels
+        self.domain_channels = [label_space.union_channels(d) for d in plan.domains]
+        self.head_classes = label_space.head_to_union(plan.domains, self.union)
         self.shape_autoencoder = shape_autoencoder
         if shape_autoencoder is not None:
             shape_autoencoder.requires_grad_(False).eval()
@@ -76,9 +74,8 @@ class SegmentationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def _head_to_union(self) -> dict[int, Tensor]:
-        if self.union:
-            return {0: torch.arange(self.union_classes, device=self.to_union.device)}
-        return {h: self.to_union[h, :c] for h, c in enumerate(self.local_classes)}
+        device = self.to_union.device
+        return {h: torch.as_tensor(m, device=device) for h, m in self.head_classes.items()}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         fault_point("train.step")
@@ -166,15 +163,13 @@ class SegmentationModule(L.LightningModule):
         volume, label = case["image"], case["label"]
         inferer = WholeViewInferer.from_config(self.cfg.inference)
         k = context_slices(self.net)
+        channels = self.domain_channels[domain] if self.union else None
         predictions = []
         for start in range(0, volume.shape[0], VALIDATION_CHUNK):
             rows = np.arange(start, min(start + VALIDATION_CHUNK, volume.shape[0]))
             chunk = context_stack(volume, rows, k)
             logits = inferer(chunk, lambda x: head_logits(self.net, x, domain))
-            predicted = logits.argmax(dim=1)
-            if self.union:
-                predicted = self.to_local[domain][predicted]
-            predictions.append(predicted)
+            predictions.append(domain_labels(logits, channels))
         prediction = torch.cat(predictions)
         scores = dice_per_class(prediction.cpu(), label.cpu(), self.local_classes[domain])
         self._validation[domain].append(scores)

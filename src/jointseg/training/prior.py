@@ -1,4 +1,5 @@
-"""The multi-joint shape prior of a run: trained once on all domains' training masks, reused."""
+"""The multi-joint shape prior of a run: trained once on all domains' training masks, reused
+(loading or training is :func:`~jointseg.training.shape_prior.obtain_shape_autoencoder`'s)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,7 @@ from torch import nn
 from jointseg.config import ExperimentConfig
 from jointseg.data.labels import LabelSpace
 from jointseg.data.patches import crop_patch, foreground_corner
-from jointseg.models.shape_autoencoder import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    LatentDiscriminator,
-    load_autoencoder,
-)
+from jointseg.models.shape_autoencoder import LatentDiscriminator
 from jointseg.training.datamodule import DomainSplit
 from jointseg.training.schemes import ModelPlan
 from jointseg.training.shape_prior import obtain_shape_autoencoder, union_training_masks
@@ -73,31 +69,33 @@ def shape_prior_for(
         return None, None
     prior_cfg = cfg.regularization.shape_prior
     directory = Path(out) / "models" / PRIOR_DIR
-    if (directory / WEIGHTS_FILE).is_file() and (directory / CONFIG_FILE).is_file():
-        autoencoder = load_autoencoder(directory)
-    else:
-        patch = cfg.preprocessing.patch_size
+    patch = cfg.preprocessing.patch_size
+
+    def masks() -> tuple[np.ndarray, np.ndarray | None]:
         validation = _masks(splits, label_space, True, patch)
-        autoencoder, report = obtain_shape_autoencoder(
-            prior_cfg,
-            _masks(splits, label_space, False, patch),
-            label_space.num_classes,
-            directory=directory if is_global_zero() else None,
-            seed=cfg.training.seed,
-            validation_masks=validation if len(validation) else None,
-            progress=progress,
+        training = _masks(splits, label_space, False, patch)
+        return training, validation if len(validation) else None
+
+    autoencoder, report = obtain_shape_autoencoder(
+        prior_cfg,
+        masks,
+        label_space.num_classes,
+        directory=directory,
+        seed=cfg.training.seed,
+        progress=progress,
+        save=is_global_zero(),
+    )
+    dice = report.get("validation_dice")
+    if dice is None:
+        dice = report.get("train_dice")
+    text = f"{dice:.3f}" if isinstance(dice, float) else "n/a"
+    logger.info("[train] shape prior: reconstruction Dice %s (%s)", text, directory)
+    if isinstance(dice, float) and dice < WEAK_PRIOR_DICE:
+        logger.warning(
+            "[train] warning: the shape prior reconstructs the masks poorly (Dice below "
+            "%s); raise regularization.shape_prior.steps",
+            WEAK_PRIOR_DICE,
         )
-        dice = report.get("validation_dice")
-        if dice is None:
-            dice = report.get("train_dice")
-        text = f"{dice:.3f}" if isinstance(dice, float) else "n/a"
-        logger.info("[train] shape prior: reconstruction Dice %s (%s)", text, directory)
-        if isinstance(dice, float) and dice < WEAK_PRIOR_DICE:
-            logger.warning(
-                "[train] warning: the shape prior reconstructs the masks poorly (Dice below "
-                "%s); raise regularization.shape_prior.steps",
-                WEAK_PRIOR_DICE,
-            )
     discriminator = None
     if prior_cfg.lambda_adv > 0:
         discriminator = LatentDiscriminator(code_channels=autoencoder.code_channels)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -18,8 +17,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from jointseg.config import SCHEMES, ExperimentConfig, save_config
 from jointseg.data.cache import SliceCache, preprocess_study
 from jointseg.data.labels import DomainLabels, LabelSpace
-from jointseg.data.manifest import list_cases, load_manifest
-from jointseg.data.splits import fold_cases, load_splits
+from jointseg.data.manifest import load_manifest
+from jointseg.data.splits import split_subjects
 from jointseg.models import build_model, save_model
 from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE, load_weights
 from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, save_run_info
@@ -59,34 +58,6 @@ def domain_labels(cfg: ExperimentConfig, data_dir: Path) -> list[DomainLabels]:
     for dataset in cfg.datasets:
         manifest = load_manifest(Path(data_dir) / dataset.folder)
         result.append(DomainLabels(dataset.name, manifest.structures))
-    return result
-
-
-def split_subjects(
-    cfg: ExperimentConfig, data_dir: Path, fold: int | None, splits_path: Path | None
-) -> dict[str, tuple[list[str], list[str]]]:
-    """Per domain: (training case ids, validation case ids)."""
-    result = {}
-    splits = load_splits(splits_path) if splits_path is not None else None
-    if fold is not None and splits is None:
-        default = Path(data_dir) / "splits.json"
-        if not default.is_file():
-            raise RunError(f"--fold needs a splits file: none given and {default} is missing")
-        splits = load_splits(default)
-    for index, dataset in enumerate(cfg.datasets):
-        folder = Path(data_dir) / dataset.folder
-        cases = [c.case_id for c in list_cases(folder, "train")]
-        if not cases:
-            raise RunError(f"{folder}: no training cases in imagesTr")
-        if splits is not None:
-            result[dataset.name] = fold_cases(splits, folder, fold or 0)
-            continue
-        rng = np.random.default_rng([cfg.training.seed, index])
-        count = int(round(cfg.training.validation_fraction * len(cases)))
-        if cfg.training.validation_fraction > 0 and len(cases) >= 2:
-            count = min(max(count, 1), len(cases) - 1)
-        chosen = set(rng.permutation(cases)[:count].tolist()) if count else set()
-        result[dataset.name] = ([c for c in cases if c not in chosen], sorted(chosen))
     return result
 
 

@@ -19,7 +19,7 @@ structures present in the reference or the reconstruction; background excluded.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from jointseg.losses.shape_prior import adversarial_losses
 from jointseg.models.shape_autoencoder import (
     ShapeAutoencoder,
     autoencoder_metadata,
+    is_saved_autoencoder,
     load_autoencoder,
     save_autoencoder,
 )
@@ -55,16 +56,7 @@ def union_training_masks(per_domain: Sequence[np.ndarray], label_space: LabelSpa
     class indices [sum N_d, H, W] (uint8)."""
     if len(per_domain) != len(label_space.domains):
         raise ValueError(f"{len(per_domain)} mask arrays for {len(label_space.domains)} domains")
-    parts = []
-    for domain, masks in enumerate(per_domain):
-        lut = label_space.local_to_union(domain)
-        masks = np.asarray(masks)
-        if masks.size and int(masks.max()) >= lut.size:
-            raise ValueError(
-                f"domain {label_space.domains[domain].name!r}: mask class {int(masks.max())} "
-                f"beyond its {lut.size} local classes"
-            )
-        parts.append(lut[masks].astype(np.uint8))
+    parts = [label_space.masks_to_union(m, d) for d, m in enumerate(per_domain)]
     return np.concatenate(parts, axis=0)
 
 
@@ -245,31 +237,45 @@ def train_shape_autoencoder(
     return ae, report
 
 
+MaskSource = np.ndarray | Callable[[], tuple[np.ndarray, np.ndarray | None]]
+
+
 def obtain_shape_autoencoder(
     cfg: ShapePriorConfig,
-    masks: np.ndarray,
+    masks: MaskSource,
     num_classes: int,
     directory: Path | None = None,
     seed: int = 0,
     validation_masks: np.ndarray | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    save: bool = True,
 ) -> tuple[ShapeAutoencoder, dict[str, Any]]:
-    """The configured prior: ``cfg.autoencoder`` when set (checked against ``num_classes``),
-    otherwise a freshly trained one, saved into ``directory`` (with its report) when given."""
-    if cfg.autoencoder:
-        ae = load_autoencoder(Path(cfg.autoencoder), device=device)
+    """The prior, loaded when one exists, else trained: the one saved in ``directory`` (a
+    resumed run), else ``cfg.autoencoder`` when set, else one trained on ``masks`` and saved
+    into ``directory`` (with its report; only with ``save``). A loaded prior is checked against
+    ``num_classes``; its report is the metadata saved with it.
+
+    ``masks`` may be a function returning (training masks, validation masks or None): it is
+    called only when the prior is trained.
+    """
+    sources = [Path(cfg.autoencoder)] if cfg.autoencoder else []
+    if directory is not None and is_saved_autoencoder(directory):
+        sources.insert(0, Path(directory))
+    if sources:
+        ae = load_autoencoder(sources[0], device=device)
         if ae.num_classes != num_classes:
             raise ValueError(
-                f"shape auto-encoder {cfg.autoencoder} has {ae.num_classes} classes, this label "
+                f"shape auto-encoder {sources[0]} has {ae.num_classes} classes, this label "
                 f"space has {num_classes} (regularization.shape_prior.autoencoder)"
             )
-        source = Path(cfg.autoencoder)
-        folder = source.parent if source.is_file() else source
+        folder = sources[0].parent if sources[0].is_file() else sources[0]
         return ae, autoencoder_metadata(folder)
+    if callable(masks):
+        masks, validation_masks = masks()
     ae, report = train_shape_autoencoder(
         masks, num_classes, cfg, seed, validation_masks, progress, device=device
     )
-    if directory is not None:
+    if directory is not None and save:
         save_autoencoder(ae, Path(directory), metadata=report)
     return ae, report

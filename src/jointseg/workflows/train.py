@@ -18,8 +18,7 @@ import lightning as L
 from jointseg.config import ExperimentConfig, load_config
 from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
 from jointseg.models import load_model
-from jointseg.models.network import head_index
-from jointseg.recognition.features import DomainPath
+from jointseg.models.network import Route
 from jointseg.recognition.fitting import fit_recognition
 from jointseg.recognition.references import REFERENCE_FILE
 from jointseg.runs import RunInfo
@@ -93,7 +92,7 @@ def fit_run_recognition(out: Path, trained: TrainedRun, progress: bool = True) -
         for domain in plan.domains:
             union = plan.label_space == "union"
             select = trained.label_space.union_channels(domain) if union else None
-            paths[domain] = DomainPath(net, head_index(net, plan.domains, domain), select)
+            paths[domain] = Route.for_domain(net, plan.domains, domain, select)
     caches = trained.caches
     volumes = {  # read-only memory-mapped views: only the recognition subsample is read
         name: tuple(

@@ -1,0 +1,105 @@
+"""A run's domain recognizer: its candidates, its calibration, and the decision on a scan.
+
+:class:`DomainRecognizer` holds what recognition needs of a trained run (each domain's
+:class:`~jointseg.models.network.Route`, the measured references, the calibration) and decides
+on a preprocessed slice stack: :func:`~jointseg.recognition.decision.recognize_domain`, then
+:func:`~jointseg.recognition.decision.break_ties` for domains sharing one union head, then the
+refusal. It loads the run's references and calibration (:meth:`DomainRecognizer.load_run`) and
+calibrates a run that has none (:meth:`calibrate_from_study`, :meth:`calibrate`). Reading and
+preprocessing a scan stay the caller's: ``volume_of(scan)`` gives the slice stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from jointseg.models.network import Route
+from jointseg.recognition.calibration import CALIBRATION_FACTOR, Calibration
+from jointseg.recognition.decision import (
+    Candidate,
+    DomainDecision,
+    DomainRecognitionError,
+    break_ties,
+    recognize_domain,
+    refusal_message,
+)
+from jointseg.recognition.references import REFERENCE_FILE, DomainReference, load_references
+from jointseg.recognition.study import calibrate_domains, calibrate_from_study
+from jointseg.runs import RunInfo
+
+Scan = TypeVar("Scan")
+
+
+@dataclass
+class DomainRecognizer:
+    """Recognition over ``routes`` (domain -> route); ``num_classes``: the union's classes (the
+    tie-break reads a union head)."""
+
+    routes: Mapping[str, Route]
+    num_classes: int
+    device: torch.device
+    batch_size: int = 16
+    references: dict[str, DomainReference] = field(default_factory=dict)
+    calibration: Calibration = field(default_factory=Calibration)
+
+    def load_run(self, run_dir: Path) -> None:
+        """Take the run's references and calibration. References of an older format are
+        ignored, and with them the calibration measured in their units: recognition falls back
+        to the BN statistics and the default calibration."""
+        self.references = load_references(run_dir)
+        stale = (Path(run_dir) / REFERENCE_FILE).is_file() and not self.references
+        self.calibration = Calibration() if stale else Calibration.load(run_dir)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the calibration was measured (stored, on scans or on the study)."""
+        return self.calibration.source != "default"
+
+    def candidates(self) -> list[Candidate]:
+        """Every domain as a recognition candidate (see :meth:`candidate`)."""
+        return [self.candidate(name) for name in self.routes]
+
+    def candidate(self, domain: str) -> Candidate:
+        """``domain`` with its route; with its measured reference when the run has one for
+        every domain (distances of both kinds are not comparable)."""
+        complete = all(name in self.references for name in self.routes)
+        reference = self.references[domain] if complete else None
+        return Candidate(domain, self.routes[domain], reference)
+
+    def recognize(self, volume: np.ndarray, refuse: bool = True) -> DomainDecision:
+        """The decision on a preprocessed slice stack [S, H, W]; raises
+        :class:`DomainRecognitionError` when no domain fits (unless ``refuse`` is False, then
+        ``decision.domain`` is None)."""
+        decision = recognize_domain(self.candidates(), volume, self.calibration, self.batch_size)
+        decision = break_ties(decision, self.routes, volume, self.num_classes, self.device)
+        if decision.domain is None and refuse:
+            raise DomainRecognitionError(refusal_message(decision))
+        return decision
+
+    def calibrate(
+        self,
+        scans: Mapping[str, Sequence[Scan]],
+        volume_of: Callable[[Scan], np.ndarray],
+        factor: float = CALIBRATION_FACTOR,
+    ) -> Calibration:
+        """Calibrate on scans of known domain (domain -> scans) and use it."""
+        self.calibration = calibrate_domains(
+            self.candidate, volume_of, scans, factor, self.batch_size
+        )
+        return self.calibration
+
+    def calibrate_from_study(
+        self, info: RunInfo, run_dir: Path, volume_of: Callable[[Path], np.ndarray]
+    ) -> None:
+        """Calibrate on the run's study folder when it is reachable (stored in the run folder;
+        see :func:`jointseg.recognition.study.calibrate_from_study`); else keep the current."""
+        calibration = calibrate_from_study(
+            info, run_dir, self.candidate, volume_of, self.batch_size
+        )
+        self.calibration = calibration or self.calibration
