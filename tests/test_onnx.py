@@ -85,18 +85,22 @@ def test_onnxruntime_matches_pytorch(trained_run, exported, domain, seed, window
     """The network's float32 probabilities on every slice within 1e-4; through the whole
     pipeline (probabilities kept as float16, restored onto the scan's grid) identical labels."""
     from jointseg.data.context import context_stack
+    from jointseg.models.inferer import flip_averaged
 
     torch_predictor, onnx_predictor = _backends(trained_run, exported, windows)
     torch_predictor.tta = onnx_predictor.tta = tta
     scan, _ = make_scan(domain, seed, direction=OBLIQUE)
     volume = torch_predictor.recognition_volume(scan)
     x = torch.from_numpy(context_stack(volume, np.arange(len(volume)), 1))
-    route = torch_predictor.routes[domain]
+    flips = torch_predictor.tta_flips() if tta else [()]
+
+    def probabilities(predictor):  # the network call with its flips, as predict makes it
+        route = predictor.routes[domain]
+        return lambda t: flip_averaged(lambda u: predictor.backend(u, route), t, flips)
+
     with torch.no_grad():
-        expected = torch_predictor.inferer(x, lambda t: torch_predictor.softmax(None, t, route))
-        got = onnx_predictor.inferer(
-            x, lambda t: onnx_predictor.softmax(None, t, onnx_predictor.routes[domain])
-        )
+        expected = torch_predictor.inferer(x, probabilities(torch_predictor))
+        got = onnx_predictor.inferer(x, probabilities(onnx_predictor))
     assert got.shape == expected.shape == (len(volume), 3, *volume.shape[1:])
     assert (got - expected).abs().max() < 1e-4
 
