@@ -87,12 +87,29 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     jobs: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
     preview: Annotated[bool, typer.Option(help="Write preview_<joint>.png pictures.")] = False,
+    randomize: Annotated[
+        bool,
+        typer.Option(
+            help="Render the same subjects with random contrasts, planes, resolutions and "
+            "artefacts into Dataset1XX_<Joint>Randomized folders (domain randomization)."
+        ),
+    ] = False,
 ) -> None:
     """Synthesize pediatric ankle/knee/shoulder MR datasets with exact bone labels."""
     from jointseg.synth.generate import synthesize_study
 
     joint_list = [j.strip() for j in joints.split(",") if j.strip()]
-    _run(synthesize_study, out, subjects, test_subjects, joint_list, seed, jobs, preview)
+    _run(
+        synthesize_study,
+        out,
+        subjects,
+        test_subjects,
+        joint_list,
+        seed,
+        jobs,
+        preview,
+        randomize=randomize,
+    )
 
 
 @app.command()
