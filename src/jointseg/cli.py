@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-CONFIG_HELP = "Experiment YAML config: a path, or 'demo' / 'paper' for a shipped one."
+CONFIG_HELP = "Experiment YAML config: a path, or 'demo' / 'paper' / 'robust' for a shipped one."
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help=CONFIG_HELP)]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder holding the dataset folders.")]
 PostprocessOpt = typer.Option(
