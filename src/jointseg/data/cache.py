@@ -584,6 +584,9 @@ def preprocess_randomized(
     """
     if cfg.training.randomized_fraction <= 0:
         return {}
+    if all(dataset.randomized_folder is None for dataset in cfg.datasets):
+        log.warning("training.randomized_fraction is set but no dataset has a randomized_folder")
+        return {}
     data_dir = Path(data_dir)
     root = Path(cache_root) if cache_root is not None else default_cache_root(data_dir)
     caches: dict[str, SliceCache] = {}
