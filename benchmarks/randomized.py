@@ -4,6 +4,7 @@ neither saw.
 
     python benchmarks/randomized.py --quick     # CPU: small volumes, a short schedule
     python benchmarks/randomized.py             # the demo's volumes and schedule
+    python benchmarks/randomized.py --smoke     # tiny volumes, 2 steps: checks the script
 
 The study (``jointseg synth``, knee only) holds the realistic dataset (sagittal PD-weighted fast
 spin echo, fat suppressed: marrow and fat dark) and, with the same seed, its randomized
@@ -35,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 QUICK = {"subjects": 6, "test": 4, "scale": 0.5, "epochs": 4, "iterations": 30, "spacing": 1.2}
+SMOKE = {"subjects": 2, "test": 1, "scale": 0.2, "epochs": 1, "iterations": 2, "spacing": 2.0}
 FULL = {"subjects": 15, "test": 5, "scale": 1.0, "epochs": 6, "iterations": 40, "spacing": 0.9}
 UNSEEN = {"sequence": "se", "tr": 550.0, "te": 13.0, "flip": 90.0}  # T1 SE, no fat suppression
 
@@ -175,19 +177,20 @@ def markdown(table: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny: checks the script runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "randomized")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
     from jointseg.workflows.train import train_run
 
-    setting = QUICK if args.quick else FULL
+    setting = SMOKE if args.smoke else QUICK if args.quick else FULL
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     study, unseen = make_data(out, setting, args.seed, args.jobs)
     print(f"[randomized] data ready in {time.perf_counter() - started:.0f} s", flush=True)
-    names = ["realistic", "mixed"] + ([] if args.quick else ["mixed+aug"])
+    names = ["realistic", "mixed"] + ([] if args.quick or args.smoke else ["mixed+aug"])
     rows = []
     for name in names:
         run = out / f"run-{name}"
