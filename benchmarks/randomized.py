@@ -178,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny: checks the script runs")
+    parser.add_argument("--runs", help="comma-separated runs (default: all of the setting)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "randomized")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1)
@@ -191,6 +192,11 @@ def main() -> None:
     study, unseen = make_data(out, setting, args.seed, args.jobs)
     print(f"[randomized] data ready in {time.perf_counter() - started:.0f} s", flush=True)
     names = ["realistic", "mixed"] + ([] if args.quick or args.smoke else ["mixed+aug"])
+    if args.runs:
+        names = [name.strip() for name in args.runs.split(",") if name.strip()]
+        unknown = set(names) - {"realistic", "mixed", "mixed+aug"}
+        if unknown:
+            parser.error(f"unknown runs {sorted(unknown)}")
     rows = []
     for name in names:
         run = out / f"run-{name}"
