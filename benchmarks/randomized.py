@@ -16,7 +16,8 @@ the relaxation model's intensities (:func:`jointseg.synth.mr.signal_tables`). Ru
 
 - ``realistic``: the realistic training subjects only;
 - ``mixed``: half of the patches from the randomized renderings (``randomized_fraction`` 0.5);
-- ``mixed+aug`` (without ``--quick``): also the contrast augmentations of the ``robust`` config.
+- ``mixed+aug`` (without ``--quick``, or with ``--runs``): also the contrast augmentations
+  (``AUGMENTATION``: histogram shift, contrast, inversion, low resolution).
 
 Each run's model predicts every held-out subject of both protocols (domain given, no
 postprocessing); Dice per bone against the exact labels. Printed and written to ``--out``
@@ -38,6 +39,12 @@ import pandas as pd
 QUICK = {"subjects": 6, "test": 4, "scale": 0.5, "epochs": 4, "iterations": 30, "spacing": 1.2}
 SMOKE = {"subjects": 2, "test": 1, "scale": 0.2, "epochs": 1, "iterations": 2, "spacing": 2.0}
 FULL = {"subjects": 15, "test": 5, "scale": 1.0, "epochs": 6, "iterations": 40, "spacing": 0.9}
+AUGMENTATION = {
+    "histogram_shift_points": 6,
+    "contrast_range": [0.7, 1.4],
+    "invert_probability": 0.2,
+    "low_resolution_zoom": [0.4, 0.9],
+}
 UNSEEN = {"sequence": "se", "tr": 550.0, "te": 13.0, "flip": 90.0}  # T1 SE, no fat suppression
 
 
@@ -114,8 +121,9 @@ def make_data(out: Path, setting: dict, seed: int, jobs: int) -> tuple[Path, Pat
 def run_config(name: str, setting: dict, seed: int):
     from jointseg.config import load_config
 
-    base = load_config("robust" if name == "mixed+aug" else "demo")
-    data = base.model_dump(mode="json")
+    data = load_config("demo").model_dump(mode="json")
+    if name == "mixed+aug":
+        data["augmentation"].update(AUGMENTATION)
     data["name"] = f"randomized-{name}"
     data["scheme"] = "individual"
     data["datasets"] = [
