@@ -118,3 +118,89 @@ def test_translation_is_a_fraction_of_the_slice_size() -> None:
     for size, shift in shifts:
         assert shift <= 0.25 * size + 1
     assert max(shift for size, shift in shifts if size == 128) > 0.25 * 32 + 1
+
+
+CONTRAST = {
+    **NOTHING,
+    "probability": 1.0,
+    "gamma_range": (1.0, 1.0),
+    "noise_std": 0.0,
+    "bias_field_coefficient": 0.0,
+    "blur_sigma": (0.0, 0.0),
+}
+ROBUST = {
+    **NOTHING,
+    "probability": 1.0,
+    "contrast_range": (0.6, 1.4),
+    "histogram_shift_points": 6,
+    "invert_probability": 0.5,
+    "low_resolution_zoom": (0.3, 0.8),
+}
+
+
+def test_contrast_operations_are_left_out_by_default() -> None:
+    pipeline = build_augmentation(AugmentationConfig(), seed=0)
+    names = [type(t).__name__ for t in pipeline.transforms]
+    assert names == ["RandAffineFractiond", "RandBiasFieldd", "RandAdjustContrastd"] + [
+        "RandGaussianSmoothd",
+        "RandGaussianNoised",
+    ]
+
+
+def test_inversion_and_contrast_factor_are_exact() -> None:
+    data = _sample()
+    inverted = _run(
+        build_augmentation(AugmentationConfig(**CONTRAST, invert_probability=1.0)), data
+    )
+    assert torch.equal(torch.as_tensor(inverted["image"]), -data["image"])
+    scaled = _run(build_augmentation(AugmentationConfig(**CONTRAST, contrast_range=(2, 2))), data)
+    assert torch.allclose(torch.as_tensor(scaled["image"]), 2.0 * data["image"])
+    for out in (inverted, scaled):
+        assert torch.equal(torch.as_tensor(out["label"]), data["label"])
+
+
+def test_low_resolution_simulation_removes_fine_detail() -> None:
+    config = AugmentationConfig(**CONTRAST, low_resolution_zoom=(0.5, 0.5))
+    rows, cols = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    checker = ((rows + cols) % 2).float()[None]  # one-pixel checkerboard: mean 0.5
+    data = {"image": checker, "label": torch.zeros(1, 64, 64, dtype=torch.uint8)}
+    out = torch.as_tensor(_run(build_augmentation(config), data)["image"])
+    assert out.shape == (1, 64, 64)
+    # 2x2 area averages of the checkerboard are 0.5 everywhere, and so is their up-sampling
+    assert torch.allclose(out, torch.full_like(out, 0.5), atol=1e-5)
+
+
+def test_contrast_robust_pipeline_keeps_labels_and_is_deterministic_per_seed() -> None:
+    data = _sample()
+    first = build_augmentation(AugmentationConfig(**ROBUST), seed=5)
+    second = build_augmentation(AugmentationConfig(**ROBUST), seed=5)
+    other = build_augmentation(AugmentationConfig(**ROBUST), seed=6)
+    signs = set()
+    for _ in range(6):
+        a, b, c = _run(first, data), _run(second, data), _run(other, data)
+        assert torch.equal(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
+        assert not torch.equal(torch.as_tensor(a["image"]), torch.as_tensor(c["image"]))
+        for out in (a, c):
+            assert torch.equal(torch.as_tensor(out["label"]), data["label"])
+            assert torch.isfinite(torch.as_tensor(out["image"])).all()
+        correlation = torch.corrcoef(
+            torch.stack([torch.as_tensor(a["image"]).flatten(), data["image"].flatten()])
+        )[0, 1]
+        signs.add(bool(correlation > 0))
+    assert signs == {True, False}  # inverted in some draws, not in others
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("contrast_range", (0.0, 1.2)),
+        ("contrast_range", (1.3, 1.2)),
+        ("histogram_shift_points", 2),
+        ("low_resolution_zoom", (0.5, 1.2)),
+        ("low_resolution_zoom", (0.0, 0.5)),
+        ("invert_probability", 1.5),
+    ],
+)
+def test_contrast_options_are_validated(field: str, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        AugmentationConfig(**{field: value})

@@ -65,7 +65,7 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     assert dump_config(load_config(out)) == text
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml", "robust.yaml"])
 def test_shipped_configs_are_valid(name: str) -> None:
     config = load_config(ROOT / "configs" / name)
     assert len(config.datasets) == 3

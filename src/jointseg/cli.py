@@ -15,7 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-CONFIG_HELP = "Experiment YAML config: a path, or 'demo' / 'paper' for a shipped one."
+CONFIG_HELP = "Experiment YAML config: a path, or 'demo' / 'paper' / 'robust' for a shipped one."
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help=CONFIG_HELP)]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder holding the dataset folders.")]
 PostprocessOpt = typer.Option(
@@ -88,12 +88,29 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     jobs: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
     preview: Annotated[bool, typer.Option(help="Write preview_<joint>.png pictures.")] = False,
+    randomize: Annotated[
+        bool,
+        typer.Option(
+            help="Render the same subjects with random contrasts, planes, resolutions and "
+            "artefacts into Dataset1XX_<Joint>Randomized folders (domain randomization)."
+        ),
+    ] = False,
 ) -> None:
     """Synthesize pediatric ankle/knee/shoulder MR datasets with exact bone labels."""
     from jointseg.synth.generate import synthesize_study
 
     joint_list = [j.strip() for j in joints.split(",") if j.strip()]
-    _run(synthesize_study, out, subjects, test_subjects, joint_list, seed, jobs, preview)
+    _run(
+        synthesize_study,
+        out,
+        subjects,
+        test_subjects,
+        joint_list,
+        seed,
+        jobs,
+        preview,
+        randomize=randomize,
+    )
 
 
 @app.command()

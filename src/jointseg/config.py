@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jointseg.utils.atomic import atomic_write_text
 
 PATCH_MULTIPLE = 32  # the network's input sides: multiples of the encoder's total stride
-SHIPPED_CONFIGS = ("demo", "paper")  # src/jointseg/configs/NAME.yaml
+SHIPPED_CONFIGS = ("demo", "paper", "robust")  # src/jointseg/configs/NAME.yaml
 SCHEMES = ("individual", "transfer", "shared", "mtmd", "mtmd+con", "full")
 Scheme = Literal["individual", "transfer", "shared", "mtmd", "mtmd+con", "full"]
 
@@ -34,6 +34,12 @@ class DatasetConfig(Section):
 
     name: str = Field(description="Domain name used everywhere (e.g. 'knee').")
     folder: str = Field(description="Dataset folder under --data, e.g. 'Dataset002_Knee'.")
+    randomized_folder: str | None = Field(
+        None,
+        description="A dataset folder under --data with the same labels, drawn from for "
+        "training.randomized_fraction of this domain's training patches (e.g. "
+        "'Dataset102_KneeRandomized' of `jointseg synth --randomize`).",
+    )
 
 
 class PreprocessingConfig(Section):
@@ -84,11 +90,52 @@ class AugmentationConfig(Section):
     bias_field_coefficient: float = Field(0.2, ge=0)
     blur_sigma: tuple[float, float] = (0.5, 1.0)
     probability: float = Field(0.3, ge=0, le=1, description="Probability of each intensity op.")
+    # Contrast-robustness operations (docs/training.md); the defaults leave each one out.
+    contrast_range: tuple[float, float] = Field(
+        (1.0, 1.0),
+        description="Range of a random factor multiplying the normalized image (contrast); "
+        "(1, 1) leaves it out.",
+    )
+    histogram_shift_points: int = Field(
+        0,
+        ge=0,
+        description="Control points of a random non-linear intensity remapping (MONAI "
+        "RandHistogramShift, at least 3); 0 leaves it out.",
+    )
+    invert_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability of inverting the contrast (image -> -image)."
+    )
+    low_resolution_zoom: tuple[float, float] = Field(
+        (1.0, 1.0),
+        description="Zoom range of the low-resolution simulation (down-sampled by the zoom, "
+        "then up-sampled back); (1, 1) leaves it out.",
+    )
     flip_axes: list[int] = Field(
         default_factory=list,
         description="In-plane axes (0=rows, 1=cols) where a flip is anatomically sensible.",
     )
     flip_probability: float = Field(0.5, ge=0, le=1, description="Probability of each flip.")
+
+    @field_validator("contrast_range")
+    @classmethod
+    def _contrast(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("need 0 < low <= high")
+        return value
+
+    @field_validator("histogram_shift_points")
+    @classmethod
+    def _points(cls, value: int) -> int:
+        if value in (1, 2):
+            raise ValueError("need 0 (off) or at least 3 control points")
+        return value
+
+    @field_validator("low_resolution_zoom")
+    @classmethod
+    def _zoom(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError("need 0 < low <= high <= 1")
+        return value
 
 
 class ModelConfig(Section):
@@ -185,6 +232,13 @@ class TrainingConfig(Section):
     )
     validation_fraction: float = Field(
         0.2, ge=0, lt=1, description="Share of training subjects held out for validation."
+    )
+    randomized_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of each domain's training patches drawn from its randomized_folder "
+        "(all its training cases); domains without one train on their own folder only.",
     )
     num_workers: int = Field(0, ge=0)
     transfer_pretrain_epochs: int | None = Field(

@@ -4,8 +4,10 @@ The pipeline works on dictionaries with ``image`` (float, [k, H, W]: the slice a
 context slices) and ``label`` (class indices, [1, H, W]); spatial transforms move both with one
 draw for every channel (bilinear image, nearest label, border padding), intensity transforms
 touch the image only (bias field and gamma alike on every channel, noise drawn per voxel).
-Order: flips, affine, elastic, bias field, gamma, blur, noise. An operation whose magnitude or
-probability is zero is left out.
+Order: flips, affine, elastic, bias field, gamma, histogram shift (a random non-linear intensity
+map), contrast (a random factor), inversion, blur, low-resolution simulation (area
+down-sampling, bilinear up-sampling), noise. An operation whose magnitude or probability is
+zero (or whose range is the identity) is left out.
 
 Randomness comes from the transforms' own states (``Compose.set_random_state``), seeded by
 ``build_augmentation(cfg, seed)``; DataLoader workers reseed their copy through
@@ -29,7 +31,11 @@ from monai.transforms import (
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    RandHistogramShiftd,
+    RandLambdad,
     Randomizable,
+    RandScaleIntensityd,
+    RandSimulateLowResolutiond,
 )
 
 from jointseg.config import AugmentationConfig
@@ -82,6 +88,11 @@ class RandAffineFractiond(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict:
         size = tuple(data[self.first_key(dict(data))].shape[1:])
         return self.transform_for(size)(data, lazy)
+
+
+def invert(image: Any) -> Any:
+    """The normalized image's contrast inverted (bright becomes dark; zero mean is kept)."""
+    return -image
 
 
 def build_augmentation(cfg: AugmentationConfig, seed: int = 0) -> Callable[[dict], dict] | None:
@@ -141,9 +152,27 @@ def _intensity(cfg: AugmentationConfig) -> list[Any]:
         transforms.append(
             RandAdjustContrastd("image", gamma=tuple(cfg.gamma_range), retain_stats=True, prob=p)
         )
+    if cfg.histogram_shift_points:
+        points = cfg.histogram_shift_points
+        transforms.append(RandHistogramShiftd("image", num_control_points=points, prob=p))
+    if tuple(cfg.contrast_range) != (1.0, 1.0):
+        factors = (cfg.contrast_range[0] - 1.0, cfg.contrast_range[1] - 1.0)
+        transforms.append(RandScaleIntensityd("image", factors=factors, prob=p))
+    if cfg.invert_probability > 0:
+        transforms.append(RandLambdad("image", func=invert, prob=cfg.invert_probability))
     if max(cfg.blur_sigma) > 0:
         sigma = tuple(cfg.blur_sigma)
         transforms.append(RandGaussianSmoothd("image", sigma_x=sigma, sigma_y=sigma, prob=p))
+    if tuple(cfg.low_resolution_zoom) != (1.0, 1.0):
+        transforms.append(
+            RandSimulateLowResolutiond(
+                "image",
+                prob=p,
+                downsample_mode="area",
+                upsample_mode="bilinear",
+                zoom_range=tuple(cfg.low_resolution_zoom),
+            )
+        )
     if cfg.noise_std > 0:
         transforms.append(RandGaussianNoised("image", std=cfg.noise_std, prob=p))
     return transforms

@@ -572,3 +572,43 @@ def preprocess_study(
         )  # fmt: skip
         caches[dataset.name] = cache
     return caches
+
+
+def preprocess_randomized(
+    cfg: ExperimentConfig, data_dir: Path, cache_root: Path | None = None
+) -> dict[str, SliceCache]:
+    """Slice caches of the ``randomized_folder`` of every dataset that has one (its training
+    cases), keyed by domain name; none when ``training.randomized_fraction`` is 0.
+
+    A randomized dataset must carry the labels of its domain's dataset.
+    """
+    if cfg.training.randomized_fraction <= 0:
+        return {}
+    if all(dataset.randomized_folder is None for dataset in cfg.datasets):
+        log.warning("training.randomized_fraction is set but no dataset has a randomized_folder")
+        return {}
+    data_dir = Path(data_dir)
+    root = Path(cache_root) if cache_root is not None else default_cache_root(data_dir)
+    caches: dict[str, SliceCache] = {}
+    for dataset in cfg.datasets:
+        if dataset.randomized_folder is None:
+            continue
+        folder = data_dir / dataset.randomized_folder
+        structures = load_manifest(folder).structures
+        expected = load_manifest(data_dir / dataset.folder).structures
+        if structures != expected:
+            raise DatasetError(
+                f"{folder / 'dataset.json'}: labels {structures} differ from those of "
+                f"{dataset.folder} ({expected})"
+            )
+        cases = list_cases(folder, "train")
+        if not cases:
+            raise DatasetError(f"{folder}: no training cases in imagesTr")
+        labels = DomainLabels(dataset.name, structures)
+        cache, reused = _build_or_load(folder, cases, labels, cfg.preprocessing, root, None, True)
+        log.info(
+            "%s (randomized): %d cases, %d slices, %s: %s",
+            dataset.name, len(cases), len(cache), "reused" if reused else "built", cache.path,
+        )  # fmt: skip
+        caches[dataset.name] = cache
+    return caches

@@ -34,7 +34,9 @@ class SliceDataset(torch.utils.data.Dataset):
     ``context_slices``). The transform sees ``image`` [k, H, W] and ``label`` [1, H, W] tensors
     (one spatial transform for every channel); if it has MONAI's
     ``set_random_state`` it is seeded with ``seed`` here and reseeded per DataLoader worker by
-    :func:`seed_worker`.
+    :func:`seed_worker`. ``domains`` gives the domain of each cache (default: its index), so
+    that several caches (a domain's realistic and randomized slices) can share a domain; the
+    keys' first entry is the cache's index.
     """
 
     def __init__(
@@ -44,8 +46,12 @@ class SliceDataset(torch.utils.data.Dataset):
         seed: int = 0,
         patch_size: tuple[int, int] | None = None,
         context_slices: int = 1,
+        domains: Sequence[int] | None = None,
     ) -> None:
         self.caches = list(caches)
+        self.domains = list(range(len(self.caches))) if domains is None else list(domains)
+        if len(self.domains) != len(self.caches):
+            raise ValueError(f"{len(self.caches)} caches but {len(self.domains)} domains")
         self.context_slices = context_slices
         self.transform = transform
         self.patch_size = patch_size
@@ -77,7 +83,12 @@ class SliceDataset(torch.utils.data.Dataset):
         label = convert_to_tensor(label, track_meta=False)
         if label.is_floating_point():
             label = label.round()
-        return {"image": image, "label": label[0].to(torch.long), "domain": domain, "row": row}
+        return {
+            "image": image,
+            "label": label[0].to(torch.long),
+            "domain": self.domains[domain],
+            "row": row,
+        }
 
     def _planes(self, images: Any, row: int) -> np.ndarray:
         """[k, H, W] float32: row ``row`` with its context slices, within its case."""

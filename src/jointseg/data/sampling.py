@@ -160,6 +160,20 @@ def _repair(counts: np.ndarray, batch_size: int, minimum: int) -> np.ndarray:
     return counts
 
 
+def _checked_probabilities(probabilities: Sequence[float], usable: Sequence[int]) -> np.ndarray:
+    """Given draw probabilities, checked: one per source, non-negative, summing to 1, and 0
+    for a source with nothing to draw."""
+    values = np.asarray(probabilities, dtype=np.float64)
+    if values.shape != (len(usable),):
+        raise ValueError(f"need {len(usable)} probabilities, got {list(probabilities)}")
+    if np.any(values < 0) or not np.isclose(values.sum(), 1.0):
+        raise ValueError(f"probabilities must be >= 0 and sum to 1, got {list(probabilities)}")
+    empty = [i for i, (p, n) in enumerate(zip(values, usable, strict=True)) if p > 0 and n == 0]
+    if empty:
+        raise ValueError(f"sources {empty} have a probability but no rows or subjects")
+    return values / values.sum()
+
+
 class MultiDomainBatchSampler(torch.utils.data.Sampler[list[Draw]]):
     """Yields ``iterations`` batches of draws (:data:`Draw`) per epoch.
 
@@ -169,7 +183,9 @@ class MultiDomainBatchSampler(torch.utils.data.Sampler[list[Draw]]):
     rank. With ``patch_size``, ``shapes[d]`` ([len(rows[d]), 2]: each slice's H, W) and
     ``locations[d]`` ([M, 4]: class, row, y, x of structure voxels in those rows) place the
     patches. Use it as a DataLoader's ``batch_sampler`` (with DDP, turn off the trainer's own
-    distributed sampler and pass ``rank``/``world_size``).
+    distributed sampler and pass ``rank``/``world_size``). ``probabilities`` (one per entry of
+    ``rows``, summing to 1) replace the policy's, e.g. to draw a share of a domain's slices
+    from a second source (its randomized dataset).
     """
 
     def __init__(
@@ -189,6 +205,7 @@ class MultiDomainBatchSampler(torch.utils.data.Sampler[list[Draw]]):
         shapes: Sequence[np.ndarray] | None = None,
         locations: Sequence[np.ndarray | None] | None = None,
         foreground_oversample: float = 0.0,
+        probabilities: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if not len(rows) == len(foreground) == len(sizes):
@@ -215,6 +232,8 @@ class MultiDomainBatchSampler(torch.utils.data.Sampler[list[Draw]]):
         self.foreground_rows = [r[f] for r, f in zip(self.rows, self.foreground, strict=True)]
         usable = [int(s) if r.size else 0 for s, r in zip(sizes, self.rows, strict=True)]
         self.probabilities = domain_probabilities(usable, policy)
+        if probabilities is not None:
+            self.probabilities = _checked_probabilities(probabilities, usable)
         self.policy = policy
         self.batch_size = batch_size
         self.iterations = iterations

@@ -8,4 +8,5 @@ geometry    child-to-model frame, the scan's voxel grid and its sub-slice grid
 bones       posed bones on the grid; muscles, softtissue: muscles, tendons, outline, fat
 phantom     tissue classes, fat fractions and labels; mr: MR signal, noise, bias, ghosts
 synthesis   one subject end to end; generate: the study on disk; preview, quality
+randomize   domain-randomized rendering of the same subjects (--randomize)
 """

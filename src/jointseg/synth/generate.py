@@ -64,11 +64,22 @@ def _validate(
     return unique
 
 
-def render_case(params: SubjectParams, dataset_dir: str, scale: float = 1.0) -> dict:
-    """Synthesize one subject and write its image and label; returns label voxel counts."""
+def render_case(
+    params: SubjectParams, dataset_dir: str, scale: float = 1.0, randomize: bool = False
+) -> dict:
+    """Synthesize one subject and write its image and label; returns label voxel counts (and,
+    ``randomize``d, the rendering's parameters)."""
     from jointseg.synth.synthesis import synthesize_subject
 
-    volume = synthesize_subject(params, scale)
+    extra = {}
+    if randomize:  # domain-randomized rendering of the same anatomy (synth/randomize.py)
+        from jointseg.synth.randomize import sample_rendering, synthesize_randomized
+
+        rendering = sample_rendering(params)
+        volume = synthesize_randomized(params, rendering, scale)
+        extra = {"rendering": rendering.to_dict()}
+    else:
+        volume = synthesize_subject(params, scale)
     geometry = volume.geometry
     info = dict(
         spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction.ravel()
@@ -83,10 +94,10 @@ def render_case(params: SubjectParams, dataset_dir: str, scale: float = 1.0) -> 
         array_to_image(volume.label, **info), folder / label_dir / f"{params.case_id}{FILE_ENDING}"
     )
     counts = np.bincount(volume.label.ravel())
-    return {"case_id": params.case_id, "voxels": [int(c) for c in counts]}
+    return {"case_id": params.case_id, "voxels": [int(c) for c in counts], **extra}
 
 
-def _render_task(task: tuple[SubjectParams, str, float]) -> dict:
+def _render_task(task: tuple[SubjectParams, str, float, bool]) -> dict:
     return render_case(*task)
 
 
@@ -102,7 +113,13 @@ def _remove_stale(dataset_dir: Path, joint: str, keep: set[str]) -> None:
                 path.unlink()
 
 
-def _manifest(joint: str, subjects: int, test_subjects: int, seed: int) -> DatasetManifest:
+def _manifest(
+    joint: str, subjects: int, test_subjects: int, seed: int, randomize: bool = False
+) -> DatasetManifest:
+    if randomize:
+        from jointseg.synth.randomize import randomized_manifest
+
+        return randomized_manifest(_manifest(joint, subjects, test_subjects, seed))
     from jointseg._version import __version__
 
     spec = joint_spec(joint)
@@ -147,15 +164,19 @@ def synthesize_study(
     *,
     scale: float = 1.0,
     progress: bool = True,
+    randomize: bool = False,
 ) -> Path:
     """Write one dataset per joint under ``out`` and ``out/synth.json``; returns ``out``.
 
     ``scale`` < 1 shrinks every volume's matrix and slice count (fast tests); ``progress``
-    shows a tqdm bar.
+    shows a tqdm bar. ``randomize`` renders the same subjects with random contrasts and
+    acquisitions instead (synth/randomize.py) into ``Dataset1XX_<Joint>Randomized`` folders and
+    ``out/synth_randomized.json``.
     """
     from tqdm import tqdm
 
     from jointseg._version import __version__
+    from jointseg.synth.randomize import RECORD, randomized_folder
 
     joints = _validate(subjects, test_subjects, list(joints), seed, jobs, scale)
     out = Path(out)
@@ -163,17 +184,17 @@ def synthesize_study(
         raise ValueError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out, recursive=True)  # left by a killed run; this one rewrites all
-    tasks: list[tuple[SubjectParams, str, float]] = []
+    tasks: list[tuple[SubjectParams, str, float, bool]] = []
     for joint in joints:
-        dataset_dir = out / joint_spec(joint).folder
+        dataset_dir = out / (randomized_folder(joint) if randomize else joint_spec(joint).folder)
         keep: set[str] = set()
         for split, count in (("train", subjects), ("test", test_subjects)):
             for index in range(count):
                 params = subject_params(joint, split, index, seed)
-                tasks.append((params, str(dataset_dir), scale))
+                tasks.append((params, str(dataset_dir), scale, randomize))
                 keep |= {f"{params.case_id}_0000{FILE_ENDING}", f"{params.case_id}{FILE_ENDING}"}
         _remove_stale(dataset_dir, joint, keep)
-        write_manifest(dataset_dir, _manifest(joint, subjects, test_subjects, seed))
+        write_manifest(dataset_dir, _manifest(joint, subjects, test_subjects, seed, randomize))
 
     bar = tqdm(total=len(tasks), desc="synth", unit="subject", disable=not progress)
     results: dict[str, dict] = {}
@@ -198,17 +219,23 @@ def synthesize_study(
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "scale": scale,
-        "joints": {j: joint_spec(j).folder for j in joints},
+        "joints": {j: randomized_folder(j) if randomize else joint_spec(j).folder for j in joints},
         "subjects": subjects,
         "test_subjects": test_subjects,
         "cases": [
-            {**params.to_dict(), "label_voxels": results[params.case_id]["voxels"]}
-            for params, _, _ in tasks
+            {
+                **params.to_dict(),
+                "label_voxels": results[params.case_id]["voxels"],
+                **({"rendering": results[params.case_id]["rendering"]} if randomize else {}),
+            }
+            for params, _, _, _ in tasks
         ],
     }
-    atomic_write_json(out / "synth.json", record)
+    if randomize:
+        record["randomized"] = True
+    atomic_write_json(out / (RECORD if randomize else "synth.json"), record)
     if preview:
         from jointseg.synth.preview import write_previews
 
-        write_previews(out, joints)
+        write_previews(out, joints, randomize)
     return out

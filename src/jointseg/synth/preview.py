@@ -68,6 +68,14 @@ def write_preview(dataset_dir: Path, path: Path, subjects: int = 4) -> Path:
     return path
 
 
-def write_previews(study: Path, joints: list[str]) -> list[Path]:
-    """``study/preview_<joint>.png`` for each joint."""
+def write_previews(study: Path, joints: list[str], randomized: bool = False) -> list[Path]:
+    """``study/preview_<joint>.png`` for each joint (``preview_<joint>_randomized.png`` of the
+    randomized datasets)."""
+    if randomized:
+        from jointseg.synth.randomize import randomized_folder
+
+        return [
+            write_preview(study / randomized_folder(j), study / f"preview_{j}_randomized.png")
+            for j in joints
+        ]
     return [write_preview(study / joint_spec(j).folder, study / f"preview_{j}.png") for j in joints]

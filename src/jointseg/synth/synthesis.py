@@ -78,13 +78,17 @@ def subject_geometry(
     )
 
 
-def build_phantom(params: SubjectParams, scale: float = 1.0):
-    """The subject's tissue phantom on its fine grid: (Phantom, geometry, rng, texture)."""
+def build_phantom(params: SubjectParams, scale: float = 1.0, geometry: ScanGeometry | None = None):
+    """The subject's tissue phantom on its fine grid: (Phantom, geometry, rng, texture).
+
+    ``geometry`` replaces the protocol's scan grid (randomized rendering, synth/randomize.py).
+    """
     spec = joint_spec(params.joint)
     rng = np.random.default_rng(params.texture_seed)
     pose = posture(spec.model, params.angles)
     frame = body_frame(params, pose)
-    geometry = subject_geometry(params, pose, frame, scale)
+    if geometry is None:
+        geometry = subject_geometry(params, pose, frame, scale)
     coarse = CoarseGrid.over(geometry, (geometry.sub, 4, 4))
     deformation = Deformation.random(rng, params.deformation_mm)
     maps = evaluate_bones(

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from jointseg.config import SCHEMES, ExperimentConfig, save_config
-from jointseg.data.cache import SliceCache, preprocess_study
+from jointseg.data.cache import SliceCache, preprocess_randomized, preprocess_study
 from jointseg.data.labels import DomainLabels, LabelSpace
 from jointseg.data.manifest import load_manifest
 from jointseg.data.splits import split_subjects
@@ -97,6 +97,7 @@ def train_networks(
     label_space = LabelSpace(labels)
     subjects = split_subjects(cfg, data_dir, fold, splits)
     caches = preprocess_study(cfg, data_dir)
+    randomized = preprocess_randomized(cfg, data_dir)
     out.mkdir(parents=True, exist_ok=True)
     if primary:
         clean_run_folder(out)
@@ -107,7 +108,17 @@ def train_networks(
             logger.info("[train] %s: already trained, skipped", plan.name)
             continue
         _train_plan(
-            cfg, plan, label_space, caches, subjects, out, resume, devices, progress, callbacks
+            cfg,
+            plan,
+            label_space,
+            caches,
+            subjects,
+            out,
+            resume,
+            devices,
+            progress,
+            callbacks,
+            randomized,
         )
     info = RunInfo(
         scheme=cfg.scheme,
@@ -151,6 +162,7 @@ def _train_plan(
     devices: int,
     progress: bool,
     extra_callbacks: list[L.Callback] | None,
+    randomized: dict[str, SliceCache] | None = None,
 ) -> None:
     L.seed_everything(cfg.training.seed, verbose=False)
     head_classes = (
@@ -161,7 +173,18 @@ def _train_plan(
     net = build_model(cfg.model, head_classes, plan.domain_specific_bn)
     if plan.init_from is not None:
         load_weights(net, out / "models" / plan.init_from, exclude=("heads.", "projectors."))
-    splits = [DomainSplit(d, caches[d], subjects[d][0], subjects[d][1]) for d in plan.domains]
+    randomized = randomized or {}
+    splits = [
+        DomainSplit(
+            d,
+            caches[d],
+            subjects[d][0],
+            subjects[d][1],
+            randomized.get(d),
+            list(randomized[d].case_ids) if d in randomized else [],
+        )
+        for d in plan.domains
+    ]
     autoencoder, discriminator = shape_prior_for(cfg, plan, label_space, splits, out, progress)
     epochs = cfg.training.epochs
     if plan.epochs_key == "transfer_pretrain_epochs" and cfg.training.transfer_pretrain_epochs:
