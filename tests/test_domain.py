@@ -204,8 +204,11 @@ def test_domain_reference_ranks_by_appearance_and_content_and_refuses_by_appeara
     # the decision ranks by the first, refuses by the second
     calibration = Calibration(threshold=3.0, temperature=1.0)
     decision = decide({"a": 5.0, "b": 6.0}, calibration, refusal={"a": 3.5, "b": 1.0})
-    assert decision.scores[0].name == "a" and decision.domain is None
+    # "a" ranks first but is out of the threshold: "b", within it, is not hidden by it
+    assert decision.scores[0].name == "a" and decision.domain == "b"
+    assert decision.confidence == pytest.approx(1 / (1 + np.exp(1.0)))  # b's softmax share
     assert decide({"a": 5.0, "b": 6.0}, calibration, refusal={"a": 2.5, "b": 9}).domain == "a"
+    assert decide({"a": 5.0, "b": 6.0}, calibration, refusal={"a": 3.5, "b": 9}).domain is None
     # the threshold comes from refusal distances, the temperature from ranking distances
     calibrated = Calibration.from_distances({"a": [1.0, 2.0]}, 4.0, {"a": [3.0, 5.0]})
     assert (calibrated.threshold, calibrated.temperature) == (8.0, 4.0)

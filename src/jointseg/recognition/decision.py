@@ -101,9 +101,11 @@ def decide(
     refusal: dict[str, float] | None = None,
     bounds: Collection[str] = (),
 ) -> DomainDecision:
-    """Turn candidate distances into a decision: the smallest ranking distance wins, and the
-    scan is refused (``domain`` None) when its refusal distance (``refusal``, else its ranking
-    distance) is above the threshold. ``bounds``: candidates whose distance is a lower bound."""
+    """Turn candidate distances into a decision: the candidate with the smallest ranking
+    distance among those whose refusal distance (``refusal``, else the ranking distance) is
+    within the threshold wins; the scan is refused (``domain`` None) when none is. A candidate
+    ranked first but out of the threshold does not hide one within it. ``bounds``: candidates
+    whose distance is a lower bound."""
     calibration = calibration or Calibration()
     refusal = refusal or distances
     names = list(distances)
@@ -122,11 +124,10 @@ def decide(
         )
         for i in order
     ]
-    best = scores[0]
-    accepted = best.refusal <= calibration.threshold
-    return DomainDecision(
-        best.name if accepted else None, best.confidence, scores, calibration.threshold
-    )
+    accepted = [s for s in scores if s.refusal <= calibration.threshold]
+    if not accepted:
+        return DomainDecision(None, scores[0].confidence, scores, calibration.threshold)
+    return DomainDecision(accepted[0].name, accepted[0].confidence, scores, calibration.threshold)
 
 
 def recognize_domain(
@@ -151,10 +152,14 @@ def recognize_domain(
         )
         for c in candidates
     }
+    threshold = (calibration or Calibration()).threshold
     ranking: dict[str, float] = {}
     bounds = []
     for c in sorted(candidates, key=lambda c: appearance[c.name]):
-        if appearance[c.name] >= min(ranking.values(), default=np.inf):
+        rivals = ranking.values()  # a candidate within the threshold competes with those only
+        if appearance[c.name] <= threshold:
+            rivals = [ranking[n] for n in ranking if appearance[n] <= threshold]
+        if appearance[c.name] >= min(rivals, default=np.inf):
             ranking[c.name] = appearance[c.name]  # cannot win: a lower bound is enough
             bounds.append(c.name)
         else:
@@ -184,7 +189,7 @@ def break_ties(
     if decision.domain is None:
         return decision
     best = routes[decision.domain]
-    top = decision.scores[0].distance
+    top = next(s.distance for s in decision.scores if s.name == decision.domain)
     tied = [
         s.name
         for s in decision.scores
