@@ -21,30 +21,12 @@ import json
 import time
 from pathlib import Path
 
+from paper import step_counts
 from train import StepTimer  # benchmarks/train.py
 
 WARMUP = 3
 TIMED = 10
 PRIOR_STEPS = 40
-
-
-def step_counts(profile, cfg, schemes: list[str]) -> dict[str, float]:
-    """Optimizer steps of one setting at the cap: one-dataset, multi-dataset, prior."""
-    t = cfg.training
-    datasets = len(cfg.datasets)
-    pre = t.transfer_pretrain_epochs or t.epochs
-    single = multi = prior = 0.0
-    for scheme in schemes:
-        if scheme == "individual":
-            single += datasets * t.epochs * t.iterations(1)
-        elif scheme == "transfer":
-            multi += datasets * pre * t.iterations(datasets - 1)
-            single += datasets * t.epochs * t.iterations(1)
-        else:
-            multi += t.epochs * t.iterations(datasets)
-            if scheme == "full":
-                prior += cfg.regularization.shape_prior.steps
-    return {"single": single, "multi": multi, "prior": prior}
 
 
 class CpuStepTimer(StepTimer):
@@ -98,6 +80,32 @@ def _timing_config(cfg, datasets: int | None = None):
     return timing
 
 
+def _cell_overhead(cfg, study: Path, out: Path, multi: dict[str, float]) -> dict[str, float]:
+    """A whole ``mtmd`` cell at the profile's config with one epoch of the timed steps, one
+    validation subject and one test subject per joint: CPU seconds of ``train_run`` outside
+    the optimizer steps (data set-up, one validation, recognition references, postprocessing
+    decision) and of ``evaluate_run``."""
+    import shutil
+
+    from jointseg.evaluation.evaluate import evaluate_run
+    from jointseg.workflows.train import train_run
+
+    if out.exists():
+        shutil.rmtree(out)
+    cell = _timing_config(cfg)
+    cell.training.validation_fraction = 0.5
+    cell.training.validation_every = 1
+    cpu = time.process_time()
+    train_run(cell.model_copy(update={"scheme": "mtmd"}), study, out, progress=False)
+    trained = time.process_time() - cpu
+    cpu = time.process_time()
+    evaluate_run(out, progress=False)
+    return {
+        "train_run_cpu_outside_steps": trained - (WARMUP + TIMED) * multi["step_cpu"],
+        "evaluate_run_cpu": time.process_time() - cpu,
+    }
+
+
 def _seconds(counts: dict[str, float], per_step: dict[str, float]) -> float:
     return sum(counts[k] * per_step[k] for k in ("single", "multi", "prior"))
 
@@ -134,6 +142,7 @@ def estimate_profile(profile, cfg, schemes: list[str], out: Path, seed: int, job
             "multi": full[step_key],  # the dearest three-dataset network stands for all
             "prior": max(0.0, extra) / PRIOR_STEPS,
         }
+    overhead = _cell_overhead(cfg, study, out / "cell", multi)
     counts = step_counts(profile, cfg, schemes)
     curve = step_counts(profile, cfg, [s for s in profile.curve_schemes if s in schemes])
     settings = profile.folds + len(profile.scarce)
@@ -148,6 +157,7 @@ def estimate_profile(profile, cfg, schemes: list[str], out: Path, seed: int, job
         "steps_per_setting_at_cap": counts,
         "curve_steps_at_cap": curve,
         "settings": settings,
+        "one_cell_outside_steps": overhead,
         "training_seconds_at_cap": {
             "measured_wall": total["wall"],
             "cpu_seconds": total["cpu"],

@@ -77,7 +77,8 @@ class Profile:
 
 PLATEAU = {"training.plateau_patience": 3, "training.plateau_min_delta": 0.002}
 PROFILES: dict[str, Profile] = {
-    # the pipeline end to end in minutes: 3 small subjects per joint, 2 folds, 2 steps an epoch
+    # the pipeline end to end in minutes: 4 small subjects per joint in 2 folds (each fold
+    # trains on 1 subject and validates on 1), 2 steps an epoch
     "smoke": Profile(
         config="demo",
         overrides={
@@ -94,7 +95,7 @@ PROFILES: dict[str, Profile] = {
             "training.plateau_patience": 1,
             "regularization.shape_prior.steps": 3,
         },
-        subjects=3,
+        subjects=4,
         test_subjects=1,
         folds=2,
         scarce=(2, 3),
@@ -137,6 +138,25 @@ PROFILES: dict[str, Profile] = {
         nnunet={"iterations": 250, "epochs": 1000, "val_iterations": 50, "patience": 50},
     ),
 }
+
+
+def step_counts(profile, cfg, schemes: list[str]) -> dict[str, float]:
+    """Optimizer steps of one setting at the cap: one-dataset, multi-dataset, prior."""
+    t = cfg.training
+    datasets = len(cfg.datasets)
+    pre = t.transfer_pretrain_epochs or t.epochs
+    single = multi = prior = 0.0
+    for scheme in schemes:
+        if scheme == "individual":
+            single += datasets * t.epochs * t.iterations(1)
+        elif scheme == "transfer":
+            multi += datasets * pre * t.iterations(datasets - 1)
+            single += datasets * t.epochs * t.iterations(1)
+        else:
+            multi += t.epochs * t.iterations(datasets)
+            if scheme == "full":
+                prior += cfg.regularization.shape_prior.steps
+    return {"single": single, "multi": multi, "prior": prior}
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -285,7 +305,7 @@ def run_cell(cfg, scheme: str, view: Path, run: Path, trained: list[str]) -> dic
     return record
 
 
-def test_rows(run: Path, scheme: str) -> pd.DataFrame:
+def held_out_rows(run: Path, scheme: str) -> pd.DataFrame:
     """The cell's scores on its held-out subjects (postprocessed as the run decided)."""
     frame = pd.read_csv(run / "evaluation" / "metrics.csv")
     frame = frame[frame["subset"] == "test"].copy()
@@ -546,7 +566,7 @@ def main(argv: list[str] | None = None) -> dict:
         preprocess_study(cfg, view)  # the slice cache, outside the cell's timing
         record = run_cell(cfg, scheme, view, run, trained)
         cells.append({"part": part, "setting": setting, **record})
-        frames.append(test_rows(run, scheme).assign(**extra))
+        frames.append(held_out_rows(run, scheme).assign(**extra))
 
     if "cv" in parts:
         for fold, view in enumerate(views):

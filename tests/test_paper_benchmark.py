@@ -133,13 +133,11 @@ def test_update_page_replaces_only_the_marked_section(tmp_path: Path) -> None:
 
 
 def test_cpu_profile_step_counts_at_the_cap() -> None:
-    from _paper_estimate import step_counts
-
     from jointseg.config import load_config
 
     profile = paper.PROFILES["cpu"]
     cfg = load_config(profile.config, profile.overrides)
-    counts = step_counts(profile, cfg, list(paper.SCHEMES))
+    counts = paper.step_counts(profile, cfg, list(paper.SCHEMES))
     # individual 3 x 6 x 20; transfer 3 x 2 x 40 pre-training + 3 x 6 x 20; four 3-joint
     # networks of 6 x 60; full's prior 150
     assert counts == {"single": 720.0, "multi": 240.0 + 4 * 360.0, "prior": 150.0}
@@ -160,10 +158,10 @@ def test_smoke_profile_end_to_end_and_resumable(tmp_path: Path) -> None:
     cells = 2 * 3 + 2 * 3 + 1  # folds x schemes, scarce settings x schemes, the curve
     assert len(first["trained"]) == cells
     cv = pd.read_csv(tmp_path / "cv_metrics.csv")
-    # every subject tested exactly once by every scheme (3 subjects per joint, 2 folds)
+    # every subject tested exactly once by every scheme (4 subjects per joint, 2 folds)
     per_scheme = cv.groupby(["scheme", "dataset"])["case"].nunique()
-    assert set(per_scheme) == {3}
-    assert len(cv) == 3 * 3 * 9  # schemes x subjects x bones
+    assert set(per_scheme) == {4}
+    assert len(cv) == 3 * 4 * 9  # schemes x subjects per joint x bones
     assert {"dice", "sensitivity", "specificity", "mssd", "ravd", "hd95"} <= set(cv.columns)
     scarce = pd.read_csv(tmp_path / "scarce_metrics.csv")
     assert sorted(scarce["subjects"].unique()) == [2, 3]
