@@ -138,9 +138,9 @@ def test_cpu_profile_step_counts_at_the_cap() -> None:
     profile = paper.PROFILES["cpu"]
     cfg = load_config(profile.config, profile.overrides)
     counts = paper.step_counts(profile, cfg, list(paper.SCHEMES))
-    # individual 3 x 6 x 20; transfer 3 x 2 x 40 pre-training + 3 x 6 x 20; four 3-joint
-    # networks of 6 x 60; full's prior 150
-    assert counts == {"single": 720.0, "multi": 240.0 + 4 * 360.0, "prior": 150.0}
+    # individual 3 x 4 x 15; transfer 3 x 1 x 30 pre-training + 3 x 4 x 15; four 3-joint
+    # networks of 4 x 45; full's prior 150
+    assert counts == {"single": 360.0, "multi": 90.0 + 4 * 180.0, "prior": 150.0}
 
 
 @pytest.mark.slow
