@@ -58,6 +58,8 @@ CELL_FILE = "cell.json"
 PAGE_BEGIN = "<!-- paper:begin -->"
 PAGE_END = "<!-- paper:end -->"
 PARTS = ("cv", "scarce", "curve", "nnunet")
+#: Figures of the run that updates BENCHMARKS.md (``--update-page``), kept in git.
+PAGE_FIGURES = HERE / "results" / "paper"
 
 
 @dataclass(frozen=True)
@@ -425,6 +427,19 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def page_text(text: str, out: Path, figures: Path, root: Path = ROOT) -> str:
+    """``paper.md`` for the page: its figures copied to ``figures`` (kept in git) and linked
+    relative to ``root`` (the repository, where the page lies)."""
+    import re
+    import shutil
+
+    figures.mkdir(parents=True, exist_ok=True)
+    for name in re.findall(r"\]\(([\w.-]+\.png)\)", text):
+        shutil.copyfile(out / name, figures / name)
+        text = text.replace(f"]({name})", f"]({figures.relative_to(root).as_posix()}/{name})")
+    return text
+
+
 def update_page(page: Path, text: str) -> None:
     """Replace what lies between the paper markers of ``page`` with ``text``."""
     from jointseg.utils.atomic import atomic_write_text
@@ -565,30 +580,34 @@ def main(argv: list[str] | None = None) -> dict:
     cv_frames, scarce_frames, cells = [], [], []
 
     def cell(part: str, setting: str, scheme: str, view: Path, run: Path, frames: list, **extra):
+        """Run a cell of a selected part; of the other parts, report the finished cells."""
+        if part not in parts and not (run / CELL_FILE).is_file():
+            return
         preprocess_study(cfg, view)  # the slice cache, outside the cell's timing
         record = run_cell(cfg, scheme, view, run, trained)
         cells.append({"part": part, "setting": setting, **record})
         frames.append(held_out_rows(run, scheme).assign(**extra))
 
-    if "cv" in parts:
-        for fold, view in enumerate(views):
-            for scheme in schemes:
-                run = out / "cv" / f"fold_{fold}" / _slug(scheme)
-                cell("cv", f"fold {fold}", scheme, view, run, cv_frames, fold=fold)
-    if "scarce" in parts:
+    for fold, view in enumerate(views):
+        for scheme in schemes:
+            run = out / "cv" / f"fold_{fold}" / _slug(scheme)
+            cell("cv", f"fold {fold}", scheme, view, run, cv_frames, fold=fold)
+    if "scarce" in parts or (out / "scarce").is_dir():
         for n in profile.scarce:
             view = scarce_view(study, out / "scarce", n)
             for scheme in schemes:
                 run = out / "scarce" / f"n{n}" / _slug(scheme)
                 cell("scarce", f"{n} subjects", scheme, view, run, scarce_frames, subjects=n)
     patience = cfg.training.plateau_patience or 0
-    if "curve" in parts and patience:
+    if patience:
         curve_cfg = cfg.model_copy(deep=True)
         curve_cfg.training.plateau_patience = None
         curve_cfg.training.validation_every = 1
         runs = {}
         for scheme in [s for s in profile.curve_schemes if s in schemes]:
             run = out / "curve" / _slug(scheme)
+            if "curve" not in parts and not (run / CELL_FILE).is_file():
+                continue
             preprocess_study(curve_cfg, views[0])
             record = run_cell(curve_cfg, scheme, views[0], run, trained)
             cells.append({"part": "curve", "setting": "fold 0, no plateau stop", **record})
@@ -614,7 +633,7 @@ def main(argv: list[str] | None = None) -> dict:
                 + "; `steps_curve.png`, `steps_curve.csv`"
             )
     nn_schemes: list[str] = []
-    if "nnunet" in parts and "cv" in parts:
+    if "nnunet" in parts:  # on the finished cv cells of the folds
         from _nnunet import NnUNet
 
         if args.no_nnunet:
@@ -650,7 +669,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = report(cv, scarce, pd.DataFrame(cells), notes, order)
     atomic_write_text(out / "paper.md", text)
     if args.update_page:
-        update_page(ROOT / "BENCHMARKS.md", text)
+        update_page(ROOT / "BENCHMARKS.md", page_text(text, out, PAGE_FIGURES))
     print(text)
     print(f"[paper] {len(trained)} cells trained in this run; wrote {out}/paper.md")
     return {"trained": trained, "out": str(out), "cells": len(cells)}

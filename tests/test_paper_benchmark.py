@@ -127,6 +127,12 @@ def test_update_page_replaces_only_the_marked_section(tmp_path: Path) -> None:
     assert page.read_text(encoding="utf-8") == (
         f"# B\n{paper.PAGE_BEGIN}\nnew table\n{paper.PAGE_END}\ntail\n"
     )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png").write_bytes(b"png")
+    figures = tmp_path / "results" / "paper"
+    text = paper.page_text("see ![x](a.png)", tmp_path / "out", figures, root=tmp_path)
+    assert text == "see ![x](results/paper/a.png)"
+    assert (figures / "a.png").read_bytes() == b"png"
     page.write_text("no markers", encoding="utf-8")
     with pytest.raises(ValueError, match="no '<!-- paper:begin -->'"):
         paper.update_page(page, "x")
