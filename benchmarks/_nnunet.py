@@ -210,19 +210,26 @@ class NnUNet:
         path.write_text(json.dumps([{"train": list(train), "val": list(validation)}], indent=1))
 
     def train(
-        self, dataset_id: int, log: Path, budget: dict[str, float | int], device: str = "cpu"
+        self,
+        dataset_id: int,
+        log: Path,
+        budget: dict[str, float | int],
+        device: str = "cpu",
+        plans: str = "nnUNetPlans",
     ) -> dict:
-        """Train fold 0 of the 2d configuration with nnUNetTrainerBudget; returns the
-        trainer's budget.json plus the command's wall seconds and memory."""
+        """Train fold 0 of the 2d configuration of ``plans`` with nnUNetTrainerBudget; returns
+        the trainer's budget.json plus the command's wall seconds and memory."""
         env = {f"NNUNET_BUDGET_{k.upper()}": str(v) for k, v in budget.items()}
         # augmentation in the training process, so that its CPU time counts in a CPU budget
         # (0 would break planning, which sets torch's threads from it)
         env["nnUNet_n_proc_DA"] = "0"
         stats = self.run(
-            ["nnUNetv2_train", str(dataset_id), "2d", "0", "-tr", TRAINER, "-device", device],
+            ["nnUNetv2_train", str(dataset_id), "2d", "0", "-tr", TRAINER, "-device", device,
+             "-p", plans],
             log, env,
         )  # fmt: skip
-        record = json.loads((self.model_folder(dataset_id) / "fold_0" / "budget.json").read_text())
+        folder = self.model_folder(dataset_id, plans) / "fold_0"
+        record = json.loads((folder / "budget.json").read_text())
         return {
             **record,
             "command_seconds": stats["seconds"],
@@ -230,12 +237,13 @@ class NnUNet:
             "peak_single_mb": stats["peak_single_mb"],
         }
 
-    def model_folder(self, dataset_id: int) -> Path:
-        return self.results / self.dataset_name(dataset_id) / f"{TRAINER}__nnUNetPlans__2d"
+    def model_folder(self, dataset_id: int, plans: str = "nnUNetPlans") -> Path:
+        return self.results / self.dataset_name(dataset_id) / f"{TRAINER}__{plans}__2d"
 
     def predict(
         self, dataset_id: int, images: Path, out: Path, log: Path, mirroring: bool = True,
         checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
+        plans: str = "nnUNetPlans",
     ) -> dict[str, float]:  # fmt: skip
         """``nnUNetv2_predict -device DEVICE -npp 1 -nps 1`` of a folder of ``*_0000``
         images."""
@@ -243,7 +251,7 @@ class NnUNet:
             shutil.rmtree(out)
         args = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id),
                 "-c", "2d", "-f", "0", "-tr", TRAINER, "-chk", checkpoint,
-                "-device", device, "-npp", "1", "-nps", "1"]  # fmt: skip
+                "-device", device, "-npp", "1", "-nps", "1", "-p", plans]  # fmt: skip
         if not mirroring:
             args.append("--disable_tta")
         return self.run(args, log)

@@ -44,6 +44,10 @@ Environment variables (all optional):
                              with nnUNet_n_proc_DA=0 augmentation runs in it too), which other
                              load on the machine does not stretch; used instead of the former
   NNUNET_BUDGET_VAL_ITERATIONS  validation batches per epoch (default 50, nnU-Net's)
+  NNUNET_BUDGET_PLATEAU_PATIENCE  stop once nnU-Net's EMA pseudo-Dice of the validation batches
+                             has not risen by more than NNUNET_BUDGET_PLATEAU_MIN_DELTA
+                             (default 0) for this many epochs in a row (default 0: never);
+                             NNUNET_BUDGET_EPOCHS stays the cap
   NNUNET_BUDGET_FINAL_VALIDATION  1 to run nnU-Net's validation of the held-out fold at the
                              end (default 0: the benchmarks predict imagesTs themselves)
 Writes budget.json (epochs, iterations, seconds, each step's seconds including its data
@@ -77,6 +81,21 @@ class nnUNetTrainerBudget(nnUNetTrainer):
             else _env("NNUNET_BUDGET_SECONDS", 0.0, float)
         )
         self.final_validation = bool(_env("NNUNET_BUDGET_FINAL_VALIDATION", 0))
+        self.plateau_patience = _env("NNUNET_BUDGET_PLATEAU_PATIENCE", 0)
+        self.plateau_min_delta = _env("NNUNET_BUDGET_PLATEAU_MIN_DELTA", 0.0, float)
+
+    def _plateau(self, state):
+        """True once the EMA pseudo-Dice stopped improving for plateau_patience epochs."""
+        if not self.plateau_patience:
+            return False
+        ema = self.logger.my_fantastic_logging.get("ema_fg_dice") or []
+        if not ema:
+            return False
+        if ema[-1] > state["best"] + self.plateau_min_delta:
+            state["best"], state["wait"] = ema[-1], 0
+        else:
+            state["wait"] += 1
+        return state["wait"] >= self.plateau_patience
 
     def run_training(self):
         self.on_train_start()
@@ -88,6 +107,8 @@ class nnUNetTrainerBudget(nnUNetTrainer):
         epochs_run = 0
         step_seconds = []
         cap = self.num_epochs
+        plateau = {"best": float("-inf"), "wait": 0}
+        stopped_on_plateau = False
         for epoch in range(self.current_epoch, cap):
             self.on_epoch_start()
             self.on_train_epoch_start()
@@ -114,6 +135,9 @@ class nnUNetTrainerBudget(nnUNetTrainer):
                 self.lr_scheduler.max_steps = self.num_epochs
             last = epoch + 1 >= self.num_epochs
             self.on_epoch_end()
+            if self._plateau(plateau):
+                stopped_on_plateau = True
+                last = True
             if last:
                 break
         self.on_train_end()
@@ -127,6 +151,7 @@ class nnUNetTrainerBudget(nnUNetTrainer):
             "cpu_seconds": time.process_time() - cpu_started,
             "budget_seconds": self.budget_seconds,
             "budget_clock": "cpu" if self.budget_cpu else "wall",
+            "stopped_on_plateau": stopped_on_plateau,
             "step_seconds": step_seconds,
         }
         with open(os.path.join(self.output_folder, "budget.json"), "w") as handle:

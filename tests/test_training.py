@@ -164,6 +164,23 @@ def test_training_stops_at_the_target_dice(study: Path, tmp_path: Path) -> None:
     assert len(_validated_epochs(tmp_path / "capped")) == 3  # the cap
 
 
+def test_training_stops_on_a_validation_plateau(study: Path, tmp_path: Path) -> None:
+    # min_delta 1.0: no Dice can improve by that much, so the first validation sets the best and
+    # the next `patience` validations without improvement stop the run (cap: 6 epochs)
+    config = tiny_config(
+        epochs=6, iterations_per_epoch=2, plateau_patience=2, plateau_min_delta=1.0
+    )
+    train_run(
+        config_from_dict({**config, "scheme": "mtmd"}), study, tmp_path / "run", progress=False
+    )
+    assert len(_validated_epochs(tmp_path / "run")) == 3
+    config = tiny_config(epochs=3, iterations_per_epoch=2, plateau_patience=5)
+    train_run(
+        config_from_dict({**config, "scheme": "mtmd"}), study, tmp_path / "cap", progress=False
+    )
+    assert len(_validated_epochs(tmp_path / "cap")) == 3  # patience never runs out: the cap
+
+
 class Interrupt(RuntimeError):
     pass
 

@@ -230,6 +230,15 @@ class TrainingConfig(Section):
         description="Stop once the validation Dice reaches this; epochs is then the cap. "
         "Needs validation subjects.",
     )
+    plateau_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop once val/dice has not improved by more than plateau_min_delta for "
+        "this many validations in a row; epochs is then the cap. Needs validation subjects.",
+    )
+    plateau_min_delta: float = Field(
+        0.0, ge=0, description="Smallest val/dice gain that counts as an improvement."
+    )
     validation_fraction: float = Field(
         0.2, ge=0, lt=1, description="Share of training subjects held out for validation."
     )

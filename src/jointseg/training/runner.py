@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from jointseg.config import SCHEMES, ExperimentConfig, save_config
@@ -235,6 +235,7 @@ def _train_plan(
             RandomStates(),
             FlushLogs(),
             *_target_stop(cfg, has_validation),
+            *_plateau_stop(cfg, has_validation),
             *(extra_callbacks or []),
         ]
         + ([TQDMProgressBar(refresh_rate=5)] if progress else []),
@@ -283,6 +284,30 @@ def _target_stop(cfg: ExperimentConfig, has_validation: bool) -> list[L.Callback
         logger.warning("training.target_dice needs validation subjects: training all epochs")
         return []
     return [StopAtTarget(target)]
+
+
+def _plateau_stop(cfg: ExperimentConfig, has_validation: bool) -> list[L.Callback]:
+    """``training.plateau_patience`` as Lightning's early stopping on ``val/dice``.
+
+    Patience counts validations (every ``training.validation_every`` epochs), not epochs; the
+    callback's state travels in the checkpoints, so a resumed run keeps its count.
+    """
+    patience = cfg.training.plateau_patience
+    if patience is None:
+        return []
+    if not has_validation:
+        logger.warning("training.plateau_patience needs validation subjects: training all epochs")
+        return []
+    return [
+        EarlyStopping(
+            monitor="val/dice",
+            mode="max",
+            patience=patience,
+            min_delta=cfg.training.plateau_min_delta,
+            check_on_train_epoch_end=False,
+            strict=True,
+        )
+    ]
 
 
 def _device_arguments(devices: int) -> dict:

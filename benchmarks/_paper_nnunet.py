@@ -1,0 +1,159 @@
+"""nnU-Net v2 in the paper benchmark: the same folds, the same scoring, two fair variants.
+
+- ``default``: nnU-Net's own 2d plan, trained with the wall-clock budget of the longest-trained
+  jointseg scheme of the same fold, split evenly over the datasets (one nnU-Net network per
+  dataset, as ``individual``).
+- ``matched``: the 2d plan edited to jointseg's input (patch, batch size, in-plane spacing; the
+  network's stages cut where the patch no longer allows another halving, bottleneck >= 4 px),
+  trained to its own plateau (EMA pseudo-Dice of its validation batches, patience in epochs)
+  with an epoch cap.
+
+Each fold's nnU-Net network trains on exactly the training/validation subjects of the fold's
+jointseg runs (``splits_final.json``), predicts the fold's held-out subjects (the view's
+``imagesTs``), which :func:`jointseg.evaluation.metrics.score_case` scores as it scores jointseg.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from _nnunet import NnUNet
+
+from jointseg.data.manifest import list_cases, load_manifest
+from jointseg.evaluation.metrics import score_case
+from jointseg.utils.atomic import atomic_write_json
+
+DEFAULT_PLANS = "nnUNetPlans"
+MATCHED_PLANS = "nnUNetPlansMatched"
+VARIANTS = {
+    "default": "nnU-Net 2d (default plan, same time)",
+    "matched": "nnU-Net 2d (matched plan, plateau)",
+}
+MIN_BOTTLENECK = 4
+
+
+def matched_plans(
+    plans: dict, patch: tuple[int, int], batch: int, spacing: float | None, name: str
+) -> dict:
+    """nnU-Net's plans with the 2d configuration set to jointseg's patch, batch and spacing."""
+    result = copy.deepcopy(plans)
+    result["plans_name"] = name
+    config = result["configurations"]["2d"]
+    config["patch_size"] = [int(p) for p in patch]
+    config["batch_size"] = int(batch)
+    if spacing is not None:
+        config["spacing"] = [float(spacing)] * len(config["spacing"])
+    config["data_identifier"] = f"{name}_2d"
+    arch = config["architecture"]["arch_kwargs"]
+    halvings = int(math.floor(math.log2(min(patch) / MIN_BOTTLENECK)))
+    stages = max(2, min(int(arch["n_stages"]), halvings + 1))
+    arch["n_stages"] = stages
+    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
+        arch[key] = arch[key][:stages]
+    arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][: stages - 1]
+    return result
+
+
+def write_matched_plans(nn: NnUNet, dataset_id: int, cfg) -> None:
+    """Write ``nnUNetPlansMatched.json`` beside nnU-Net's own plans and preprocess it."""
+    folder = nn.preprocessed / nn.dataset_name(dataset_id)
+    plans = json.loads((folder / f"{DEFAULT_PLANS}.json").read_text(encoding="utf-8"))
+    edited = matched_plans(
+        plans,
+        tuple(cfg.preprocessing.patch_size),
+        cfg.training.batch_size,
+        cfg.preprocessing.target_spacing,
+        MATCHED_PLANS,
+    )
+    atomic_write_json(folder / f"{MATCHED_PLANS}.json", edited)
+
+
+def _score(nn_label: str, view: Path, folder: str, predictions: Path) -> list[dict]:
+    import SimpleITK as sitk
+
+    structures = load_manifest(view / folder).structures
+    rows = []
+    for case in list_cases(view / folder, "test"):
+        predicted = sitk.ReadImage(str(predictions / f"{case.case_id}.nii.gz"))
+        reference = sitk.ReadImage(str(case.label))
+        predicted = sitk.Cast(predicted, reference.GetPixelID())
+        for row in score_case(predicted, reference, structures):
+            rows.append({"scheme": nn_label, "case": case.case_id, **row})
+    return rows
+
+
+def run_fold(
+    nn: NnUNet,
+    cfg,
+    view: Path,
+    run_info: dict,
+    variant: str,
+    budget: dict,
+    device: str,
+    mirroring: bool,
+    folder: Path,
+) -> tuple[pd.DataFrame, dict]:
+    """Plan (once), train and predict every dataset of a fold view; returns scored rows (all
+    metrics) and the training records. Resumable: a trained dataset is not trained again."""
+    plans = DEFAULT_PLANS if variant == "default" else MATCHED_PLANS
+    ids = {d.name: nn.add_dataset(view / d.folder) for d in cfg.datasets}
+    logs = folder / "logs"
+    if not all(
+        (nn.preprocessed / nn.dataset_name(i) / f"{DEFAULT_PLANS}.json").is_file()
+        for i in ids.values()
+    ):
+        nn.plan_and_preprocess(list(ids.values()), logs / "plan_and_preprocess.log")
+    if variant == "matched":
+        for dataset_id in ids.values():
+            marker = nn.preprocessed / nn.dataset_name(dataset_id) / f"{MATCHED_PLANS}_2d"
+            if not marker.is_dir():
+                write_matched_plans(nn, dataset_id, cfg)
+                nn.run(
+                    [
+                        "nnUNetv2_preprocess",
+                        "-d",
+                        str(dataset_id),
+                        "-plans_name",
+                        MATCHED_PLANS,
+                        "-c",
+                        "2d",
+                        "-np",
+                        str(nn.threads),
+                    ],
+                    logs / f"preprocess_{dataset_id}.log",
+                )
+    rows, records = [], {}
+    for d in cfg.datasets:
+        dataset_id = ids[d.name]
+        nn.write_splits(
+            dataset_id, run_info["training_cases"][d.name], run_info["validation_cases"][d.name]
+        )
+        record_path = folder / f"train_{variant}_{d.name}.json"
+        if not record_path.is_file():
+            record = nn.train(
+                dataset_id, logs / f"train_{variant}_{d.name}.log", budget, device, plans
+            )
+            record["plan"] = nn.plan_2d(dataset_id, plans)
+            atomic_write_json(record_path, record)
+        records[d.name] = json.loads(record_path.read_text(encoding="utf-8"))
+        predictions = folder / f"predictions_{variant}" / d.name
+        done = folder / f"predict_{variant}_{d.name}.json"
+        if not done.is_file():
+            stats = nn.predict(
+                dataset_id,
+                view / d.folder / "imagesTs",
+                predictions,
+                logs / f"predict_{variant}_{d.name}.log",
+                mirroring=mirroring,
+                checkpoint="checkpoint_best.pth",
+                device=device,
+                plans=plans,
+            )
+            atomic_write_json(done, stats)
+        for row in _score(VARIANTS[variant], view, d.folder, predictions):
+            rows.append({**row, "dataset": d.name})
+    return pd.DataFrame(rows), records

@@ -1,0 +1,680 @@
+"""The paper's experiment with statistical power: six schemes (and nnU-Net) cross-validated over
+subjects, trained to their plateau, scored per bone, tested pairwise; a scarce-data curve.
+
+    python benchmarks/paper.py --profile smoke     # minutes: the pipeline end to end
+    python benchmarks/paper.py --profile cpu       # at most about 2 h on 2 cores (see PROFILES)
+    python benchmarks/paper.py --profile gpu       # configs/paper.yaml, the paper's scale
+    python benchmarks/paper.py --profile cpu --estimate       # measured step times -> duration
+    python benchmarks/paper.py --profile gpu --update-page    # tables into BENCHMARKS.md
+
+What it does, for a profile (PROFILES):
+
+1. A synthetic study (``jointseg synth``'s default generator): ``subjects`` training subjects
+   per joint (``imagesTr``) and ``test_subjects`` held-out ones (``imagesTs``).
+2. Cross-validation over the training subjects (:func:`jointseg.data.splits.make_splits`, one
+   splits file for every scheme and nnU-Net): fold k is a folder of links, ``cv/fold_k/data``,
+   whose ``imagesTr`` holds the fold's training subjects and ``imagesTs`` its held-out ones.
+   Every scheme trains there (:func:`jointseg.workflows.train.train_run`; its validation
+   subjects, ``training.validation_fraction`` of the fold's training subjects, decide the
+   plateau stop, the best checkpoint and the postprocessing) and is scored on the held-out
+   subjects (:func:`jointseg.evaluation.evaluate.evaluate_run`, subset ``test``): every subject
+   is tested exactly once, by every scheme.
+3. The scarce-data curve: the first n training subjects per joint (``scarce``), every scheme,
+   scored on the fixed ``imagesTs`` subjects.
+4. The Dice-against-steps curve: each of ``curve_schemes`` on fold 0 without the plateau stop,
+   to the cap, validated every epoch; the plot marks where the plateau rule stops.
+5. nnU-Net v2 (if installed: ``benchmarks/nnunet_env.sh``; ``--install-nnunet`` runs it) on the
+   same folds: its default 2d plan with the wall-clock of the longest-trained scheme of the fold,
+   and a plan matched to jointseg's input trained to its own plateau (``_paper_nnunet.py``).
+6. Tables (``_paper_stats.py``) and figures (``_paper_plots.py``) into ``paper.md``.
+
+Every cell (scheme x fold, scheme x training subjects, curve scheme, nnU-Net variant x fold)
+keeps its run folder and ``cell.json`` (timings, epochs and steps per network) on disk; a
+rerun skips finished cells and resumes an interrupted one from its last checkpoint, so the
+benchmark can run in pieces (``--only cv|scarce|curve|nnunet`` runs one part).
+Output: ``benchmarks/out/paper/<profile>/`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+SCHEMES = ("individual", "transfer", "shared", "mtmd", "mtmd+con", "full")
+JOINTS = ("ankle", "knee", "shoulder")
+CELL_FILE = "cell.json"
+PAGE_BEGIN = "<!-- paper:begin -->"
+PAGE_END = "<!-- paper:end -->"
+PARTS = ("cv", "scarce", "curve", "nnunet")
+#: Figures of the run that updates BENCHMARKS.md (``--update-page``), kept in git.
+PAGE_FIGURES = HERE / "results" / "paper"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One size of the experiment; ``overrides`` are dotted config keys."""
+
+    config: str
+    overrides: dict
+    subjects: int
+    test_subjects: int
+    folds: int
+    scarce: tuple[int, ...]
+    curve_schemes: tuple[str, ...]
+    synth_scale: float = 1.0
+    nnunet: dict = field(default_factory=dict)
+
+
+PLATEAU = {"training.plateau_patience": 3, "training.plateau_min_delta": 0.002}
+PROFILES: dict[str, Profile] = {
+    # the pipeline end to end in minutes: 4 small subjects per joint in 2 folds (each fold
+    # trains on 1 subject and validates on 1), 2 steps an epoch
+    "smoke": Profile(
+        config="demo",
+        overrides={
+            "preprocessing.target_spacing": 1.8,
+            "preprocessing.patch_size": [64, 64],
+            "model.width": 0.125,
+            "training.epochs": 2,
+            "training.iterations_per_epoch": 2,
+            "training.iterations_per_dataset": False,
+            "training.batch_size": 4,
+            "training.validation_every": 1,
+            "training.validation_fraction": 0.34,
+            "training.transfer_pretrain_epochs": 1,
+            "training.plateau_patience": 1,
+            "regularization.shape_prior.steps": 3,
+        },
+        subjects=4,
+        test_subjects=1,
+        folds=2,
+        scarce=(2, 3),
+        curve_schemes=("full",),
+        synth_scale=0.3,
+        nnunet={"iterations": 2, "epochs": 2, "val_iterations": 1, "patience": 1},
+    ),
+    # 2 cores, about 1.75 h at the cap (BENCHMARKS.md: how it was estimated from measured
+    # step times); a pipeline and power check at a tiny budget, not the paper's scale
+    "cpu": Profile(
+        config="demo",
+        overrides={
+            **PLATEAU,
+            "preprocessing.target_spacing": 1.2,
+            "preprocessing.patch_size": [96, 96],
+            "model.width": 0.125,
+            "training.epochs": 4,
+            "training.iterations_per_epoch": 15,
+            "training.iterations_per_dataset": True,
+            "training.batch_size": 8,
+            "training.validation_every": 1,
+            "training.plateau_patience": 2,
+            "training.transfer_pretrain_epochs": 1,
+            "regularization.shape_prior.steps": 150,
+        },
+        subjects=12,
+        test_subjects=4,
+        folds=3,
+        scarce=(2, 4, 8, 12),
+        curve_schemes=("full",),
+        nnunet={"iterations": 10, "epochs": 30, "val_iterations": 2, "patience": 5},
+    ),
+    # configs/paper.yaml: 100 epochs cap, validation every 5, equal steps per dataset
+    "gpu": Profile(
+        config="paper",
+        overrides={**PLATEAU, "training.iterations_per_dataset": True},
+        subjects=12,
+        test_subjects=8,
+        folds=6,
+        scarce=(2, 4, 8, 12),
+        curve_schemes=SCHEMES,
+        nnunet={"iterations": 250, "epochs": 1000, "val_iterations": 50, "patience": 50},
+    ),
+}
+
+
+def step_counts(profile, cfg, schemes: list[str]) -> dict[str, float]:
+    """Optimizer steps of one setting at the cap: one-dataset, multi-dataset, prior."""
+    t = cfg.training
+    datasets = len(cfg.datasets)
+    pre = t.transfer_pretrain_epochs or t.epochs
+    single = multi = prior = 0.0
+    for scheme in schemes:
+        if scheme == "individual":
+            single += datasets * t.epochs * t.iterations(1)
+        elif scheme == "transfer":
+            multi += datasets * pre * t.iterations(datasets - 1)
+            single += datasets * t.epochs * t.iterations(1)
+        else:
+            multi += t.epochs * t.iterations(datasets)
+            if scheme == "full":
+                prior += cfg.regularization.shape_prior.steps
+    return {"single": single, "multi": multi, "prior": prior}
+
+
+# -- data ------------------------------------------------------------------------------------
+def make_study(folder: Path, profile: Profile, seed: int, jobs: int) -> Path:
+    """The synthetic study, reused when ``synth.json`` records the same counts, seed and scale."""
+    from jointseg.synth.generate import synthesize_study
+
+    record = folder / "synth.json"
+    wanted = (profile.subjects, profile.test_subjects, seed, profile.synth_scale)
+    if record.is_file():
+        data = json.loads(record.read_text(encoding="utf-8"))
+        if tuple(data.get(k) for k in ("subjects", "test_subjects", "seed", "scale")) == wanted:
+            return folder
+    print(f"[paper] synthesizing {profile.subjects}+{profile.test_subjects} subjects per joint")
+    return synthesize_study(
+        folder,
+        profile.subjects,
+        profile.test_subjects,
+        list(JOINTS),
+        seed,
+        jobs,
+        False,
+        scale=profile.synth_scale,
+        progress=False,
+    )
+
+
+def link_view(study: Path, view: Path, train: dict[str, list], test: dict[str, list]) -> Path:
+    """A study folder of links: per dataset folder, ``train`` cases as its ``imagesTr`` and
+    ``test`` cases (:class:`~jointseg.data.manifest.Case`) as its ``imagesTs``."""
+    from jointseg.data.manifest import load_manifest, write_manifest
+
+    for folder in sorted(train):
+        target = view / folder
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            (target / sub).mkdir(parents=True, exist_ok=True)
+        for split, cases in (("Tr", train[folder]), ("Ts", test[folder])):
+            for case in cases:
+                for kind, path in (("images", case.image), ("labels", case.label)):
+                    link = target / f"{kind}{split}" / path.name
+                    if not link.is_symlink():
+                        link.symlink_to(path.resolve())
+        manifest = load_manifest(study / folder).model_copy(
+            update={"numTraining": len(train[folder]), "numTest": len(test[folder])}
+        )
+        write_manifest(target, manifest)
+    return view
+
+
+def fold_views(study: Path, out: Path, folds: int, seed: int) -> list[Path]:
+    """One view per fold of the study's subjects (the same splits for every scheme)."""
+    from jointseg.data.manifest import list_cases
+    from jointseg.data.splits import dataset_folders, make_splits
+    from jointseg.utils.atomic import atomic_write_json
+
+    splits_path = out / "splits.json"
+    if not splits_path.is_file():
+        atomic_write_json(splits_path, make_splits(study, folds, seed))
+    splits = json.loads(splits_path.read_text(encoding="utf-8"))
+    views = []
+    for fold in range(folds):
+        train, test = {}, {}
+        for dataset in dataset_folders(study):
+            cases = {c.case_id: c for c in list_cases(dataset, "train")}
+            entry = splits["datasets"][dataset.name][fold]
+            train[dataset.name] = [cases[c] for c in entry["train"]]
+            test[dataset.name] = [cases[c] for c in entry["validation"]]
+        views.append(link_view(study, out / f"fold_{fold}" / "data", train, test))
+    return views
+
+
+def scarce_view(study: Path, out: Path, subjects: int) -> Path:
+    """The first ``subjects`` training subjects per joint and every held-out subject."""
+    from jointseg.data.manifest import list_cases
+    from jointseg.data.splits import dataset_folders
+
+    train, test = {}, {}
+    for dataset in dataset_folders(study):
+        train[dataset.name] = list_cases(dataset, "train")[:subjects]
+        test[dataset.name] = list_cases(dataset, "test")
+    return link_view(study, out / f"n{subjects}" / "data", train, test)
+
+
+# -- cells -----------------------------------------------------------------------------------
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def network_progress(cfg, run: Path) -> dict[str, dict]:
+    """Per trained network: epochs run, optimizer steps, steps per dataset, best val Dice, and
+    whether it stopped before the cap."""
+    from jointseg.training.curves import read_metrics
+    from jointseg.training.schemes import plan_scheme
+
+    result = {}
+    for plan in plan_scheme(cfg.scheme, cfg.domain_names):
+        frame = read_metrics(run, plan.name)
+        if frame is None or "epoch" not in frame:
+            continue
+        cap = cfg.training.epochs
+        if plan.epochs_key == "transfer_pretrain_epochs" and cfg.training.transfer_pretrain_epochs:
+            cap = cfg.training.transfer_pretrain_epochs
+        epochs = int(frame["epoch"].max()) + 1
+        per_epoch = cfg.training.iterations(len(plan.domains))
+        dice = frame["val/dice"].dropna() if "val/dice" in frame else pd.Series(dtype=float)
+        result[plan.name] = {
+            "epochs": epochs,
+            "cap_epochs": cap,
+            "steps": epochs * per_epoch,
+            "steps_per_dataset": epochs * per_epoch / len(plan.domains),
+            "stopped_early": epochs < cap,
+            "best_val_dice": float(dice.max()) if len(dice) else None,
+        }
+    return result
+
+
+def run_cell(cfg, scheme: str, view: Path, run: Path, trained: list[str]) -> dict:
+    """Train (resuming an interrupted run) and evaluate one scheme on one view; the cell's
+    record is written last, so a cell with ``cell.json`` is finished."""
+    from jointseg.evaluation.evaluate import evaluate_run
+    from jointseg.workflows.train import train_run
+
+    record_path = run / CELL_FILE
+    if record_path.is_file():
+        return json.loads(record_path.read_text(encoding="utf-8"))
+    from jointseg.utils.atomic import atomic_write_json
+
+    cell_cfg = cfg.model_copy(update={"scheme": scheme})
+    resumed = run.exists()
+    print(f"[paper] training {scheme} -> {run}{' (resuming)' if resumed else ''}", flush=True)
+    started, cpu = time.perf_counter(), _cpu_seconds()
+    train_run(cell_cfg, view, run, resume=resumed, progress=False)
+    seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu
+    evaluate_run(run, progress=False)
+    record = {
+        "scheme": scheme,
+        "view": str(view),
+        "train_seconds": seconds,
+        "train_cpu_seconds": cpu_seconds,
+        "resumed": resumed,
+        "networks": network_progress(cell_cfg, run),
+    }
+    atomic_write_json(record_path, record)
+    trained.append(str(run))
+    return record
+
+
+def held_out_rows(run: Path, scheme: str) -> pd.DataFrame:
+    """The cell's scores on its held-out subjects (postprocessed as the run decided)."""
+    frame = pd.read_csv(run / "evaluation" / "metrics.csv")
+    frame = frame[frame["subset"] == "test"].copy()
+    frame["scheme"] = scheme
+    return frame
+
+
+def _slug(scheme: str) -> str:
+    return scheme.replace("+", "_")
+
+
+# -- the steps curve -------------------------------------------------------------------------
+def plateau_stop_index(values: list[float], patience: int, min_delta: float) -> int | None:
+    """Where the plateau rule (as ``training.plateau_patience``) stops a validation series."""
+    best, wait = float("-inf"), 0
+    for index, value in enumerate(values):
+        if value - min_delta > best:
+            best, wait = value, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return index
+    return None
+
+
+def steps_frame(cfg, runs: dict[str, Path], patience: int, min_delta: float) -> pd.DataFrame:
+    """Validation Dice per epoch of every curve network, its steps per dataset, and the epoch
+    where the plateau rule would stop it."""
+    from jointseg.training.curves import read_metrics
+    from jointseg.training.schemes import deliverable_plans, plan_scheme
+
+    rows = []
+    for scheme, run in runs.items():
+        for plan in deliverable_plans(plan_scheme(scheme, cfg.domain_names)):
+            frame = read_metrics(run, plan.name)
+            if frame is None or "val/dice" not in frame:
+                continue
+            series = frame[["epoch", "val/dice"]].dropna()
+            per_epoch = cfg.training.iterations(len(plan.domains)) / len(plan.domains)
+            stop = plateau_stop_index(series["val/dice"].tolist(), patience, min_delta)
+            for index, (epoch, dice) in enumerate(series.itertuples(index=False)):
+                name = (
+                    scheme
+                    if plan.name == "main" or plan.name == scheme
+                    else f"{scheme}/{plan.name}"
+                )
+                rows.append(
+                    {
+                        "network": name,
+                        "epoch": int(epoch) + 1,
+                        "steps_per_dataset": (int(epoch) + 1) * per_epoch,
+                        "val_dice": float(dice),
+                        "plateau_stop": index == stop,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+# -- the report ------------------------------------------------------------------------------
+def report(
+    cv: pd.DataFrame,
+    scarce: pd.DataFrame,
+    cells: pd.DataFrame,
+    notes: list[str],
+    schemes: list[str],
+) -> str:
+    """paper.md: the metric tables, the tests, what holds, the scarce-data table, the cells."""
+    import _paper_stats as stats
+
+    lines = ["### Cross-validation: every subject tested once\n"]
+    if len(cv):
+        subjects = cv.groupby("dataset")["case"].nunique()
+        lines.append("Subjects per joint: " + ", ".join(f"{d} {n}" for d, n in subjects.items()))
+        lines.append("")
+        lines.append(stats.metric_tables(cv, schemes))
+        tests = stats.reference_tests(cv, schemes, "dice")
+        lines += [
+            f"#### `{stats.REFERENCE}` against each scheme: median Δ Dice ({stats.REFERENCE} − "
+            "scheme), two-sided Wilcoxon signed-rank p (Holm-adjusted over the table), "
+            "rank-biserial r\n",
+            stats.tests_table(tests) + "\n",
+            "#### Say what holds: each step of the ranking, median Δ Dice (claimed better − "
+            "worse), p (Holm over all steps and bones), r, verdict (holds: Holm p < 0.05 in the "
+            "claimed direction)\n",
+            stats.tests_table(stats.ranking_tests(cv, "dice"), row_key="step") + "\n",
+            "![Dice per bone](cv_dice_boxes.png)\n",
+        ]
+    else:
+        lines.append("(no finished cross-validation cell)\n")
+    if len(scarce):
+        lines += [
+            "### Scarce data: mean Dice on the fixed held-out subjects\n",
+            stats.scarce_table(scarce, schemes) + "\n",
+            "![Dice against training subjects](scarce_dice.png)\n",
+        ]
+    if len(cells):
+        lines += [
+            "### Cells\n",
+            "| part | setting | scheme | train s (wall / CPU) | networks: "
+            "epochs / cap (best validation Dice) |",
+            "|---|---|---|---|---|",
+        ]
+        for row in cells.itertuples(index=False):
+            nets = "; ".join(
+                f"{k} {v['epochs']}/{v['cap_epochs']}"
+                + (f" ({v['best_val_dice']:.3f})" if v.get("best_val_dice") is not None else "")
+                for k, v in (row.networks or {}).items()
+            )
+            lines.append(
+                f"| {row.part} | {row.setting} | {row.scheme} | "
+                f"{row.train_seconds:.0f} / {row.train_cpu_seconds:.0f} | {nets} |"
+            )
+        lines.append("")
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def page_text(text: str, out: Path, figures: Path, root: Path = ROOT) -> str:
+    """``paper.md`` for the page: its figures copied to ``figures`` (kept in git) and linked
+    relative to ``root`` (the repository, where the page lies)."""
+    import re
+    import shutil
+
+    figures.mkdir(parents=True, exist_ok=True)
+    for name in re.findall(r"\]\(([\w.-]+\.png)\)", text):
+        shutil.copyfile(out / name, figures / name)
+        text = text.replace(f"]({name})", f"]({figures.relative_to(root).as_posix()}/{name})")
+    return text
+
+
+def update_page(page: Path, text: str) -> None:
+    """Replace what lies between the paper markers of ``page`` with ``text``."""
+    from jointseg.utils.atomic import atomic_write_text
+
+    content = page.read_text(encoding="utf-8")
+    begin, end = content.find(PAGE_BEGIN), content.find(PAGE_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{page}: no '{PAGE_BEGIN}' ... '{PAGE_END}' section to fill")
+    head = content[: begin + len(PAGE_BEGIN)]
+    atomic_write_text(page, head + "\n" + text.strip() + "\n" + content[end:])
+
+
+# -- nnU-Net ---------------------------------------------------------------------------------
+def run_nnunet_part(nn, cfg, profile: Profile, views, schemes, out: Path, device: str):
+    """Both nnU-Net variants on every fold; returns scored rows and cell records."""
+    import _paper_nnunet as pn
+    from _nnunet import NnUNet
+
+    frames, cells = [], []
+    for fold, view in enumerate(views):
+        fold_dir = out / "cv" / f"fold_{fold}"
+        records = [
+            json.loads((fold_dir / _slug(s) / CELL_FILE).read_text(encoding="utf-8"))
+            for s in schemes
+            if (fold_dir / _slug(s) / CELL_FILE).is_file()
+        ]
+        if not records:
+            continue
+        longest = max(r["train_seconds"] for r in records)
+        info = json.loads((fold_dir / _slug(records[0]["scheme"]) / "run.json").read_text())
+        folder = fold_dir / "nnunet"
+        setting_nn = NnUNet(nn.venv, folder, nn.version)
+        budgets = {
+            "default": {
+                "seconds": longest / len(cfg.datasets),
+                "iterations": profile.nnunet["iterations"],
+                "val_iterations": profile.nnunet["val_iterations"],
+            },
+            "matched": {
+                "epochs": profile.nnunet["epochs"],
+                "iterations": profile.nnunet["iterations"],
+                "val_iterations": profile.nnunet["val_iterations"],
+                "plateau_patience": profile.nnunet["patience"],
+            },
+        }
+        for variant, budget in budgets.items():
+            rows, trained = pn.run_fold(
+                setting_nn,
+                cfg,
+                view,
+                info,
+                variant,
+                budget,
+                device,
+                bool(cfg.evaluation.tta),
+                folder,
+            )
+            frames.append(rows)
+            cells.append(
+                {
+                    "part": "nnunet",
+                    "setting": f"fold {fold}",
+                    "scheme": pn.VARIANTS[variant],
+                    "train_seconds": sum(r["seconds"] for r in trained.values()),
+                    "train_cpu_seconds": sum(r["cpu_seconds"] for r in trained.values()),
+                    "networks": {
+                        k: {"epochs": r["epochs"], "cap_epochs": budget.get("epochs", "time")}
+                        for k, r in trained.items()
+                    },
+                }
+            )
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), cells
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--schemes", default=",".join(SCHEMES))
+    parser.add_argument("--only", default=",".join(PARTS), help="parts to run: " + ",".join(PARTS))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override (YAML value), repeatable",
+    )
+    parser.add_argument("--no-nnunet", action="store_true", help="skip nnU-Net")
+    parser.add_argument(
+        "--install-nnunet",
+        action="store_true",
+        help="run benchmarks/nnunet_env.sh if nnU-Net is not installed",
+    )
+    parser.add_argument(
+        "--update-page",
+        action="store_true",
+        help="write the tables into BENCHMARKS.md between the paper markers",
+    )
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="measure step times and print the profile's duration at the cap",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2, help="synthesis worker processes")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import _paper_plots as plots
+    import torch
+    import yaml
+
+    from jointseg.config import load_config
+    from jointseg.data.cache import preprocess_study
+    from jointseg.utils.atomic import atomic_write_text
+
+    profile = PROFILES[args.profile]
+    overrides = dict(profile.overrides)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    if profile.config == "paper":
+        overrides.setdefault("model.encoder_weights", "none")
+    cfg = load_config(profile.config, overrides)
+    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    out = args.out or HERE / "out" / "paper" / args.profile
+    out.mkdir(parents=True, exist_ok=True)
+    if args.estimate:
+        from _paper_estimate import estimate_profile
+
+        return estimate_profile(profile, cfg, schemes, out / "estimate", args.seed, args.jobs)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    study = make_study(out / "study", profile, args.seed, args.jobs)
+    views = fold_views(study, out / "cv", profile.folds, args.seed)
+    trained: list[str] = []
+    notes: list[str] = []
+    cv_frames, scarce_frames, cells = [], [], []
+
+    def cell(part: str, setting: str, scheme: str, view: Path, run: Path, frames: list, **extra):
+        """Run a cell of a selected part; of the other parts, report the finished cells."""
+        if part not in parts and not (run / CELL_FILE).is_file():
+            return
+        preprocess_study(cfg, view)  # the slice cache, outside the cell's timing
+        record = run_cell(cfg, scheme, view, run, trained)
+        cells.append({"part": part, "setting": setting, **record})
+        frames.append(held_out_rows(run, scheme).assign(**extra))
+
+    for fold, view in enumerate(views):
+        for scheme in schemes:
+            run = out / "cv" / f"fold_{fold}" / _slug(scheme)
+            cell("cv", f"fold {fold}", scheme, view, run, cv_frames, fold=fold)
+    if "scarce" in parts or (out / "scarce").is_dir():
+        for n in profile.scarce:
+            view = scarce_view(study, out / "scarce", n)
+            for scheme in schemes:
+                run = out / "scarce" / f"n{n}" / _slug(scheme)
+                cell("scarce", f"{n} subjects", scheme, view, run, scarce_frames, subjects=n)
+    patience = cfg.training.plateau_patience or 0
+    if patience:
+        curve_cfg = cfg.model_copy(deep=True)
+        curve_cfg.training.plateau_patience = None
+        curve_cfg.training.validation_every = 1
+        runs = {}
+        for scheme in [s for s in profile.curve_schemes if s in schemes]:
+            run = out / "curve" / _slug(scheme)
+            if "curve" not in parts and not (run / CELL_FILE).is_file():
+                continue
+            preprocess_study(curve_cfg, views[0])
+            record = run_cell(curve_cfg, scheme, views[0], run, trained)
+            cells.append({"part": "curve", "setting": "fold 0, no plateau stop", **record})
+            runs[scheme] = run
+        curves = steps_frame(curve_cfg, runs, patience, cfg.training.plateau_min_delta)
+        if len(curves):
+            curves.to_csv(out / "steps_curve.csv", index=False)
+            cap = cfg.training.epochs * cfg.training.iterations_per_epoch
+            cap = cap if cfg.training.iterations_per_dataset else None
+            plots.steps_curve(curves, out / "steps_curve.png", cap)
+            stops = curves[curves["plateau_stop"]]
+            notes.append(
+                "Dice against steps (fold 0, to the cap, validated every epoch): the plateau "
+                f"rule (patience {patience}, min_delta {cfg.training.plateau_min_delta}) stops "
+                + (
+                    ", ".join(
+                        f"{r.network} at {r.steps_per_dataset:.0f} steps per dataset "
+                        f"(Dice {r.val_dice:.3f})"
+                        for r in stops.itertuples()
+                    )
+                    or "no network before the cap"
+                )
+                + "; `steps_curve.png`, `steps_curve.csv`"
+            )
+    nn_schemes: list[str] = []
+    if "nnunet" in parts:  # on the finished cv cells of the folds
+        from _nnunet import NnUNet
+
+        if args.no_nnunet:
+            nn, why = None, "--no-nnunet given"
+        else:
+            nn, why = NnUNet.find(out / "nnunet", install=args.install_nnunet)
+        if nn is None:
+            notes.append(f"**nnU-Net was not run**: {why}")
+            print(f"[paper] nnU-Net NOT RUN: {why}", flush=True)
+        else:
+            rows, nn_cells = run_nnunet_part(nn, cfg, profile, views, schemes, out, device)
+            if len(rows):
+                cv_frames.append(rows)
+                nn_schemes = list(dict.fromkeys(rows["scheme"]))
+            cells += nn_cells
+    cv = pd.concat(cv_frames, ignore_index=True) if cv_frames else pd.DataFrame()
+    scarce = pd.concat(scarce_frames, ignore_index=True) if scarce_frames else pd.DataFrame()
+    order = [*schemes, *nn_schemes]
+    if len(cv):
+        cv.to_csv(out / "cv_metrics.csv", index=False)
+        plots.box_plots(cv, order, "dice", out / "cv_dice_boxes.png")
+        plots.box_plots(cv, order, "hd95", out / "cv_hd95_boxes.png")
+    if len(scarce):
+        scarce.to_csv(out / "scarce_metrics.csv", index=False)
+        plots.scarce_curve(scarce, schemes, out / "scarce_dice.png")
+    notes.append(
+        f"profile `{args.profile}`: config {profile.config} with "
+        + ", ".join(f"{k}={v}" for k, v in overrides.items())
+        + f"; {profile.subjects} cross-validated + {profile.test_subjects} held-out subjects "
+        f"per joint (synth scale {profile.synth_scale}, seed {args.seed}), {profile.folds} folds; "
+        f"device {device}"
+    )
+    text = report(cv, scarce, pd.DataFrame(cells), notes, order)
+    atomic_write_text(out / "paper.md", text)
+    if args.update_page:
+        update_page(ROOT / "BENCHMARKS.md", page_text(text, out, PAGE_FIGURES))
+    print(text)
+    print(f"[paper] {len(trained)} cells trained in this run; wrote {out}/paper.md")
+    return {"trained": trained, "out": str(out), "cells": len(cells)}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,185 @@
+"""benchmarks/paper.py: statistics on hand-computed inputs, the plateau rule, nnU-Net's matched
+plans, the page writer, the cap's step counts, and the smoke profile end to end (resumable)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import _paper_stats as stats  # noqa: E402
+import paper  # noqa: E402
+
+
+def _frame() -> pd.DataFrame:
+    """Six subjects, two bones; full - individual differences known, mtmd+con equal to full on
+    the first bone and 0.1 below it on the second."""
+    rows = []
+    up = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]  # all positive
+    mixed = [0.1, -0.2, 0.3, 0.4, 0.5, 0.6]  # one negative, of rank 2
+    for i in range(6):
+        case = f"ankle_{i:03d}"
+        for structure, diffs in (("talus", up), ("tibia", mixed)):
+            base = 0.2 + 0.01 * i
+            full = base + diffs[i]
+            con = full if structure == "talus" else full - 0.1 - 0.01 * i
+            for scheme, value in (("individual", base), ("mtmd+con", con), ("full", full)):
+                rows.append(
+                    {
+                        "scheme": scheme,
+                        "dataset": "ankle",
+                        "case": case,
+                        "structure": structure,
+                        "dice": value,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_reference_tests_match_hand_computed_wilcoxon_and_holm() -> None:
+    tests = stats.reference_tests(_frame(), ["individual", "mtmd+con", "full"])
+    ind = tests[tests["against"] == "individual"].set_index("structure")
+    # all six differences positive: exact two-sided p = 2 / 2^6
+    assert ind.loc["talus", "p_value"] == pytest.approx(2 / 64)
+    assert ind.loc["talus", "rank_biserial"] == pytest.approx(1.0)
+    assert ind.loc["talus", "median_difference"] == pytest.approx(0.35)
+    # one negative difference of rank 2: T = 2, P(T <= 2) = 3 / 64, two-sided 6 / 64
+    assert ind.loc["tibia", "p_value"] == pytest.approx(6 / 64)
+    assert ind.loc["tibia", "rank_biserial"] == pytest.approx((19 - 2) / 21)
+    assert ind.loc["tibia", "median_difference"] == pytest.approx(0.35)
+    con = tests[tests["against"] == "mtmd+con"].set_index("structure")
+    assert con.loc["talus", "p_value"] == 1.0  # identical: every difference zero
+    # differences 0.10..0.15 all positive: p = 2 / 64; four tests in the Holm family
+    assert con.loc["tibia", "p_value"] == pytest.approx(2 / 64)
+    p = sorted([2 / 64, 2 / 64, 6 / 64, 1.0])
+    expected = [min(1, 4 * p[0]), min(1, max(4 * p[0], 3 * p[1])), max(0.125, 2 * p[2]), 1.0]
+    assert sorted(tests["p_holm"]) == pytest.approx(expected)  # 0.125, 0.125, 0.1875, 1
+
+
+def test_ranking_steps_and_verdicts() -> None:
+    table = stats.ranking_tests(_frame())
+    # only full - mtmd+con is a step with both schemes present
+    assert set(zip(table["scheme"], table["against"], strict=True)) == {("full", "mtmd+con")}
+    # two tests: Holm doubles the smaller p (2/64 -> 1/16); nothing below 0.05
+    assert table.set_index("structure").loc["tibia", "p_holm"] == pytest.approx(1 / 16)
+    assert set(table["verdict"]) == {"not shown"}
+    assert stats.verdict(0.2, 0.01) == "holds"
+    assert stats.verdict(-0.2, 0.01) == "reversed"
+    assert stats.verdict(0.2, 0.01, higher_is_better=False) == "reversed"
+    text = stats.tests_table(table, row_key="step")
+    assert "| full vs mtmd+con |" in text and "p 0.031 (0.062)" in text
+
+
+def test_plateau_stop_index() -> None:
+    values = [0.5, 0.6, 0.605, 0.61, 0.7, 0.69, 0.695]
+    assert paper.plateau_stop_index(values, 3, 0.0) is None
+    assert paper.plateau_stop_index(values, 2, 0.0) == 6  # 0.69, 0.695 below the best 0.7
+    assert paper.plateau_stop_index(values, 2, 0.01) == 3  # 0.605, 0.61: no gain above 0.01
+    assert paper.plateau_stop_index(values, 1, 0.0) == 5
+
+
+def test_matched_plans_cut_stages_to_the_patch() -> None:
+    import _paper_nnunet as pn
+
+    plans = {
+        "plans_name": "nnUNetPlans",
+        "configurations": {
+            "2d": {
+                "patch_size": [256, 256],
+                "batch_size": 30,
+                "spacing": [0.4, 0.4],
+                "data_identifier": "nnUNetPlans_2d",
+                "architecture": {
+                    "arch_kwargs": {
+                        "n_stages": 7,
+                        "features_per_stage": [32, 64, 128, 256, 512, 512, 512],
+                        "kernel_sizes": [[3, 3]] * 7,
+                        "strides": [[1, 1]] + [[2, 2]] * 6,
+                        "n_conv_per_stage": [2] * 7,
+                        "n_conv_per_stage_decoder": [2] * 6,
+                    }
+                },
+            }
+        },
+    }
+    edited = pn.matched_plans(plans, (96, 96), 8, 1.2, "nnUNetPlansMatched")
+    config = edited["configurations"]["2d"]
+    assert config["patch_size"] == [96, 96] and config["batch_size"] == 8
+    assert config["spacing"] == [1.2, 1.2]
+    assert config["data_identifier"] == "nnUNetPlansMatched_2d"
+    arch = config["architecture"]["arch_kwargs"]
+    # 96 / 2^4 = 6 >= 4, 96 / 2^5 = 3 < 4: five stages
+    assert arch["n_stages"] == 5 and arch["features_per_stage"] == [32, 64, 128, 256, 512]
+    assert len(arch["strides"]) == 5 and len(arch["n_conv_per_stage_decoder"]) == 4
+    assert plans["configurations"]["2d"]["patch_size"] == [256, 256]  # the input untouched
+
+
+def test_update_page_replaces_only_the_marked_section(tmp_path: Path) -> None:
+    page = tmp_path / "B.md"
+    page.write_text(f"# B\n{paper.PAGE_BEGIN}\nold\n{paper.PAGE_END}\ntail\n", encoding="utf-8")
+    paper.update_page(page, "new table")
+    assert page.read_text(encoding="utf-8") == (
+        f"# B\n{paper.PAGE_BEGIN}\nnew table\n{paper.PAGE_END}\ntail\n"
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png").write_bytes(b"png")
+    figures = tmp_path / "results" / "paper"
+    text = paper.page_text("see ![x](a.png)", tmp_path / "out", figures, root=tmp_path)
+    assert text == "see ![x](results/paper/a.png)"
+    assert (figures / "a.png").read_bytes() == b"png"
+    page.write_text("no markers", encoding="utf-8")
+    with pytest.raises(ValueError, match="no '<!-- paper:begin -->'"):
+        paper.update_page(page, "x")
+
+
+def test_cpu_profile_step_counts_at_the_cap() -> None:
+    from jointseg.config import load_config
+
+    profile = paper.PROFILES["cpu"]
+    cfg = load_config(profile.config, profile.overrides)
+    counts = paper.step_counts(profile, cfg, list(paper.SCHEMES))
+    # individual 3 x 4 x 15; transfer 3 x 1 x 30 pre-training + 3 x 4 x 15; four 3-joint
+    # networks of 4 x 45; full's prior 150
+    assert counts == {"single": 360.0, "multi": 90.0 + 4 * 180.0, "prior": 150.0}
+
+
+@pytest.mark.slow
+def test_smoke_profile_end_to_end_and_resumable(tmp_path: Path) -> None:
+    args = [
+        "--profile",
+        "smoke",
+        "--schemes",
+        "individual,mtmd+con,full",
+        "--out",
+        str(tmp_path),
+        "--no-nnunet",
+    ]
+    first = paper.main(args)
+    cells = 2 * 3 + 2 * 3 + 1  # folds x schemes, scarce settings x schemes, the curve
+    assert len(first["trained"]) == cells
+    cv = pd.read_csv(tmp_path / "cv_metrics.csv")
+    # every subject tested exactly once by every scheme (4 subjects per joint, 2 folds)
+    per_scheme = cv.groupby(["scheme", "dataset"])["case"].nunique()
+    assert set(per_scheme) == {4}
+    assert len(cv) == 3 * 4 * 9  # schemes x subjects per joint x bones
+    assert {"dice", "sensitivity", "specificity", "mssd", "ravd", "hd95"} <= set(cv.columns)
+    scarce = pd.read_csv(tmp_path / "scarce_metrics.csv")
+    assert sorted(scarce["subjects"].unique()) == [2, 3]
+    text = (tmp_path / "paper.md").read_text(encoding="utf-8")
+    assert "Say what holds" in text and "| full vs mtmd+con |" in text
+    assert "**nnU-Net was not run**: --no-nnunet given" in text
+    for png in ("cv_dice_boxes.png", "scarce_dice.png", "steps_curve.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    record = json.loads((tmp_path / "cv" / "fold_0" / "full" / "cell.json").read_text())
+    assert record["networks"]["main"]["cap_epochs"] == 2
+    stamp = (tmp_path / "cv" / "fold_0" / "full" / "cell.json").stat().st_mtime_ns
+    second = paper.main(args)
+    assert second["trained"] == []  # every cell finished: nothing trains again
+    assert (tmp_path / "cv" / "fold_0" / "full" / "cell.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "paper.md").read_text(encoding="utf-8") == text
