@@ -166,6 +166,31 @@ def train(
 
 
 @app.command()
+def adapt(
+    run: Annotated[Path, typer.Argument(help="Trained multi-domain run folder.")],
+    data: Annotated[Path, typer.Option(help="The new dataset's folder (nnU-Net layout).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The new run folder.")],
+    train: Annotated[str, typer.Option(help="head, norm+head or all (docs/adapt.md).")] = (
+        "norm+head"
+    ),
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
+    init: Annotated[str, typer.Option(help="New BN from the 'nearest' domain or 'pooled'.")] = (
+        "nearest"
+    ),
+    name: Annotated[str | None, typer.Option(help="New domain name (default: folder).")] = None,
+    subjects: Annotated[int | None, typer.Option(help="Train on the first N cases.")] = None,
+    validation: Annotated[int, typer.Option(help="Cases held out for validation.")] = 0,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the run's).")] = None,
+) -> None:
+    """Add a dataset (a new joint or site) as a new domain of a trained run."""
+    from jointseg.workflows.adapt import adapt_run
+
+    _run(adapt_run, run, data, out, mode=train, steps=steps, init=init, name=name,
+         subjects=subjects, validation=validation, lr=lr)  # fmt: skip
+    typer.echo(f"adapted run: {out}")
+
+
+@app.command()
 def ablate(
     config: ConfigOpt,
     data: DataOpt,
