@@ -84,7 +84,9 @@ def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write.")],
     subjects: Annotated[int, typer.Option(help="Training subjects per joint.")] = 15,
     test_subjects: Annotated[int, typer.Option(help="Held-out subjects per joint.")] = 0,
-    joints: Annotated[str, typer.Option(help="Comma-separated joints.")] = "ankle,knee,shoulder",
+    joints: Annotated[
+        str, typer.Option(help="Comma-separated joints: ankle, knee, shoulder, elbow, knee_t1.")
+    ] = "ankle,knee,shoulder",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     jobs: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
     preview: Annotated[bool, typer.Option(help="Write preview_<joint>.png pictures.")] = False,
@@ -96,7 +98,8 @@ def synth(
         ),
     ] = False,
 ) -> None:
-    """Synthesize pediatric ankle/knee/shoulder MR datasets with exact bone labels."""
+    """Synthesize pediatric joint MR datasets (ankle, knee, shoulder, elbow; the knee at a second
+    site as knee_t1) with exact bone labels."""
     from jointseg.synth.generate import synthesize_study
 
     joint_list = [j.strip() for j in joints.split(",") if j.strip()]

@@ -177,6 +177,31 @@ def _prepare(
     return NewDomain(name, folder, labels, cache, train, held)
 
 
+def _nearest(
+    run: Path, net, old_domains: list[str], new: NewDomain
+) -> tuple[str, dict[str, float]]:
+    """The run's domain nearest to the new training scans, and every domain's distance."""
+    references = load_references(run)
+    complete = all(d in references for d in old_domains)
+    candidates = [
+        Candidate(d, DomainPath(net, i), references[d] if complete else None)
+        for i, d in enumerate(old_domains)
+    ]
+    return nearest_domain(candidates, _volumes(new.cache, new.training))
+
+
+def nearest_domain_of(
+    run: str | Path, data: str | Path, name: str | None = None
+) -> tuple[str, dict[str, float]]:
+    """The domain of ``run`` nearest to the training scans of the dataset ``data`` (what
+    :func:`adapt_run` starts the new BN from) and every domain's mean distance."""
+    run = Path(run)
+    info = load_run_info(run)
+    new = _prepare(load_config(run / "config.yaml"), info, Path(data), name, None, 0)
+    net, _ = load_model(run / info.models[0].path)
+    return _nearest(run, net, list(info.models[0].domains), new)
+
+
 def adapt_run(
     run: str | Path,
     data: str | Path,
@@ -223,13 +248,7 @@ def adapt_run(
     net, _ = load_model(run / old_model.path)
     old_domains = list(old_model.domains)
 
-    references = load_references(run)
-    complete = all(d in references for d in old_domains)
-    candidates = [
-        Candidate(d, DomainPath(net, i), references[d] if complete else None)
-        for i, d in enumerate(old_domains)
-    ]
-    nearest, distances = nearest_domain(candidates, _volumes(new.cache, new.training))
+    nearest, distances = _nearest(run, net, old_domains, new)
     logger.info("[adapt] nearest domain of %s: %s (mean distances %s)", new.name, nearest,
                 {k: round(v, 4) for k, v in distances.items()})  # fmt: skip
     source = old_domains.index(nearest)
