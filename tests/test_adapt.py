@@ -104,7 +104,7 @@ def adapted(source_run: Path, tmp_path_factory) -> dict[str, Path]:
     """The run adapted to the elbow with each frozen mode (few steps)."""
     data = Path(load_run_info(source_run).data_dir) / "Dataset004_Elbow"
     runs = {}
-    for mode in ("head", "norm+head"):
+    for mode in ("head", "norm+head", "all"):
         out = tmp_path_factory.mktemp(mode.replace("+", "_")) / "run"
         adapt_run(
             source_run, data, out, mode=mode, steps=STEPS, validation=1, lr=5e-3, progress=False
@@ -223,6 +223,8 @@ def test_frozen_modes_keep_old_domains_bit_identical(source_run, adapted) -> Non
     before = _old_logits(source_run, x)
     old_state, _ = load_model(source_run / "models" / "main")
     for mode, run in adapted.items():
+        if mode == "all":
+            continue
         after = _old_logits(run, x)
         for d in before:
             assert torch.equal(before[d], after[d]), (mode, d)
@@ -264,3 +266,21 @@ def test_adapted_run_learns_the_new_domain_and_round_trips(source_run, adapted) 
     assert report.is_file()
     summary = (run / "evaluation").iterdir()
     assert any(p.name.startswith("metrics") for p in summary)
+
+
+@pytest.mark.slow
+@pytest.mark.trains
+def test_mode_all_tunes_the_shared_layers_and_remeasures_recognition(source_run, adapted) -> None:
+    run = adapted["all"]
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(4)) * 300
+    before, after = _old_logits(source_run, x), _old_logits(run, x)
+    assert not torch.equal(before[0], after[0])  # the shared convolutions moved
+    old_net = load_model(source_run / "models" / "main")[0].state_dict()
+    new_net = load_model(run / "models" / "main")[0].state_dict()
+    for key in old_net:  # the old domains' own BN and heads did not
+        if ".bns.0." in key or ".bns.1." in key or key.startswith(("heads.0.", "heads.1.")):
+            assert torch.equal(old_net[key], new_net[key]), key
+    old_refs = json.loads((source_run / "domain_reference.json").read_text(encoding="utf-8"))
+    new_refs = json.loads((run / "domain_reference.json").read_text(encoding="utf-8"))
+    assert set(new_refs["domains"]) == {*DOMAINS, "elbow"}
+    assert new_refs["domains"]["knee"] != old_refs["domains"]["knee"]  # measured again
