@@ -9,8 +9,10 @@ when ``--data`` holds none) and each number of labelled training subjects (1, 2,
   whole on the new dataset, at the full learning rate;
 - ``full``: the run's scheme retrained from scratch with the new dataset added;
 
-and scores Dice per bone on the dataset's held-out subjects (imagesTs/labelsTs, the domain
-given), with each cell's wall time (training and prediction). Every finished cell is kept in
+(an adapt method with ``:pooled``, e.g. ``adapt-head:pooled``, starts the new BN from the pool
+of the run's domains instead of the nearest one) and scores Dice per bone on the dataset's
+held-out subjects (imagesTs/labelsTs, the domain given), with each cell's wall time (training
+and prediction). Every finished cell is kept in
 ``OUT/results.json`` (atomically): a rerun continues where it stopped. ``--quick``: 1 and 2
 subjects, 20 steps, one test subject, the first dataset only.
 
@@ -158,7 +160,11 @@ def run_cell(
     study = dataset.parent
     if method.startswith("adapt-"):
         out = work / "run"
-        adapt_run(run, dataset, out, mode=method[6:], steps=steps, name=name, progress=False)
+        mode, _, init = method[6:].partition(":")
+        adapt_run(
+            run, dataset, out, mode=mode, steps=steps, init=init or "nearest", name=name,
+            progress=False,
+        )  # fmt: skip
     elif method == "individual":
         single = cfg.model_copy(
             update={
@@ -240,6 +246,8 @@ def main() -> None:
     test = args.test_subjects or (1 if args.quick else 4)
     methods = args.methods.split(",")
     data = args.data or args.out / "data"
+    # slice caches are keyed by content: one shared folder serves every cell
+    os.environ.setdefault("JOINTSEG_CACHE", str((args.out / "cache").resolve()))
     ensure_study(data, datasets, max(sizes), test, args.seed)
     path = args.out / RESULTS
     results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
