@@ -32,7 +32,7 @@ from jointseg.training.adaptation import (
     pooled_batchnorm,
 )
 from jointseg.workflows.adapt import adapt_run, domain_name_of
-from tests.tiny_model import DOMAINS, MODEL, make_scan
+from tests.tiny_model import DOMAINS, MODEL, make_scan, train_run
 
 TRAIN_SEEDS = range(100, 106)
 TEST_SEEDS = range(50, 52)
@@ -194,12 +194,12 @@ def test_refuses_clashing_structure_names(trained_run_with_study, tmp_path) -> N
 
 
 @pytest.fixture
-def trained_run_with_study(trained_run: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """The session's tiny run (copied) pointing at a study with its two dataset folders."""
-    import shutil
-
+def trained_run_with_study(tmp_path: Path) -> tuple[Path, Path]:
+    """An (untrained) tiny run folder pointing at a study with its two dataset folders: the
+    refusals come before any training."""
     run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
+    run.mkdir()
+    train_run(run, max_steps=0)
     study = tmp_path / "study"
     for i, (domain, structures) in enumerate(DOMAINS.items()):
         scans = lambda seed, d=domain: make_scan(d, seed)  # noqa: E731
@@ -284,3 +284,17 @@ def test_mode_all_tunes_the_shared_layers_and_remeasures_recognition(source_run,
     new_refs = json.loads((run / "domain_reference.json").read_text(encoding="utf-8"))
     assert set(new_refs["domains"]) == {*DOMAINS, "elbow"}
     assert new_refs["domains"]["knee"] != old_refs["domains"]["knee"]  # measured again
+
+
+def test_cli_reports_a_refusal(trained_run_with_study, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from jointseg.cli import app
+
+    run, study = trained_run_with_study
+    args = ["adapt", str(run), "--data", str(study / "Dataset002_shoulder"), "--out"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "out"), "--train", "norm+head"])
+    assert result.exit_code == 2
+    assert "already the run's domain 'shoulder'" in result.output
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "out"), "--train", "everything"])
+    assert result.exit_code == 2 and "unknown --train 'everything'" in result.output
