@@ -267,7 +267,7 @@ def main() -> None:
                 work.mkdir(parents=True)
                 results[key] = {
                     "steps": steps,
-                    **run_cell(method, args.run, dataset, joint, steps, work),
+                    **run_cell(method, args.run, dataset, joint, steps, work, args.quick),
                 }
                 if method.startswith("adapt-"):
                     record = json.loads((work / "run" / "adaptation.json").read_text("utf-8"))
