@@ -20,7 +20,7 @@ from jointseg.data.cache import preprocess_study
 from jointseg.data.io import write_image
 from jointseg.data.manifest import DatasetManifest, write_manifest
 from jointseg.models import build_model, load_model
-from jointseg.recognition.features import DomainPath
+from jointseg.models.network import Route
 from jointseg.recognition.fitting import fit_recognition
 from jointseg.runs import load_run_info, save_run_info
 from jointseg.training.adaptation import (
@@ -94,7 +94,7 @@ def source_run(trained_run: Path, tmp_path_factory) -> Path:
     volumes = {
         d: ([c.images[slice(*c.case_slices[k])] for k in c.case_ids], []) for d, c in caches.items()
     }
-    paths = {d: DomainPath(net, i) for i, d in enumerate(DOMAINS)}
+    paths = {d: Route(net, i) for i, d in enumerate(DOMAINS)}
     fit_recognition(run, paths, volumes, progress=False)
     return run
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jointseg.models.network import Route
 from jointseg.recognition.calibration import CALIBRATION_FACTOR, CALIBRATION_FILE, Calibration
 from jointseg.recognition.decision import Candidate, candidate_distances
 from jointseg.recognition.features import (
-    DomainPath,
     ScanFeatures,
     scan_features,
     shared_context_slices,
@@ -70,7 +70,7 @@ def _fit_single(own: ScanFeatures, others: Sequence[Sequence[ScanFeatures]]) -> 
 def extend_recognition(
     run_dir: str | Path,
     name: str,
-    path: DomainPath,
+    path: Route,
     training: Sequence[np.ndarray],
     held_out: Sequence[np.ndarray],
     old_training: Mapping[str, Sequence[np.ndarray]],

@@ -30,9 +30,9 @@ from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.evaluation.postprocessing import decide_steps, run_share
 from jointseg.inference.postprocess import Postprocessing
 from jointseg.models import load_model
+from jointseg.models.network import Route
 from jointseg.recognition.decision import Candidate
 from jointseg.recognition.extension import extend_recognition, nearest_domain
-from jointseg.recognition.features import DomainPath
 from jointseg.recognition.fitting import fit_recognition
 from jointseg.recognition.references import load_references
 from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, load_run_info, save_run_info
@@ -184,7 +184,7 @@ def _nearest(
     references = load_references(run)
     complete = all(d in references for d in old_domains)
     candidates = [
-        Candidate(d, DomainPath(net, i), references[d] if complete else None)
+        Candidate(d, Route(net, i), references[d] if complete else None)
         for i, d in enumerate(old_domains)
     ]
     return nearest_domain(candidates, _volumes(new.cache, new.training))
@@ -361,7 +361,7 @@ def _recognition(
         if not old:
             return
         domains = [*old_domains, new.name]
-        paths = {d: DomainPath(net, i) for i, d in enumerate(domains)}
+        paths = {d: Route(net, i) for i, d in enumerate(domains)}
         volumes = {d: (v, []) for d, v in old.items()}
         volumes[new.name] = (_volumes(new.cache, new.training), _volumes(new.cache, new.validation))
         fit_recognition(out, paths, volumes, progress=progress)
@@ -369,7 +369,7 @@ def _recognition(
     extend_recognition(
         out,
         new.name,
-        DomainPath(net, len(old_domains)),
+        Route(net, len(old_domains)),
         _volumes(new.cache, new.training),
         _volumes(new.cache, new.validation),
         old,
