@@ -154,7 +154,7 @@ def test_rerun_with_fewer_subjects_removes_stale_cases(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--joints", "ankle,elbow"], "unknown joint 'elbow'"),
+        (["--joints", "ankle,wrist"], "unknown joint 'wrist'"),
         (["--subjects", "0"], "--subjects must be at least 1"),
         (["--jobs", "0"], "--jobs must be at least 1"),
         (["--test-subjects", "-1"], "--test-subjects must be 0 or more"),

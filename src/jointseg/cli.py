@@ -84,7 +84,9 @@ def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write.")],
     subjects: Annotated[int, typer.Option(help="Training subjects per joint.")] = 15,
     test_subjects: Annotated[int, typer.Option(help="Held-out subjects per joint.")] = 0,
-    joints: Annotated[str, typer.Option(help="Comma-separated joints.")] = "ankle,knee,shoulder",
+    joints: Annotated[
+        str, typer.Option(help="Comma-separated joints: ankle, knee, shoulder, elbow, knee_t1.")
+    ] = "ankle,knee,shoulder",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     jobs: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
     preview: Annotated[bool, typer.Option(help="Write preview_<joint>.png pictures.")] = False,
@@ -96,7 +98,8 @@ def synth(
         ),
     ] = False,
 ) -> None:
-    """Synthesize pediatric ankle/knee/shoulder MR datasets with exact bone labels."""
+    """Synthesize pediatric joint MR datasets (ankle, knee, shoulder, elbow; the knee at a second
+    site as knee_t1) with exact bone labels."""
     from jointseg.synth.generate import synthesize_study
 
     joint_list = [j.strip() for j in joints.split(",") if j.strip()]
@@ -163,6 +166,31 @@ def train(
         devices=devices,
         seed=seed,
     )
+
+
+@app.command()
+def adapt(
+    run: Annotated[Path, typer.Argument(help="Trained multi-domain run folder.")],
+    data: Annotated[Path, typer.Option(help="The new dataset's folder (nnU-Net layout).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The new run folder.")],
+    train: Annotated[str, typer.Option(help="head, norm+head or all (docs/adapt.md).")] = (
+        "norm+head"
+    ),
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
+    init: Annotated[str, typer.Option(help="New BN from the 'nearest' domain or 'pooled'.")] = (
+        "nearest"
+    ),
+    name: Annotated[str | None, typer.Option(help="New domain name (default: folder).")] = None,
+    subjects: Annotated[int | None, typer.Option(help="Train on the first N cases.")] = None,
+    validation: Annotated[int, typer.Option(help="Cases held out for validation.")] = 0,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the run's).")] = None,
+) -> None:
+    """Add a dataset (a new joint or site) as a new domain of a trained run."""
+    from jointseg.workflows.adapt import adapt_run
+
+    _run(adapt_run, run, data, out, mode=train, steps=steps, init=init, name=name,
+         subjects=subjects, validation=validation, lr=lr)  # fmt: skip
+    typer.echo(f"adapted run: {out}")
 
 
 @app.command()

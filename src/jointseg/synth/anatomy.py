@@ -1,14 +1,16 @@
 """The joints we synthesize: which bones, their labels, and how MuJoCo poses them.
 
 Bone surfaces and joint kinematics come from the MyoSuite musculoskeletal models shipped in the
-``myo-sim`` package (``myolegs`` for ankle and knee, ``myoarm_r`` for the shoulder). Model world
-coordinates are metres with x to the patient's left, y posterior and z superior (LPS); we use mm.
+``myo-sim`` package (``myolegs`` for ankle and knee, ``myoarm_r`` for the shoulder and
+elbow). Model world coordinates are metres with x to the patient's left, y posterior and z
+superior (LPS); we use mm. A joint imaged at another site (``knee_t1``: the knee with its own
+protocol and dataset) is one more spec naming the joint whose anatomy it shares.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 import numpy as np
@@ -54,6 +56,14 @@ class JointSpec:
     #: or leave too wide a joint space (its calcaneus runs 6 mm into the talus, its humeral
     #: head sits 7 mm from the glenoid).
     shifts: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    #: The joint whose anatomy tables (soft tissues, ligaments, shape modes) this dataset uses:
+    #: another site of a joint (its own protocol and dataset) names that joint; None: its own.
+    anatomy: str | None = None
+
+    @property
+    def region(self) -> str:
+        """The name the anatomy tables are keyed by (:attr:`anatomy`, else :attr:`name`)."""
+        return self.anatomy or self.name
 
     @property
     def labels(self) -> dict[str, int]:
@@ -147,7 +157,35 @@ JOINTS: dict[str, JointSpec] = {
             "shoulder_rot_r": (-0.5, 0.6),
         },
     ),
+    "elbow": JointSpec(
+        name="elbow",
+        dataset_id=4,
+        title="Elbow",
+        model="myoarm_r",
+        center_body="ulna_r",
+        bones=(
+            # Distal humerus: the physis under the capitellum and trochlea; radial head and
+            # neck; the olecranon apophysis at the ulna's proximal end.
+            BoneSpec(
+                "humerus",
+                "humerus_r",
+                1,
+                long_bone=True,
+                physes=(Physis("humerus_distal", 17.0),),
+            ),
+            BoneSpec(
+                "radius", "radius_r", 2, long_bone=True, physes=(Physis("radius_proximal", 11.0),)
+            ),
+            BoneSpec("ulna", "ulna_r", 3, long_bone=True, physes=(Physis("ulna_proximal", 14.0),)),
+        ),
+        # Flexion from full extension (the arm at the side in the magnet) and forearm rotation.
+        angles={"elbow_flexion_r": (0.0, 0.35), "pro_sup_r": (-0.3, 0.9)},
+    ),
 }
+#: Other sites: a joint's anatomy with its own protocol (``subject.PROTOCOLS``) and dataset.
+JOINTS["knee_t1"] = replace(
+    JOINTS["knee"], name="knee_t1", dataset_id=5, title="KneeT1", anatomy="knee"
+)
 
 
 def joint_spec(name: str) -> JointSpec:

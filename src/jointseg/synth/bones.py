@@ -116,7 +116,7 @@ def evaluate_bones(
     model_nodes = frame.to_model(nodes)
     model_nodes += deformation(model_nodes)
     for index, (bone, (rotation, translation)) in enumerate(zip(joint.bones, poses, strict=False)):
-        field = bone_field(joint.name, bone.name)
+        field = bone_field(joint.region, bone.name)
         sigma = np.asarray(bone_scales[bone.name], float)
         size = frame.mean_scale * float(np.prod(sigma) ** (1 / 3))
         # Mesh frame, then the bone's own shape scaling about the joint centre.
@@ -125,7 +125,7 @@ def evaluate_bones(
         local_c = apply_affine(
             inverse, centre - inverse @ translation - centre / sigma, model_nodes
         )
-        local_c = shape_modes.pull_back(joint.name, bone.name, mode_coefficients, local_c)
+        local_c = shape_modes.pull_back(joint.region, bone.name, mode_coefficients, local_c)
         dist_c = field.distance(local_c) * size
         if dist_c.min() > REACH_MM:
             continue

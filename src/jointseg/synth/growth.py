@@ -69,6 +69,10 @@ PHYSIS_CLOSURE = {
     "fibula_distal": {"M": 16.5, "F": 14.5},
     "humerus_proximal": {"M": 18.0, "F": 16.0},
     "calcaneus_apophysis": {"M": 16.0, "F": 14.0},
+    # The elbow's plates close first (capitellum and trochlea with the distal humerus).
+    "humerus_distal": {"M": 14.5, "F": 12.5},
+    "radius_proximal": {"M": 15.5, "F": 13.5},
+    "ulna_proximal": {"M": 15.5, "F": 13.5},
 }
 
 

@@ -91,7 +91,43 @@ def limb_tubes(
             tube(humerus, _lerp(humerus, elbow, 0.7), 0.030, 0.028),
             *trunk_tubes(pose, frame, bulk),
         ]
+    if joint in LIMB_SEGMENTS:
+
+        def point(spec: LimbPoint) -> np.ndarray:
+            a, b, t, offset = spec
+            return _lerp(pos(a), pos(b), t) + np.asarray(offset)
+
+        return [tube(point(a), point(b), ra, rb) for a, b, ra, rb in LIMB_SEGMENTS[joint]]
     raise ValueError(f"unknown joint {joint!r}")
+
+
+#: A point of a limb's axis: ``lerp(body a, body b, t)`` plus an offset (adult mm, world).
+LimbPoint = tuple[str, str, float, tuple[float, float, float]]
+#: Limb segments of the joints defined by table: (start, end, radius at each, x stature).
+LIMB_SEGMENTS: dict[str, list[tuple[LimbPoint, LimbPoint, float, float]]] = {
+    "elbow": [
+        # Upper arm (biceps in front, triceps behind), then the forearm's proximal muscle
+        # mass (flexors and extensors), tapering toward the wrist.
+        (
+            ("humerus_r", "ulna_r", 0.5, (0, 0, 0)),
+            ("ulna_r", "ulna_r", 0, (-2, 2, 0)),
+            0.026,
+            0.022,
+        ),
+        (
+            ("ulna_r", "ulna_r", 0, (-2, 2, 0)),
+            ("ulna_r", "lunate_r", 0.35, (0, -4, 0)),
+            0.022,
+            0.022,
+        ),
+        (
+            ("ulna_r", "lunate_r", 0.35, (0, -4, 0)),
+            ("lunate_r", "lunate_r", 0, (0, 0, 0)),
+            0.022,
+            0.014,
+        ),
+    ],
+}
 
 
 def trunk_tubes(pose: Posture, frame: BodyFrame, bulk: float) -> list[Tube]:
@@ -130,6 +166,10 @@ FAT_PADS = {
         ("calcn_r", (0.0, 12.0, -18.0), (20.0, 32.0, 9.0)),  # heel pad
     ],
     "shoulder": [("humerus_r", (10.0, 0.0, 26.0), (14.0, 14.0, 5.0))],  # subacromial fat
+    "elbow": [
+        ("humerus_r", (10.0, -10.5, -264.0), (12.0, 3.0, 8.0)),  # anterior (coronoid fossa)
+        ("humerus_r", (10.0, 12.5, -262.0), (10.0, 4.0, 9.0)),  # posterior (olecranon fossa)
+    ],
 }
 
 #: Main vessels (model body, start and end offsets adult mm, radius adult mm, 'artery'/'vein').
@@ -149,6 +189,12 @@ VESSELS = {
         ("humerus_r", (45.0, -10.0, -10.0), (30.0, -5.0, -120.0), 3.2, "artery"),  # axillary
         ("humerus_r", (50.0, -2.0, -10.0), (35.0, 2.0, -120.0), 4.5, "vein"),
         ("humerus_r", (20.0, -38.0, 20.0), (-6.0, -28.0, -120.0), 2.0, "vein"),  # cephalic
+    ],
+    "elbow": [
+        ("ulna_r", (7.7, -18.0, 110.0), (2.0, -16.0, -80.0), 2.2, "artery"),  # brachial
+        ("ulna_r", (11.0, -16.0, 110.0), (5.0, -14.0, -80.0), 2.6, "vein"),
+        ("ulna_r", (40.0, 2.0, 110.0), (32.0, -4.0, -80.0), 2.0, "vein"),  # basilic
+        ("ulna_r", (-42.0, -14.0, 110.0), (-45.0, -18.0, -80.0), 2.0, "vein"),  # cephalic
     ],
 }
 
@@ -197,7 +243,8 @@ def lungs(joint: str, pose: Posture, frame: BodyFrame) -> list[Blob]:
 
 #: Joint recesses that hold fluid (model body, offset adult mm, semi-axes adult mm at an
 #: effusion of 1 mm): the knee's suprapatellar pouch, the ankle's anterior and posterior
-#: recesses, the shoulder's subacromial-subdeltoid bursa.
+#: recesses, the shoulder's subacromial-subdeltoid bursa, the elbow's anterior and olecranon
+#: recesses.
 FLUID_POCKETS = {
     "knee": [("tibia_r", (0.0, -27.0, 58.0), (20.0, 3.0, 16.0))],
     "ankle": [
@@ -205,6 +252,10 @@ FLUID_POCKETS = {
         ("talus_r", (0.0, 22.0, 2.0), (10.0, 2.5, 6.0)),
     ],
     "shoulder": [("humerus_r", (-12.0, 0.0, 30.0), (16.0, 14.0, 1.5))],
+    "elbow": [
+        ("ulna_r", (-2.0, -5.5, 11.0), (16.0, 2.0, 6.0)),  # anterior recess
+        ("ulna_r", (-2.0, 19.5, 21.0), (10.0, 2.5, 6.0)),  # olecranon recess
+    ],
 }
 
 

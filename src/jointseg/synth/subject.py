@@ -82,6 +82,38 @@ PROTOCOLS: dict[str, Protocol] = {
         center_offset=(12.0, 0.0, -5.0),
         coil=((-48.0, -5.0, 18.0), 75.0),
     ),
+    "elbow": Protocol(
+        plane="coronal",
+        sequence="se",
+        weighting="T1",
+        fat_sat=False,
+        tr=(450, 650),
+        te=(10, 15),
+        flip=(90, 90),
+        matrix=256,
+        fov=(110, 130),
+        thickness=(2.5, 3.0),
+        coverage=60.0,
+        snr=(9, 18),
+        center_offset=(0.0, 0.0, 5.0),
+        coil=((0.0, -35.0, 0.0), 70.0),  # a flexible surface coil over the front of the elbow
+    ),
+    # The knee at another site: sagittal T1 spin echo, no fat suppression, thicker slices.
+    "knee_t1": Protocol(
+        plane="sagittal",
+        sequence="se",
+        weighting="T1",
+        fat_sat=False,
+        tr=(450, 650),
+        te=(9, 14),
+        flip=(90, 90),
+        matrix=256,
+        fov=(150, 165),
+        thickness=(3.5, 4.0),
+        coverage=115.0,
+        snr=(10, 20),
+        center_offset=(0.0, 0.0, 10.0),
+    ),
 }
 
 #: Range of subject ages (years).
@@ -193,5 +225,7 @@ def sample_subject(
         motion=round(float(rng.uniform(0.04, 0.2)) if rng.random() < 0.35 else 0.0, 4),
         tissue_jitter={t: round(float(rng.normal(1.0, 0.06)), 4) for t in tissues},
         texture_seed=int(rng.integers(0, 2**31 - 1)),
-        shape_modes=shape_modes.sample_coefficients(rng) if shape_modes.has_modes(joint) else [],
+        shape_modes=(
+            shape_modes.sample_coefficients(rng) if shape_modes.has_modes(spec.region) else []
+        ),
     )

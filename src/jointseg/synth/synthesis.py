@@ -111,12 +111,12 @@ def build_phantom(params: SubjectParams, scale: float = 1.0, geometry: ScanGeome
     # Soft-tissue shapes are smooth: their distances are computed on the coarse lattice.
     nodes = coarse.points(geometry)
     limb = None
-    tubes = limb_tubes(params.joint, pose, frame, params.stature_cm * 10.0, params.muscle_bulk)
+    tubes = limb_tubes(spec.region, pose, frame, params.stature_cm * 10.0, params.muscle_bulk)
     for tube in tubes:
         dist = tube.distance(nodes)
         limb = dist if limb is None else smooth_min(limb, dist, 12.0)
     bands = muscle_bands(pose, frame, params.muscle_bulk)
-    bands += ligament_bands(params.joint, pose, frame)
+    bands += ligament_bands(spec.region, pose, frame)
     bellies = band_fields(bands, geometry, coarse, nodes)
     tissue_params = ph.SoftTissueParams(
         skin=SKIN_MM,
@@ -124,15 +124,15 @@ def build_phantom(params: SubjectParams, scale: float = 1.0, geometry: ScanGeome
         cover=2.0 + 0.5 * params.fat_mm,
         muscle_inflate=12.0 * params.scale,
     )
-    pockets = fluid_pockets(params.joint, pose, frame, params.effusion_mm)
+    pockets = fluid_pockets(spec.region, pose, frame, params.effusion_mm)
     tissue = ph.soft_tissues(
         upsample(limb, fine),
         maps.d1,
         bellies,
-        [b.distance(nodes) for b in fat_pads(params.joint, pose, frame)],
+        [b.distance(nodes) for b in fat_pads(spec.region, pose, frame)],
         [b.distance(nodes) for b in pockets],
-        [(t.distance(nodes), kind) for t, kind in vessels(params.joint, pose, frame)],
-        [b.distance(nodes) for b in lungs(params.joint, pose, frame)],
+        [(t.distance(nodes), kind) for t, kind in vessels(spec.region, pose, frame)],
+        [b.distance(nodes) for b in lungs(spec.region, pose, frame)],
         tissue_params,
         slow,
         texture,

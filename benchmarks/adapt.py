@@ -1,0 +1,282 @@
+"""Few-subject learning curves of a new joint and a new site (docs/adapt.md).
+
+For each new dataset (default: the elbow and the knee's second site, ``knee_t1``, synthesized
+when ``--data`` holds none) and each number of labelled training subjects (1, 2, 4, 8), trains:
+
+- ``adapt-head``, ``adapt-norm+head``, ``adapt-all``: ``jointseg adapt`` of the trained run;
+- ``individual``: one network from scratch on the new dataset alone (plain BN, one head);
+- ``transfer``: the trained run's network (the nearest domain's BN as plain BN) fine-tuned as a
+  whole on the new dataset, at the full learning rate;
+- ``full``: the run's scheme retrained from scratch with the new dataset added;
+
+(an adapt method with ``:pooled``, e.g. ``adapt-head:pooled``, starts the new BN from the pool
+of the run's domains instead of the nearest one) and scores Dice per bone on the dataset's
+held-out subjects (imagesTs/labelsTs, the domain given), with each cell's wall time (training
+and prediction). Every finished cell is kept in
+``OUT/results.json`` (atomically): a rerun continues where it stopped. ``--quick``: 1 and 2
+subjects, 20 steps, one test subject, the first dataset only.
+
+    python benchmarks/adapt.py --run RUN --out OUT [--data STUDY] [--quick]
+        [--sizes 1,2,4,8] [--methods ...] [--steps 300] [--datasets elbow,knee_t1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from jointseg.config import DatasetConfig, load_config, save_config  # noqa: E402
+from jointseg.data.io import read_image  # noqa: E402
+from jointseg.data.manifest import list_cases, load_manifest, write_manifest  # noqa: E402
+from jointseg.evaluation.metrics import dice  # noqa: E402
+from jointseg.models import build_model, load_model, save_model  # noqa: E402
+from jointseg.runs import load_run_info  # noqa: E402
+from jointseg.synth.anatomy import joint_spec  # noqa: E402
+from jointseg.utils.atomic import atomic_write_json  # noqa: E402
+
+METHODS = ("adapt-head", "adapt-norm+head", "adapt-all", "individual", "transfer", "full")
+SIZES = (1, 2, 4, 8)
+RESULTS = "results.json"
+
+
+def ensure_study(data: Path, datasets: list[str], train: int, test: int, seed: int) -> None:
+    """Synthesize the new datasets into ``data`` unless their folders are there."""
+    missing = [d for d in datasets if not (data / joint_spec(d).folder / "dataset.json").is_file()]
+    if missing:
+        from jointseg.synth.generate import synthesize_study
+
+        synthesize_study(data, train, test, missing, seed, 1, False, progress=False)
+
+
+def subset(source: Path, target: Path, subjects: int, test: int | None) -> Path:
+    """A dataset folder of the first ``subjects`` training cases (symbolic links) and the first
+    ``test`` held-out ones (all when None)."""
+    if target.exists():
+        shutil.rmtree(target)
+    manifest = load_manifest(source)
+    cases = list_cases(source, "train")[:subjects]
+    if len(cases) < subjects:
+        raise SystemExit(f"{source}: {len(cases)} training cases, the curve needs {subjects}")
+    held = list_cases(source, "test")[:test]
+    for case, (images, labels) in [(c, ("imagesTr", "labelsTr")) for c in cases] + [
+        (c, ("imagesTs", "labelsTs")) for c in held
+    ]:
+        for path, folder in ((case.image, images), (case.label, labels)):
+            (target / folder).mkdir(parents=True, exist_ok=True)
+            os.symlink(path.resolve(), target / folder / path.name)
+    write_manifest(target, manifest.model_copy(update={"numTraining": subjects}))
+    return target
+
+
+def score(predict, dataset: Path, name: str) -> dict:
+    """Mean Dice per bone over the dataset's held-out subjects, ``predict(image, name)``."""
+    structures = load_manifest(dataset).structures
+    per_bone: dict[str, list[float]] = {s: [] for s in structures}
+    for case in list_cases(dataset, "test"):
+        got = sitk.GetArrayFromImage(predict(read_image(case.image), name))
+        want = sitk.GetArrayFromImage(read_image(case.label))
+        for structure, value in structures.items():
+            per_bone[structure].append(float(dice(got == value, want == value)))
+    return {s: float(np.mean(v)) for s, v in per_bone.items()}
+
+
+def run_predictor(run: Path):
+    from jointseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_run(run, calibrate=False)
+    return lambda image, name: predictor.predict(image, name).label_map
+
+
+def train_scheme(cfg, study: Path, out: Path) -> Path:
+    from jointseg.workflows.train import train_run
+
+    train_run(cfg, study, out, progress=False)
+    return out
+
+
+def step_config(cfg, steps: int):
+    """``cfg`` trained for ``steps`` optimizer steps (epochs of at most 50)."""
+    per_epoch = min(steps, 50)
+    return cfg.model_copy(
+        update={
+            "training": cfg.training.model_copy(
+                update={
+                    "epochs": -(-steps // per_epoch),
+                    "iterations_per_epoch": per_epoch,
+                    "iterations_per_dataset": False,
+                    "validation_fraction": 0.0,
+                    "target_dice": None,
+                }
+            )
+        }
+    )
+
+
+def transfer_model(run: Path, nearest: str, out: Path, classes: int) -> None:
+    """The run's network as a plain-BN, one-head network: the nearest domain's BN, no head."""
+    net, _ = load_model(run / "models" / "main")
+    index = load_run_info(run).models[0].domains.index(nearest)
+    plain = build_model(net.cfg, [classes], domain_specific_bn=False, pretrained=False)
+    state = {}
+    for key, value in net.state_dict().items():
+        if key.startswith("heads."):
+            continue
+        if ".bns." in key:
+            head, rest = key.split(".bns.", 1)
+            domain, tail = rest.split(".", 1)
+            if int(domain) != index:
+                continue
+            key = f"{head}.{tail}"
+        state[key] = value
+    missing = (
+        set(plain.state_dict()) - set(state) - {k for k in plain.state_dict() if "heads." in k}
+    )
+    if missing:
+        raise SystemExit(f"transfer: layers not found in the run's network: {sorted(missing)[:5]}")
+    plain.load_state_dict(state, strict=False)
+    save_model(plain, out / "models" / "source")
+
+
+def run_cell(
+    method: str, run: Path, dataset: Path, name: str, steps: int, work: Path, quick: bool
+) -> dict:
+    """Train one method on one subset; returns its Dice per bone and wall times. ``full``
+    retrains with the run's own config (``steps`` steps with ``quick``)."""
+    from jointseg.workflows.adapt import adapt_run, nearest_domain_of
+
+    began = time.perf_counter()
+    cfg = load_config(run / "config.yaml")
+    study = dataset.parent
+    if method.startswith("adapt-"):
+        out = work / "run"
+        mode, _, init = method[6:].partition(":")
+        adapt_run(
+            run, dataset, out, mode=mode, steps=steps, init=init or "nearest", name=name,
+            progress=False,
+        )  # fmt: skip
+    elif method == "individual":
+        single = cfg.model_copy(
+            update={
+                "scheme": "individual",
+                "datasets": [DatasetConfig(name=name, folder=dataset.name)],
+            }
+        )
+        out = train_scheme(step_config(single, steps), study, work / "run")
+    elif method == "transfer":
+        out = work / "run"
+        nearest, _ = nearest_domain_of(run, dataset, name)
+        out.mkdir(parents=True)
+        transfer_model(run, nearest, out, len(load_manifest(dataset).structures) + 1)
+        single = cfg.model_copy(
+            update={
+                "scheme": "individual",
+                "datasets": [DatasetConfig(name=name, folder=dataset.name)],
+            }
+        )
+        _train_from(step_config(single, steps), study, out)
+    elif method == "full":
+        info = load_run_info(run)
+        for entry in info.domains:  # the run's datasets beside the subset, as links
+            link = study / entry.folder
+            if not link.exists():
+                os.symlink((Path(info.data_dir) / entry.folder).resolve(), link)
+        grown = cfg.model_copy(
+            update={"datasets": [*cfg.datasets, DatasetConfig(name=name, folder=dataset.name)]}
+        )
+        out = train_scheme(step_config(grown, steps) if quick else grown, study, work / "run")
+    else:
+        raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    trained = time.perf_counter()
+    dice_per_bone = score(run_predictor(out), dataset, name)
+    return {
+        "dice": dice_per_bone,
+        "mean_dice": float(np.mean(list(dice_per_bone.values()))),
+        "train_seconds": round(trained - began, 1),
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
+def _train_from(cfg, study: Path, out: Path) -> None:
+    """Train an individual network initialized from ``out/models/source`` into a run folder."""
+    from jointseg.training import runner
+    from jointseg.training.schemes import ModelPlan
+    from jointseg.workflows.train import train_run
+
+    name = cfg.datasets[0].name
+    original = runner.plan_scheme
+
+    def plans(scheme, domains):  # the individual plan, initialized from the source model
+        return [ModelPlan(name=name, domains=(name,), init_from="source")]
+
+    runner.plan_scheme = plans
+    try:
+        save_config(cfg, out / "config.yaml")
+        train_run(cfg, study, out, resume=True, progress=False)
+    finally:
+        runner.plan_scheme = original
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="trained mtmd/full run folder")
+    parser.add_argument("--out", type=Path, required=True, help="benchmark folder (resumable)")
+    parser.add_argument("--data", type=Path, help="study with the new datasets (default OUT/data)")
+    parser.add_argument("--datasets", default="elbow,knee_t1")
+    parser.add_argument("--sizes", default=None, help="labelled subjects, e.g. 1,2,4,8")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per cell")
+    parser.add_argument("--test-subjects", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="1-2 subjects, 20 steps, 1 dataset")
+    args = parser.parse_args()
+    datasets = args.datasets.split(",")[:1] if args.quick else args.datasets.split(",")
+    sizes = [int(s) for s in (args.sizes or ("1,2" if args.quick else "1,2,4,8")).split(",")]
+    steps = args.steps or (20 if args.quick else 300)
+    test = args.test_subjects or (1 if args.quick else 4)
+    methods = args.methods.split(",")
+    data = args.data or args.out / "data"
+    # slice caches are keyed by content: one shared folder serves every cell
+    os.environ.setdefault("JOINTSEG_CACHE", str((args.out / "cache").resolve()))
+    ensure_study(data, datasets, max(sizes), test, args.seed)
+    path = args.out / RESULTS
+    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for joint in datasets:
+        source = data / joint_spec(joint).folder
+        for size in sizes:
+            cell_root = args.out / "cells" / f"{joint}_n{size}"
+            dataset = subset(source, cell_root / "study" / source.name, size, test)
+            for method in methods:
+                key = f"{joint}|{size}|{method}"
+                if key in results:
+                    print(f"{key}: done, skipped")
+                    continue
+                work = cell_root / method
+                if work.exists():
+                    shutil.rmtree(work)  # an unfinished cell starts again
+                work.mkdir(parents=True)
+                results[key] = {
+                    "steps": steps,
+                    **run_cell(method, args.run, dataset, joint, steps, work, args.quick),
+                }
+                if method.startswith("adapt-"):
+                    record = json.loads((work / "run" / "adaptation.json").read_text("utf-8"))
+                    results[key]["nearest_domain"] = record["nearest_domain"]
+                atomic_write_json(path, results)
+                print(f"{key}: mean Dice {results[key]['mean_dice']:.3f} "
+                      f"in {results[key]['seconds']:.0f} s", flush=True)  # fmt: skip
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+"""``jointseg adapt``: a trained multi-domain run plus one new dataset to a new, complete run.
+
+The new dataset (a new joint, or a new site of a known joint) becomes one more domain of the
+run's network (:mod:`jointseg.training.adaptation`, docs/adapt.md): its BN starts from the
+nearest existing domain's, by the run's recognition distances (or from the pool of all domains),
+its head rows of structures that domain shares start from that domain's head. The new run folder
+holds what ``predict``, ``evaluate`` and ``compare`` read: config.yaml and run.json with the new
+domain appended, the adapted model, the old recognition references with the new domain's added,
+the postprocessing decision (the new domain's decided on its validation subjects, when it has
+some) and ``adaptation.json`` (what was done, from what, in how long).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from jointseg.config import DatasetConfig, ExperimentConfig, load_config, save_config
+from jointseg.data.cache import SliceCache, build_slice_cache, preprocess_study
+from jointseg.data.io import read_image
+from jointseg.data.labels import DomainLabels, LabelSpace
+from jointseg.data.manifest import list_cases, load_manifest
+from jointseg.evaluation.postprocessing import decide_steps, run_share
+from jointseg.inference.postprocess import Postprocessing
+from jointseg.models import load_model
+from jointseg.models.network import Route
+from jointseg.recognition.decision import Candidate
+from jointseg.recognition.extension import extend_recognition, nearest_domain
+from jointseg.recognition.fitting import fit_recognition
+from jointseg.recognition.references import load_references
+from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, load_run_info, save_run_info
+from jointseg.training.adaptation import (
+    ADAPT_MODES,
+    ADAPTABLE_SCHEMES,
+    BN_INITS,
+    DEFAULT_BN_INIT,
+    AdaptationError,
+    extend_network,
+    matching_rows,
+    save_adapted,
+    train_new_domain,
+)
+from jointseg.training.datamodule import DomainSplit
+from jointseg.utils.atomic import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+ADAPTATION_FILE = "adaptation.json"
+DEFAULT_STEPS = 300
+COPIED = ("models/shape_prior", "postprocessing.json", "domain_reference.json",
+          "domain_calibration.json")  # fmt: skip
+
+
+def domain_name_of(folder: Path) -> str:
+    """``Dataset005_KneeT1`` -> ``knee_t1``: the folder name without its prefix, snake case."""
+    title = re.sub(r"^Dataset\d+_", "", folder.name)
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", title).lower().replace("-", "_")
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+def check_new_dataset(info: RunInfo, dataset: Path, name: str, structures: dict[str, int]) -> None:
+    """Refuse a dataset that is already one of the run's domains, or whose structure names
+    clash with the run's label space (the same structure spelled differently: two channels
+    for one bone in the union space)."""
+    where = f"{dataset}:"
+    for entry in info.domains:
+        known = Path(info.data_dir) / entry.folder if info.data_dir else Path(entry.folder)
+        if known.resolve() == dataset.resolve() or (
+            not info.data_dir and known.name == dataset.name
+        ):
+            raise AdaptationError(
+                f"{where} this dataset is already the run's domain {entry.name!r} "
+                f"({entry.folder}); adapt adds a new dataset"
+            )
+    if name in [e.name for e in info.domains]:
+        raise AdaptationError(
+            f"{where} the run already has a domain named {name!r}; pass another --name"
+        )
+    space = LabelSpace([e.labels() for e in info.domains])
+    by_key = {_normalized(n): n for n in space.structure_names}
+    clashes = [
+        f"{new!r} (the run has {by_key[_normalized(new)]!r})"
+        for new in structures
+        if _normalized(new) in by_key and by_key[_normalized(new)] != new
+    ]
+    if clashes:
+        raise AdaptationError(
+            f"{where} structure names clash with the run's label space: {', '.join(clashes)}; "
+            "rename them in dataset.json to the run's names (the same structure) or to "
+            "distinct names (another structure)"
+        )
+    if not structures:
+        raise AdaptationError(f"{where} dataset.json labels no structure")
+
+
+def _relative_folder(dataset: Path, data_dir: str | None) -> str:
+    """The dataset folder as run.json stores it: relative to the run's study when inside it."""
+    if data_dir:
+        try:
+            return str(dataset.resolve().relative_to(Path(data_dir).resolve()))
+        except ValueError:
+            pass
+    return str(dataset.resolve())
+
+
+def _volumes(cache: SliceCache, cases: list[str]) -> list[np.ndarray]:
+    return [cache.images[slice(*cache.case_slices[c])] for c in cases]
+
+
+def _old_training_volumes(cfg: ExperimentConfig, info: RunInfo) -> dict[str, list[np.ndarray]]:
+    """The old domains' training scans (preprocessed), or {} when their study is not at hand."""
+    if not info.data_dir or not all(
+        (Path(info.data_dir) / e.folder / "dataset.json").is_file() for e in info.domains
+    ):
+        logger.warning("the run's study %s is not at hand: the new domain's recognition "
+                       "reference is fitted on its own scans only", info.data_dir)  # fmt: skip
+        return {}
+    caches = preprocess_study(cfg, Path(info.data_dir))
+    return {
+        name: _volumes(caches[name], info.training_cases.get(name, caches[name].case_ids))
+        for name in caches
+    }
+
+
+@dataclass(frozen=True)
+class NewDomain:
+    """The dataset being added: name, folder (as stored), labels, cache and subject split."""
+
+    name: str
+    folder: str
+    labels: DomainLabels
+    cache: SliceCache
+    training: list[str]
+    validation: list[str]
+
+
+def _prepare(
+    cfg: ExperimentConfig,
+    info: RunInfo,
+    dataset: Path,
+    name: str | None,
+    subjects: int | None,
+    validation: int,
+) -> NewDomain:
+    manifest = load_manifest(dataset)
+    name = name or domain_name_of(dataset)
+    structures = manifest.structures
+    check_new_dataset(info, dataset, name, structures)
+    cases = list_cases(dataset, "train")
+    labelled = [c for c in cases if c.label is not None]
+    if len(labelled) < 1 + validation:
+        raise AdaptationError(
+            f"{dataset}: {len(labelled)} labelled training case(s) in imagesTr/labelsTr; "
+            f"need at least {1 + validation} (1 to train + {validation} to validate)"
+        )
+    ids = [c.case_id for c in labelled]
+    held = ids[len(ids) - validation :] if validation else []
+    train = [c for c in ids if c not in held]
+    if subjects is not None:
+        if subjects < 1:
+            raise AdaptationError(f"--subjects must be at least 1, got {subjects}")
+        train = train[:subjects]
+    labels = DomainLabels(name, structures)
+    used = [c for c in labelled if c.case_id in set(train) | set(held)]
+    cache = build_slice_cache(dataset, used, labels, cfg.preprocessing, progress=False)
+    folder = _relative_folder(dataset, info.data_dir)
+    return NewDomain(name, folder, labels, cache, train, held)
+
+
+def _nearest(
+    run: Path, net, old_domains: list[str], new: NewDomain
+) -> tuple[str, dict[str, float]]:
+    """The run's domain nearest to the new training scans, and every domain's distance."""
+    references = load_references(run)
+    complete = all(d in references for d in old_domains)
+    candidates = [
+        Candidate(d, Route(net, i), references[d] if complete else None)
+        for i, d in enumerate(old_domains)
+    ]
+    return nearest_domain(candidates, _volumes(new.cache, new.training))
+
+
+def nearest_domain_of(
+    run: str | Path, data: str | Path, name: str | None = None
+) -> tuple[str, dict[str, float]]:
+    """The domain of ``run`` nearest to the training scans of the dataset ``data`` (what
+    :func:`adapt_run` starts the new BN from) and every domain's mean distance."""
+    run = Path(run)
+    info = load_run_info(run)
+    new = _prepare(load_config(run / "config.yaml"), info, Path(data), name, None, 0)
+    net, _ = load_model(run / info.models[0].path)
+    return _nearest(run, net, list(info.models[0].domains), new)
+
+
+def adapt_run(
+    run: str | Path,
+    data: str | Path,
+    out: str | Path,
+    mode: str = "norm+head",
+    steps: int = DEFAULT_STEPS,
+    init: str = DEFAULT_BN_INIT,
+    name: str | None = None,
+    subjects: int | None = None,
+    validation: int = 0,
+    lr: float | None = None,
+    progress: bool = True,
+) -> RunInfo:
+    """Add the dataset ``data`` as a new domain of the run ``run``; write the run ``out``.
+
+    ``mode``: ``head``, ``norm+head`` or ``all`` (docs/adapt.md); ``steps``: optimizer steps;
+    ``init``: the new BN from the ``nearest`` domain or ``pooled`` over all; ``name``: the new
+    domain's (default from the folder name); ``subjects``: train on the first N labelled
+    training cases only; ``validation``: hold out the last N labelled training cases to choose
+    the best weights and decide the new domain's postprocessing; ``lr``: the base learning
+    rate (default: the run's). Returns the new run's index.
+    """
+    began = time.perf_counter()
+    run, data, out = Path(run), Path(data), Path(out)
+    if mode not in ADAPT_MODES:
+        raise AdaptationError(f"unknown --train {mode!r}; choose one of {', '.join(ADAPT_MODES)}")
+    if init not in BN_INITS:
+        raise AdaptationError(f"unknown --init {init!r}; choose one of {', '.join(BN_INITS)}")
+    info = load_run_info(run)
+    cfg = load_config(run / "config.yaml")
+    train_cfg = cfg
+    if lr is not None:
+        train_cfg = cfg.model_copy(deep=True)
+        train_cfg.training.optimizer.lr = lr
+    if info.scheme not in ADAPTABLE_SCHEMES or len(info.models) != 1:
+        raise AdaptationError(
+            f"{run}: a {info.scheme!r} run; adapt extends the one multi-domain network of an "
+            f"{', '.join(ADAPTABLE_SCHEMES)} run"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"{out} already holds files; give adapt an empty or new --out")
+    new = _prepare(cfg, info, data, name, subjects, validation)
+    old_model = info.models[0]
+    net, _ = load_model(run / old_model.path)
+    old_domains = list(old_model.domains)
+
+    nearest, distances = _nearest(run, net, old_domains, new)
+    logger.info("[adapt] nearest domain of %s: %s (mean distances %s)", new.name, nearest,
+                {k: round(v, 4) for k, v in distances.items()})  # fmt: skip
+    source = old_domains.index(nearest)
+    source_structures = info.domain(nearest).structures
+    extended = extend_network(
+        net,
+        new.labels.num_classes,
+        source if init == "nearest" else None,
+        head_source=source,
+        head_rows=matching_rows(list(new.labels.structures), list(source_structures)),
+    )
+
+    labels = [e.labels() for e in info.domains] + [new.labels]
+    label_space = LabelSpace(labels)
+    out.mkdir(parents=True, exist_ok=True)
+    split = DomainSplit(new.name, new.cache, new.training, new.validation)
+    trained = train_new_domain(
+        train_cfg,
+        extended,
+        [*old_domains, new.name],
+        label_space,
+        split,
+        mode,
+        steps,
+        out / "checkpoints" / "adapt",
+        progress,
+    )
+
+    new_cfg = cfg.model_copy(
+        update={"datasets": [*cfg.datasets, DatasetConfig(name=new.name, folder=new.folder)]}
+    )
+    save_config(new_cfg, out / "config.yaml")
+    for item in COPIED:
+        source_path = run / item
+        if source_path.is_dir():
+            shutil.copytree(source_path, out / item)
+        elif source_path.is_file():
+            shutil.copy2(source_path, out / item)
+    save_adapted(
+        trained.net,
+        out / old_model.path,
+        label_space,
+        {"adapted_from": str(run.resolve()), "adapt_mode": mode,
+         "best_validation_dice": trained.best_validation_dice},
+    )  # fmt: skip
+    new_info = info.model_copy(
+        update={
+            "domains": [
+                *info.domains,
+                DomainEntry(name=new.name, folder=new.folder, structures=new.labels.structures),
+            ],
+            "models": [
+                ModelEntry(
+                    name=old_model.name,
+                    path=old_model.path,
+                    domains=[*old_domains, new.name],
+                    label_space="local",
+                )
+            ],
+            "training_cases": {**info.training_cases, new.name: new.training},
+            "validation_cases": {**info.validation_cases, new.name: new.validation},
+        },
+        deep=True,
+    )
+    save_run_info(out, new_info)
+    _recognition(out, cfg, info, new, trained.net, mode, old_domains, progress)
+    _postprocessing(out, new, progress)
+    seconds = time.perf_counter() - began
+    atomic_write_json(
+        out / ADAPTATION_FILE,
+        {
+            "source_run": str(run.resolve()),
+            "domain": new.name,
+            "dataset": str(data.resolve()),
+            "mode": mode,
+            "bn_init": init,
+            "nearest_domain": nearest,
+            "distances": distances,
+            "steps": trained.steps,
+            "lr": train_cfg.training.optimizer.lr,
+            "training_cases": new.training,
+            "validation_cases": new.validation,
+            "best_validation_dice": trained.best_validation_dice,
+            "seconds": round(seconds, 2),
+        },
+    )
+    logger.info("[adapt] %s added to %s (%s, %d steps) in %.1f s: %s",
+                new.name, run, mode, trained.steps, seconds, out)  # fmt: skip
+    return new_info
+
+
+def _recognition(
+    out: Path,
+    cfg: ExperimentConfig,
+    info: RunInfo,
+    new: NewDomain,
+    net,
+    mode: str,
+    old_domains: list[str],
+    progress: bool,
+) -> None:
+    """The old references kept and the new domain's added (``head``, ``norm+head``); every
+    reference measured again with ``all`` (the old domains' paths changed)."""
+    if not (out / "domain_reference.json").is_file():
+        return
+    old = _old_training_volumes(cfg, info)
+    if mode == "all":
+        for stale in ("domain_reference.json", "domain_calibration.json"):
+            (out / stale).unlink(missing_ok=True)
+        if not old:
+            return
+        domains = [*old_domains, new.name]
+        paths = {d: Route(net, i) for i, d in enumerate(domains)}
+        volumes = {d: (v, []) for d, v in old.items()}
+        volumes[new.name] = (_volumes(new.cache, new.training), _volumes(new.cache, new.validation))
+        fit_recognition(out, paths, volumes, progress=progress)
+        return
+    extend_recognition(
+        out,
+        new.name,
+        Route(net, len(old_domains)),
+        _volumes(new.cache, new.training),
+        _volumes(new.cache, new.validation),
+        old,
+    )
+
+
+def _postprocessing(out: Path, new: NewDomain, progress: bool) -> None:
+    """Decide the new domain's postprocessing on its validation subjects; the old domains'
+    decisions are kept (with ``all`` they were measured on the network before adaptation)."""
+    if not new.validation:
+        return
+    from jointseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_run(out, calibrate=False)
+    dataset = Path(load_run_info(out).data_dir or "") / new.folder
+    cases = {c.case_id: c for c in list_cases(dataset, "train")}
+    pairs = []
+    for case_id in new.validation:
+        case = cases[case_id]
+        predicted = predictor.predict(read_image(case.image), new.name).label_map
+        reference = read_image(case.label)
+        pairs.append((sitk.GetArrayFromImage(predicted), sitk.GetArrayFromImage(reference)))
+    decision = decide_steps({new.name: pairs}, {new.name: new.labels.structures}, run_share(out))
+    old = Postprocessing.load(out) if (out / "postprocessing.json").is_file() else None
+    if old is not None:
+        decision.steps = {**old.steps, **decision.steps}
+        decision.measured = {**old.measured, **decision.measured}
+        decision.cases = {**old.cases, new.name: list(new.validation)}
+        decision.share = old.share
+    else:
+        decision.cases = {new.name: list(new.validation)}
+    decision.save(out)

@@ -1,0 +1,300 @@
+"""``jointseg adapt``: a new domain added to a trained run (docs/adapt.md).
+
+The trained run is the tiny two-domain model of tests/tiny_model.py, its scans written as a
+study; the new domain ("elbow") has the knee scans' geometry with another contrast and its own
+structure names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from jointseg.config import load_config
+from jointseg.data.cache import preprocess_study
+from jointseg.data.io import write_image
+from jointseg.data.manifest import DatasetManifest, write_manifest
+from jointseg.models import build_model, load_model
+from jointseg.models.network import Route
+from jointseg.recognition.fitting import fit_recognition
+from jointseg.runs import load_run_info, save_run_info
+from jointseg.training.adaptation import (
+    AdaptationError,
+    adapted_parameters,
+    domain_batchnorms,
+    extend_network,
+    matching_rows,
+    pooled_batchnorm,
+)
+from jointseg.workflows.adapt import adapt_run, domain_name_of
+from tests.tiny_model import DOMAINS, MODEL, make_scan, train_run
+
+TRAIN_SEEDS = range(100, 106)
+TEST_SEEDS = range(50, 52)
+ELBOW = {"radius": 1, "ulna": 2}
+NEW_TRAIN, NEW_TEST = range(200, 204), range(300, 302)
+STEPS = 80
+
+
+def elbow_scan(seed: int) -> tuple[sitk.Image, sitk.Image]:
+    """The knee scan's bones, as mid-grey bones of two contrasts on a graded background."""
+    image, label = make_scan("knee", seed)
+    labels = sitk.GetArrayFromImage(label)
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, labels.shape[2], dtype=np.float32)
+    array = 0.4 + 0.2 * x + 0.45 * (labels == 1) - 0.3 * (labels == 2)
+    array = (400 * (array + rng.normal(0, 0.04, labels.shape))).astype(np.float32)
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out, label
+
+
+def write_domain(root: Path, folder: str, structures: dict[str, int], scans, train, test) -> Path:
+    path = root / folder
+    for split, seeds in (("Tr", train), ("Ts", test)):
+        for seed in seeds:
+            image, label = scans(seed)
+            write_image(image, path / f"images{split}" / f"case_{seed:03d}_0000.nii.gz")
+            write_image(label, path / f"labels{split}" / f"case_{seed:03d}.nii.gz")
+    manifest = DatasetManifest(
+        name=folder,
+        channel_names={"0": "MR"},
+        labels={"background": 0, **structures},
+        numTraining=len(train),
+        file_ending=".nii.gz",
+    )
+    write_manifest(path, manifest)
+    return path
+
+
+@pytest.fixture(scope="module")
+def source_run(trained_run: Path, tmp_path_factory) -> Path:
+    """The tiny trained run (copied), its study on disk and its recognition references."""
+    import shutil
+
+    study = tmp_path_factory.mktemp("study")
+    for i, (domain, structures) in enumerate(DOMAINS.items()):
+        scans = lambda seed, d=domain: make_scan(d, seed)  # noqa: E731
+        write_domain(
+            study, f"Dataset00{i + 1}_{domain}", structures, scans, TRAIN_SEEDS, TEST_SEEDS
+        )
+    write_domain(study, "Dataset004_Elbow", ELBOW, elbow_scan, NEW_TRAIN, NEW_TEST)
+    run = tmp_path_factory.mktemp("run") / "run"
+    shutil.copytree(trained_run, run)
+    info = load_run_info(run)
+    cases = {d: [f"case_{s:03d}" for s in TRAIN_SEEDS] for d in DOMAINS}
+    save_run_info(run, info.model_copy(update={"data_dir": str(study), "training_cases": cases}))
+    caches = preprocess_study(load_config(run / "config.yaml"), study)
+    net, _ = load_model(run / "models" / "main")
+    volumes = {
+        d: ([c.images[slice(*c.case_slices[k])] for k in c.case_ids], []) for d, c in caches.items()
+    }
+    paths = {d: Route(net, i) for i, d in enumerate(DOMAINS)}
+    fit_recognition(run, paths, volumes, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def adapted(source_run: Path, tmp_path_factory) -> dict[str, Path]:
+    """The run adapted to the elbow with each frozen mode (few steps)."""
+    data = Path(load_run_info(source_run).data_dir) / "Dataset004_Elbow"
+    runs = {}
+    for mode in ("head", "norm+head", "all"):
+        out = tmp_path_factory.mktemp(mode.replace("+", "_")) / "run"
+        adapt_run(
+            source_run, data, out, mode=mode, steps=STEPS, validation=1, lr=5e-3, progress=False
+        )
+        runs[mode] = out
+    return runs
+
+
+# ------------------------------------------------------------------------------ fast unit tests
+def test_domain_name_from_folder() -> None:
+    assert domain_name_of(Path("Dataset005_KneeT1")) == "knee_t1"
+    assert domain_name_of(Path("/x/Dataset004_Elbow")) == "elbow"
+
+
+def test_pooled_batchnorm_is_the_mixture_of_the_domains() -> None:
+    a, b, target = (torch.nn.BatchNorm2d(2) for _ in range(3))
+    a.running_mean.copy_(torch.tensor([0.0, 1.0]))
+    b.running_mean.copy_(torch.tensor([2.0, 1.0]))
+    a.running_var.copy_(torch.tensor([1.0, 4.0]))
+    b.running_var.copy_(torch.tensor([1.0, 2.0]))
+    with torch.no_grad():
+        a.weight.fill_(1.0)
+        b.weight.fill_(3.0)
+    pooled_batchnorm([a, b], target)
+    # mixture of N(0,1) and N(2,1): mean 1, variance 1 + 1 = 2; second channel: 3
+    assert torch.equal(target.running_mean, torch.tensor([1.0, 1.0]))
+    assert torch.allclose(target.running_var, torch.tensor([2.0, 3.0]))
+    assert torch.equal(target.weight, torch.tensor([2.0, 2.0]))
+
+
+def test_extend_network_copies_the_source_domain_and_head_rows() -> None:
+    torch.manual_seed(0)
+    net = build_model(MODEL, [3, 3], domain_specific_bn=True, pretrained=False)
+    for layer in domain_batchnorms(net):  # make the two domains' BN differ
+        layer.bns[1].running_mean.add_(1.0)
+    rows = matching_rows(["tibia", "patella"], ["femur", "tibia"])
+    assert rows == {0: 0, 1: 2}
+    extended = extend_network(net, 3, source=1, head_source=0, head_rows=rows)
+    assert extended.num_heads == 3
+    for old, new in zip(domain_batchnorms(net), domain_batchnorms(extended), strict=True):
+        assert torch.equal(new.bns[2].running_mean, old.bns[1].running_mean)
+        assert torch.equal(new.bns[0].running_mean, old.bns[0].running_mean)
+    assert torch.equal(extended.heads[2].weight[1], net.heads[0].weight[2])
+    assert torch.equal(extended.heads[2].bias[0], net.heads[0].bias[0])
+    pooled = extend_network(net, 3, source=None)
+    for old, new in zip(domain_batchnorms(net), domain_batchnorms(pooled), strict=True):
+        expected = (old.bns[0].running_mean + old.bns[1].running_mean) / 2
+        assert torch.allclose(new.bns[2].running_mean, expected)
+
+
+def test_modes_train_only_their_parameters() -> None:
+    net = extend_network(build_model(MODEL, [3, 3], True, pretrained=False), 3, source=0)
+    counts = {}
+    for mode in ("head", "norm+head", "all"):
+        groups = adapted_parameters(net, mode, 2, lr=1e-3)
+        trainable = {id(p) for p in net.parameters() if p.requires_grad}
+        assert trainable == {id(p) for g in groups for p in g["params"]}
+        counts[mode] = len(trainable)
+        for layer in domain_batchnorms(net):  # never an old domain's BN
+            assert not any(p.requires_grad for i in (0, 1) for p in layer.bns[i].parameters())
+        assert not any(p.requires_grad for i in (0, 1) for p in net.heads[i].parameters())
+    assert counts["head"] == 2  # the new head's weight and bias
+    assert counts["head"] < counts["norm+head"] < counts["all"]
+    assert [g["lr"] for g in adapted_parameters(net, "all", 2, lr=1e-3)] == [1e-3, 1e-3, 1e-4]
+
+
+def test_extend_refuses_a_single_domain_network() -> None:
+    net = build_model(MODEL, [3], domain_specific_bn=False, pretrained=False)
+    with pytest.raises(AdaptationError, match="domain-specific BN"):
+        extend_network(net, 3, source=None)
+
+
+# ------------------------------------------------------------------------------ refusals
+def test_refuses_a_folder_that_is_already_a_domain(trained_run_with_study, tmp_path) -> None:
+    run, study = trained_run_with_study
+    with pytest.raises(AdaptationError, match="already the run's domain 'knee'"):
+        adapt_run(run, study / "Dataset001_knee", tmp_path / "out", steps=1, progress=False)
+
+
+def test_refuses_clashing_structure_names(trained_run_with_study, tmp_path) -> None:
+    run, _ = trained_run_with_study
+    scans = lambda seed: make_scan("knee", seed)  # noqa: E731
+    data = write_domain(tmp_path, "Dataset009_Other", {"Femur": 1, "tibia": 2}, scans, [1], [])
+    with pytest.raises(AdaptationError, match=r"clash.*'Femur' \(the run has 'femur'\)"):
+        adapt_run(run, data, tmp_path / "out", steps=1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def trained_run_with_study(tmp_path: Path) -> tuple[Path, Path]:
+    """An (untrained) tiny run folder pointing at a study with its two dataset folders: the
+    refusals come before any training."""
+    run = tmp_path / "run"
+    run.mkdir()
+    train_run(run, max_steps=0)
+    study = tmp_path / "study"
+    for i, (domain, structures) in enumerate(DOMAINS.items()):
+        scans = lambda seed, d=domain: make_scan(d, seed)  # noqa: E731
+        write_domain(study, f"Dataset00{i + 1}_{domain}", structures, scans, [1], [])
+    info = load_run_info(run)
+    save_run_info(run, info.model_copy(update={"data_dir": str(study)}))
+    return run, study
+
+
+# ------------------------------------------------------------------------------ trained
+def _old_logits(run: Path, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    net, _ = load_model(run / "models" / "main")
+    with torch.no_grad():
+        return {d: net(x, torch.full((len(x),), d)).logits[d] for d in range(len(DOMAINS))}
+
+
+@pytest.mark.slow
+@pytest.mark.trains
+def test_frozen_modes_keep_old_domains_bit_identical(source_run, adapted) -> None:
+    x = torch.randn(4, 1, 64, 64, generator=torch.Generator().manual_seed(3)) * 300
+    before = _old_logits(source_run, x)
+    old_state, _ = load_model(source_run / "models" / "main")
+    for mode, run in adapted.items():
+        if mode == "all":
+            continue
+        after = _old_logits(run, x)
+        for d in before:
+            assert torch.equal(before[d], after[d]), (mode, d)
+        new_state = load_model(run / "models" / "main")[0].state_dict()
+        for key, value in old_state.state_dict().items():
+            assert torch.equal(value, new_state[key]), (mode, key)
+        old_refs = json.loads((source_run / "domain_reference.json").read_text(encoding="utf-8"))
+        new_refs = json.loads((run / "domain_reference.json").read_text(encoding="utf-8"))
+        assert set(new_refs["domains"]) == {*DOMAINS, "elbow"}
+        for d in DOMAINS:
+            assert new_refs["domains"][d] == old_refs["domains"][d]
+
+
+@pytest.mark.slow
+@pytest.mark.trains
+def test_adapted_run_learns_the_new_domain_and_round_trips(source_run, adapted) -> None:
+    from jointseg.evaluation.evaluate import evaluate_run
+    from jointseg.inference.predictor import Predictor
+
+    run = adapted["norm+head"]
+    info = load_run_info(run)
+    assert [d.name for d in info.domains] == [*DOMAINS, "elbow"]
+    record = json.loads((run / "adaptation.json").read_text(encoding="utf-8"))
+    assert record["nearest_domain"] in DOMAINS and record["steps"] == STEPS
+    predictor = Predictor.from_run(run, batch_size=8)
+    dices = []
+    for seed in NEW_TEST:
+        image, label = elbow_scan(seed)
+        prediction = predictor.predict(image, "auto")
+        assert prediction.domain == "elbow"
+        got, want = (sitk.GetArrayFromImage(i) for i in (prediction.label_map, label))
+        for value in ELBOW.values():
+            overlap = 2 * ((got == value) & (want == value)).sum()
+            dices.append(overlap / ((got == value).sum() + (want == value).sum()))
+    assert min(dices) > 0.7, dices
+    for seed in TEST_SEEDS:  # the old domains are still recognized
+        assert predictor.predict(make_scan("shoulder", seed)[0], "auto").domain == "shoulder"
+    report = evaluate_run(run, progress=False)
+    assert report.is_file()
+    summary = (run / "evaluation").iterdir()
+    assert any(p.name.startswith("metrics") for p in summary)
+
+
+@pytest.mark.slow
+@pytest.mark.trains
+def test_mode_all_tunes_the_shared_layers_and_remeasures_recognition(source_run, adapted) -> None:
+    run = adapted["all"]
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(4)) * 300
+    before, after = _old_logits(source_run, x), _old_logits(run, x)
+    assert not torch.equal(before[0], after[0])  # the shared convolutions moved
+    old_net = load_model(source_run / "models" / "main")[0].state_dict()
+    new_net = load_model(run / "models" / "main")[0].state_dict()
+    for key in old_net:  # the old domains' own BN and heads did not
+        if ".bns.0." in key or ".bns.1." in key or key.startswith(("heads.0.", "heads.1.")):
+            assert torch.equal(old_net[key], new_net[key]), key
+    old_refs = json.loads((source_run / "domain_reference.json").read_text(encoding="utf-8"))
+    new_refs = json.loads((run / "domain_reference.json").read_text(encoding="utf-8"))
+    assert set(new_refs["domains"]) == {*DOMAINS, "elbow"}
+    assert new_refs["domains"]["knee"] != old_refs["domains"]["knee"]  # measured again
+
+
+def test_cli_reports_a_refusal(trained_run_with_study, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from jointseg.cli import app
+
+    run, study = trained_run_with_study
+    args = ["adapt", str(run), "--data", str(study / "Dataset002_shoulder"), "--out"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "out"), "--train", "norm+head"])
+    assert result.exit_code == 2
+    assert "already the run's domain 'shoulder'" in result.output
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "out"), "--train", "everything"])
+    assert result.exit_code == 2 and "unknown --train 'everything'" in result.output
