@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -217,7 +218,7 @@ def _check_complete_files(out: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_predict_leaves_whole_files_and_the_rerun_skips_complete_scans(
-    untrained_run: Path, scans: Path, tmp_path: Path, capsys
+    untrained_run: Path, scans: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from jointseg.inference.predict import predict_path
 
@@ -232,10 +233,10 @@ def test_killed_predict_leaves_whole_files_and_the_rerun_skips_complete_scans(
     assert temporaries(out)  # the measurement file, fully written but not renamed
     _check_complete_files(out)
 
-    capsys.readouterr()
-    results = predict_path(untrained_run, scans, out, domain="knee", threads=1)
+    with caplog.at_level(logging.INFO, logger="jointseg.inference.predict"):
+        results = predict_path(untrained_run, scans, out, domain="knee", threads=1)
     assert [r.skipped for r in results] == [True, False, False]
-    assert "a: outputs complete, skipped" in capsys.readouterr().out
+    assert "a: outputs complete, skipped" in caplog.text  # logged; the CLI shows the log
     assert not temporaries(out)
     assert sorted(tree_hashes(out)) == sorted(tree_hashes(straight))
     for case in "abc":

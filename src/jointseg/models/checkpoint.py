@@ -60,8 +60,10 @@ def save_module(
     directory = Path(directory)
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     with atomic_path(directory / weights_file) as tmp:
-        tags = {"format": format, "architecture": json.dumps(architecture)}
-        save_file(state, str(tmp), metadata=tags)
+        # one metadata entry: safetensors writes several in a per-process hash order, and the
+        # same weights must give the same bytes
+        tag = json.dumps({"format": format, "architecture": architecture}, sort_keys=True)
+        save_file(state, str(tmp), metadata={"jointseg": tag})
     index = {
         "format": format, "version": VERSION, "architecture": architecture,
         "metadata": metadata or {},
