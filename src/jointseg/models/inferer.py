@@ -6,7 +6,8 @@ minimum, the background after normalization), run in one pass where both sides f
 weights, windows of up to ``max_in_plane`` a side), and cropped back to the input's size.
 
 :meth:`WholeViewInferer.predict_volume` runs a whole slice stack: batches of slices with their
-context slices, softmax (averaged over flips with test-time augmentation), argmax, and the
+context slices, class probabilities from a given function (a network's softmax, or an exported
+graph's output; averaged over flips with test-time augmentation), argmax, and the
 probabilities kept as float16 when asked. :func:`restoration_fits` is the memory policy that
 decides whether the probabilities are kept for a smooth restoration onto the scan's grid.
 """
