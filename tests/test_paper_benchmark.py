@@ -144,9 +144,9 @@ def test_cpu_profile_step_counts_at_the_cap() -> None:
     profile = paper.PROFILES["cpu"]
     cfg = load_config(profile.config, profile.overrides)
     counts = paper.step_counts(profile, cfg, list(paper.SCHEMES))
-    # individual 3 x 10 x 25; transfer 3 x 5 x 50 pre-training + 3 x 10 x 25; four 3-joint
-    # networks of 10 x 75; full's prior 150
-    assert counts == {"single": 1500.0, "multi": 750.0 + 4 * 750.0, "prior": 150.0}
+    # individual 3 x 8 x 25; transfer 3 x 4 x 50 pre-training + 3 x 8 x 25; four 3-joint
+    # networks of 8 x 75; full's prior 150
+    assert counts == {"single": 1200.0, "multi": 600.0 + 4 * 600.0, "prior": 150.0}
 
 
 @pytest.mark.slow
