@@ -494,8 +494,11 @@ def update_page(page: Path, text: str) -> None:
 
 
 # -- nnU-Net ---------------------------------------------------------------------------------
-def run_nnunet_part(nn, cfg, profile: Profile, views, schemes, out: Path, device: str):
-    """Both nnU-Net variants on every fold; returns scored rows and cell records."""
+def run_nnunet_part(
+    nn, cfg, profile: Profile, views, schemes, out: Path, device: str, threads: int
+):
+    """Both nnU-Net variants on every fold, each network trained with ``threads`` torch threads
+    (those of a jointseg cell); returns scored rows and cell records."""
     import _paper_nnunet as pn
     from _nnunet import NnUNet
 
@@ -510,7 +513,8 @@ def run_nnunet_part(nn, cfg, profile: Profile, views, schemes, out: Path, device
         if not records:
             continue
         longest = max(r["train_seconds"] for r in records)
-        info = json.loads((fold_dir / _slug(records[0]["scheme"]) / "run.json").read_text())
+        info_path = fold_dir / _slug(records[0]["scheme"]) / "run.json"
+        info = json.loads(info_path.read_text(encoding="utf-8"))
         folder = fold_dir / "nnunet"
         setting_nn = NnUNet(nn.venv, folder, nn.version)
         budgets = {
@@ -518,12 +522,14 @@ def run_nnunet_part(nn, cfg, profile: Profile, views, schemes, out: Path, device
                 "seconds": longest / len(cfg.datasets),
                 "iterations": profile.nnunet["iterations"],
                 "val_iterations": profile.nnunet["val_iterations"],
+                "threads": threads,
             },
             "matched": {
                 "epochs": profile.nnunet["epochs"],
                 "iterations": profile.nnunet["iterations"],
                 "val_iterations": profile.nnunet["val_iterations"],
                 "plateau_patience": profile.nnunet["patience"],
+                "threads": threads,
             },
         }
         for variant, budget in budgets.items():
@@ -710,7 +716,9 @@ def main(argv: list[str] | None = None) -> dict:
             notes.append(f"**nnU-Net was not run**: {why}")
             print(f"[paper] nnU-Net NOT RUN: {why}", flush=True)
         else:
-            rows, nn_cells = run_nnunet_part(nn, cfg, profile, views, schemes, out, device)
+            # the threads of a jointseg cell: one per worker process, else torch's
+            threads = 1 if args.workers > 1 else torch.get_num_threads()
+            rows, nn_cells = run_nnunet_part(nn, cfg, profile, views, schemes, out, device, threads)
             if len(rows):
                 cv_frames.append(rows)
                 nn_schemes = list(dict.fromkeys(rows["scheme"]))
