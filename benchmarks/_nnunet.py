@@ -1,15 +1,16 @@
 """nnU-Net v2 as a peer of the benchmarks: its own virtualenv, driven through its command line.
 
 ``NnUNet.find(install=True)`` runs ``benchmarks/nnunet_env.sh`` (creating
-``benchmarks/.nnunet-venv`` on first use, and writing the short-budget trainer
-``nnUNetTrainerBudget`` into it), then checks that nnU-Net's own trainer lookup finds that
-trainer. On any failure it returns ``(None, reason)`` so that a benchmark can print why its
-nnU-Net rows were skipped and carry on with jointseg alone.
+``benchmarks/.nnunet-venv`` on first use, and copying the short-budget trainer
+``nnunet_budget_trainer.py`` into it as ``nnUNetTrainerBudget``), then checks that nnU-Net's
+own trainer lookup finds that trainer. On any failure it returns ``(None, reason)`` so that a
+benchmark can print why its nnU-Net rows were skipped and carry on with jointseg alone.
 
-The trainer reads its budget from environment variables (see nnunet_env.sh):
+The trainer reads its budget from environment variables (see nnunet_budget_trainer.py):
 ``NNUNET_BUDGET_ITERATIONS`` per epoch, ``NNUNET_BUDGET_EPOCHS``, ``NNUNET_BUDGET_SECONDS``
 (wall-clock cap of the training loop) or ``NNUNET_BUDGET_CPU_SECONDS`` (the same in CPU seconds),
-``NNUNET_BUDGET_VAL_ITERATIONS``.
+``NNUNET_BUDGET_VAL_ITERATIONS``, ``NNUNET_BUDGET_PLATEAU_PATIENCE``, ``NNUNET_BUDGET_THREADS``;
+:meth:`NnUNet.train` passes a budget key ``k`` as ``NNUNET_BUDGET_<K>``.
 """
 
 from __future__ import annotations

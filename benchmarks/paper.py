@@ -517,21 +517,7 @@ def run_nnunet_part(
         info = json.loads(info_path.read_text(encoding="utf-8"))
         folder = fold_dir / "nnunet"
         setting_nn = NnUNet(nn.venv, folder, nn.version)
-        budgets = {
-            "default": {
-                "seconds": longest / len(cfg.datasets),
-                "iterations": profile.nnunet["iterations"],
-                "val_iterations": profile.nnunet["val_iterations"],
-                "threads": threads,
-            },
-            "matched": {
-                "epochs": profile.nnunet["epochs"],
-                "iterations": profile.nnunet["iterations"],
-                "val_iterations": profile.nnunet["val_iterations"],
-                "plateau_patience": profile.nnunet["patience"],
-                "threads": threads,
-            },
-        }
+        budgets = pn.budgets(profile.nnunet, longest, len(cfg.datasets), threads)
         for variant, budget in budgets.items():
             rows, trained = pn.run_fold(
                 setting_nn,
@@ -650,7 +636,8 @@ def main(argv: list[str] | None = None) -> dict:
         with claimed(run) as mine:
             if not mine:  # another worker trains it
                 return
-            preprocess_study(cfg, view)  # the slice cache, outside the cell's timing
+            if not (run / CELL_FILE).is_file():  # the slice cache, outside the cell's timing
+                preprocess_study(cfg, view)
             record = run_cell(cfg, scheme, view, run, trained)
         cells.append({"part": part, "setting": setting, **record})
         frames.append(held_out_rows(run, scheme).assign(**extra))
@@ -678,7 +665,8 @@ def main(argv: list[str] | None = None) -> dict:
             with claimed(run) as mine:
                 if not mine:
                     continue
-                preprocess_study(curve_cfg, views[0])
+                if not (run / CELL_FILE).is_file():
+                    preprocess_study(curve_cfg, views[0])
                 record = run_cell(curve_cfg, scheme, views[0], run, trained)
             cells.append({"part": "curve", "setting": "fold 0, no plateau stop", **record})
             runs[scheme] = run
