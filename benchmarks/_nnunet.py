@@ -1,15 +1,16 @@
 """nnU-Net v2 as a peer of the benchmarks: its own virtualenv, driven through its command line.
 
 ``NnUNet.find(install=True)`` runs ``benchmarks/nnunet_env.sh`` (creating
-``benchmarks/.nnunet-venv`` on first use, and writing the short-budget trainer
-``nnUNetTrainerBudget`` into it), then checks that nnU-Net's own trainer lookup finds that
-trainer. On any failure it returns ``(None, reason)`` so that a benchmark can print why its
-nnU-Net rows were skipped and carry on with jointseg alone.
+``benchmarks/.nnunet-venv`` on first use, and copying the short-budget trainer
+``nnunet_budget_trainer.py`` into it as ``nnUNetTrainerBudget``), then checks that nnU-Net's
+own trainer lookup finds that trainer. On any failure it returns ``(None, reason)`` so that a
+benchmark can print why its nnU-Net rows were skipped and carry on with jointseg alone.
 
-The trainer reads its budget from environment variables (see nnunet_env.sh):
+The trainer reads its budget from environment variables (see nnunet_budget_trainer.py):
 ``NNUNET_BUDGET_ITERATIONS`` per epoch, ``NNUNET_BUDGET_EPOCHS``, ``NNUNET_BUDGET_SECONDS``
 (wall-clock cap of the training loop) or ``NNUNET_BUDGET_CPU_SECONDS`` (the same in CPU seconds),
-``NNUNET_BUDGET_VAL_ITERATIONS``.
+``NNUNET_BUDGET_VAL_ITERATIONS``, ``NNUNET_BUDGET_PLATEAU_PATIENCE``, ``NNUNET_BUDGET_THREADS``;
+:meth:`NnUNet.train` passes a budget key ``k`` as ``NNUNET_BUDGET_<K>``.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class NnUNet:
             return None, f"{VENV} does not exist (run: bash {SCRIPT.relative_to(HERE.parent)})"
         try:
             subprocess.run(
-                ["bash", str(SCRIPT)], check=True, capture_output=True, text=True,
+                ["bash", str(SCRIPT)], check=True, capture_output=True, text=True, encoding="utf-8",
                 env={**os.environ, "NNUNET_VENV": str(VENV)}, timeout=3600,
             )  # fmt: skip
         except subprocess.CalledProcessError as error:
@@ -113,7 +114,10 @@ class NnUNet:
         except (OSError, subprocess.TimeoutExpired) as error:
             return None, f"{SCRIPT.name} failed: {error}"
         check = subprocess.run(
-            [str(VENV / "bin" / "python"), "-c", _LOOKUP_CHECK], capture_output=True, text=True
+            [str(VENV / "bin" / "python"), "-c", _LOOKUP_CHECK],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
         )
         if check.returncode != 0:
             return None, "nnU-Net's trainer lookup failed: " + check.stderr.strip()[-600:]
@@ -144,7 +148,7 @@ class NnUNet:
         log.parent.mkdir(parents=True, exist_ok=True)
         command = [str(self.venv / "bin" / args[0]), *args[1:]]
         started = time.perf_counter()
-        with log.open("w") as handle:
+        with log.open("w", encoding="utf-8") as handle:
             handle.write("$ " + " ".join(args) + "\n")
             handle.flush()
             process = subprocess.Popen(
@@ -154,7 +158,7 @@ class NnUNet:
                 code = process.wait()
         seconds = time.perf_counter() - started
         if code != 0:
-            tail = log.read_text(errors="replace")[-1500:]
+            tail = log.read_text(encoding="utf-8", errors="replace")[-1500:]
             raise RuntimeError(f"{' '.join(args)} failed (exit {code}), see {log}:\n{tail}")
         return {
             "seconds": seconds,
@@ -193,7 +197,7 @@ class NnUNet:
 
     def plan_2d(self, dataset_id: int, plans: str = "nnUNetPlans") -> dict:
         path = self.preprocessed / self.dataset_name(dataset_id) / f"{plans}.json"
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         config = data["configurations"]["2d"]
         arch = config["architecture"]["arch_kwargs"]
         return {
@@ -207,7 +211,8 @@ class NnUNet:
     def write_splits(self, dataset_id: int, train: list[str], validation: list[str]) -> None:
         """Fold 0 of nnU-Net's splits_final.json = the given training/validation cases."""
         path = self.preprocessed / self.dataset_name(dataset_id) / "splits_final.json"
-        path.write_text(json.dumps([{"train": list(train), "val": list(validation)}], indent=1))
+        splits = [{"train": list(train), "val": list(validation)}]
+        path.write_text(json.dumps(splits, indent=1), encoding="utf-8")
 
     def train(
         self,
@@ -229,7 +234,7 @@ class NnUNet:
             log, env,
         )  # fmt: skip
         folder = self.model_folder(dataset_id, plans) / "fold_0"
-        record = json.loads((folder / "budget.json").read_text())
+        record = json.loads((folder / "budget.json").read_text(encoding="utf-8"))
         return {
             **record,
             "command_seconds": stats["seconds"],

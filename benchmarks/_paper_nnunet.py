@@ -36,6 +36,26 @@ VARIANTS = {
 MIN_BOTTLENECK = 4
 
 
+def budgets(nnunet: dict, longest_seconds: float, datasets: int, threads: int) -> dict:
+    """Each variant's training budget (``nnUNetTrainerBudget``'s ``NNUNET_BUDGET_<KEY>``) from a
+    profile's ``nnunet`` settings: ``default`` gets the wall-clock of the longest jointseg cell
+    of the fold split evenly over the datasets, ``matched`` trains to its plateau with an epoch
+    cap; both with jointseg's ``threads``."""
+    shared = {
+        "iterations": nnunet["iterations"],
+        "val_iterations": nnunet["val_iterations"],
+        "threads": threads,
+    }
+    return {
+        "default": {"seconds": longest_seconds / datasets, **shared},
+        "matched": {
+            "epochs": nnunet["epochs"],
+            "plateau_patience": nnunet["patience"],
+            **shared,
+        },
+    }
+
+
 def matched_plans(
     plans: dict, patch: tuple[int, int], batch: int, spacing: float | None, name: str
 ) -> dict:

@@ -494,8 +494,11 @@ def update_page(page: Path, text: str) -> None:
 
 
 # -- nnU-Net ---------------------------------------------------------------------------------
-def run_nnunet_part(nn, cfg, profile: Profile, views, schemes, out: Path, device: str):
-    """Both nnU-Net variants on every fold; returns scored rows and cell records."""
+def run_nnunet_part(
+    nn, cfg, profile: Profile, views, schemes, out: Path, device: str, threads: int
+):
+    """Both nnU-Net variants on every fold, each network trained with ``threads`` torch threads
+    (those of a jointseg cell); returns scored rows and cell records."""
     import _paper_nnunet as pn
     from _nnunet import NnUNet
 
@@ -510,22 +513,11 @@ def run_nnunet_part(nn, cfg, profile: Profile, views, schemes, out: Path, device
         if not records:
             continue
         longest = max(r["train_seconds"] for r in records)
-        info = json.loads((fold_dir / _slug(records[0]["scheme"]) / "run.json").read_text())
+        info_path = fold_dir / _slug(records[0]["scheme"]) / "run.json"
+        info = json.loads(info_path.read_text(encoding="utf-8"))
         folder = fold_dir / "nnunet"
         setting_nn = NnUNet(nn.venv, folder, nn.version)
-        budgets = {
-            "default": {
-                "seconds": longest / len(cfg.datasets),
-                "iterations": profile.nnunet["iterations"],
-                "val_iterations": profile.nnunet["val_iterations"],
-            },
-            "matched": {
-                "epochs": profile.nnunet["epochs"],
-                "iterations": profile.nnunet["iterations"],
-                "val_iterations": profile.nnunet["val_iterations"],
-                "plateau_patience": profile.nnunet["patience"],
-            },
-        }
+        budgets = pn.budgets(profile.nnunet, longest, len(cfg.datasets), threads)
         for variant, budget in budgets.items():
             rows, trained = pn.run_fold(
                 setting_nn,
@@ -644,7 +636,8 @@ def main(argv: list[str] | None = None) -> dict:
         with claimed(run) as mine:
             if not mine:  # another worker trains it
                 return
-            preprocess_study(cfg, view)  # the slice cache, outside the cell's timing
+            if not (run / CELL_FILE).is_file():  # the slice cache, outside the cell's timing
+                preprocess_study(cfg, view)
             record = run_cell(cfg, scheme, view, run, trained)
         cells.append({"part": part, "setting": setting, **record})
         frames.append(held_out_rows(run, scheme).assign(**extra))
@@ -672,7 +665,8 @@ def main(argv: list[str] | None = None) -> dict:
             with claimed(run) as mine:
                 if not mine:
                     continue
-                preprocess_study(curve_cfg, views[0])
+                if not (run / CELL_FILE).is_file():
+                    preprocess_study(curve_cfg, views[0])
                 record = run_cell(curve_cfg, scheme, views[0], run, trained)
             cells.append({"part": "curve", "setting": "fold 0, no plateau stop", **record})
             runs[scheme] = run
@@ -710,7 +704,9 @@ def main(argv: list[str] | None = None) -> dict:
             notes.append(f"**nnU-Net was not run**: {why}")
             print(f"[paper] nnU-Net NOT RUN: {why}", flush=True)
         else:
-            rows, nn_cells = run_nnunet_part(nn, cfg, profile, views, schemes, out, device)
+            # the threads of a jointseg cell: one per worker process, else torch's
+            threads = 1 if args.workers > 1 else torch.get_num_threads()
+            rows, nn_cells = run_nnunet_part(nn, cfg, profile, views, schemes, out, device, threads)
             if len(rows):
                 cv_frames.append(rows)
                 nn_schemes = list(dict.fromkeys(rows["scheme"]))
