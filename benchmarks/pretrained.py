@@ -156,6 +156,44 @@ def training_record(cfg, args, setting: dict, pieces: list[dict], run: Path) -> 
     }
 
 
+def time_steps(config: str, steps: int, warmup: int = 2) -> float:
+    """Seconds per training step of ``config`` (its scheme, network, patch and batch) on a
+    generated study of its datasets (three 24-slice volumes each, no randomized data)."""
+    import tempfile
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train import StepTimer  # benchmarks/train.py
+
+    from jointseg.workflows.train import train_run
+    from tests.conftest import write_dataset
+
+    cfg = load_recipe(config, False, 0)
+    data = cfg.model_dump(mode="json")
+    data["datasets"] = [{**d, "randomized_folder": None} for d in data["datasets"]]
+    data["training"].update(epochs=1, iterations_per_epoch=steps + warmup, validation_fraction=0,
+                            iterations_per_dataset=False, plateau_patience=None)  # fmt: skip
+    data["regularization"]["shape_prior"]["steps"] = 5
+    from jointseg.config import config_from_dict
+
+    cfg = config_from_dict(data, "timing")
+    timer = StepTimer(warmup)
+    size = cfg.preprocessing.patch_size[0] + 52
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, dataset in enumerate(cfg.datasets):
+            structures = {f"bone{i}": i for i in range(1, 3 + k % 2)}
+            write_dataset(Path(tmp), dataset.folder, cases=3, structures=structures,
+                          shape=(24, size, size))  # fmt: skip
+        train_run(cfg, Path(tmp), Path(tmp) / "run", progress=False, callbacks=[timer])
+    seconds = sum(timer.steps) / len(timer.steps)
+    print(f"[pretrained] {cfg.name}: {seconds:.2f} s per training step ({cfg.scheme}, "
+          f"{cfg.model.encoder} width {cfg.model.width}, batch {cfg.training.batch_size}, "
+          f"{torch.get_num_threads()} threads, {len(timer.steps)} timed steps)")  # fmt: skip
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "pretrained")
@@ -172,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--jobs", type=int, default=2, help="synthesis worker processes")
+    parser.add_argument("--time-steps", type=int, default=0, metavar="N",
+                        help="only time N training steps of the config and exit")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.time_steps:
+        time_steps(args.config, args.time_steps)
+        return 0
 
     from jointseg.evaluation.evaluate import evaluate_run
     from jointseg.workflows.console import configure_logging
