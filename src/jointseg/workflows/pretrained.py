@@ -102,7 +102,8 @@ def pack_run(
     }  # fmt: skip
     summary = run_dir / "evaluation" / "summary.json"
     if summary.is_file() and "evaluation" not in record:
-        record["evaluation"] = json.loads(summary.read_text(encoding="utf-8"))
+        evaluation = json.loads(summary.read_text(encoding="utf-8"))
+        record["evaluation"] = {k: v for k, v in evaluation.items() if k != "data_dir"}
     atomic_write_json(work / TRAINING_RECORD, record)
     record_reference_output(work, reference_scan)
     _swap_in(work, dest)
