@@ -124,6 +124,7 @@ def test_predict_pretrained_uses_the_packed_folder(
     monkeypatch.setenv(PRETRAINED_ENV, str(dest))
     monkeypatch.chdir(tmp_path)
     assert resolve_run("pretrained") == dest and has_packaged_model()
+    assert Predictor.from_run("pretrained", calibrate=False).run_dir == dest
     before = sorted((str(p), p.stat().st_mtime_ns) for p in dest.rglob("*"))
     scan = tmp_path / "knee.nii.gz"
     sitk.WriteImage(make_scan("knee", 5)[0], str(scan))

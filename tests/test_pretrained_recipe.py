@@ -62,5 +62,5 @@ def test_the_smoke_recipe_pauses_resumes_packs_and_predicts(
               "--domain", "knee", "--no-meshes"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    label = sitk.ReadImage(str(tmp_path / "pred" / "knee_test_000_seg.nii.gz"))
+    label = sitk.ReadImage(str(tmp_path / "pred" / "knee_test_000_0000_seg.nii.gz"))
     assert label.GetSize() == sitk.ReadImage(str(scan)).GetSize()
