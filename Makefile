@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 DEMO_OUT ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast test-kernels lint format bench clean
+.PHONY: install demo test test-fast test-kernels lint format bench pretrained clean
 
 install: $(STAMP)
 
@@ -50,6 +50,16 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	for b in preprocess synth model train predict; do $(BIN)/python benchmarks/$$b.py --quick; done
+
+# The packaged model (docs/pretrained.md): synthesize, train, evaluate, pack into
+# src/jointseg/pretrained/model. PRETRAINED_MINUTES=M trains in pieces of at most M minutes
+# (each stops at an epoch end; exit status 3 means "paused", and the loop resumes it).
+PRETRAINED_MINUTES ?=
+pretrained: $(STAMP)
+	@while :; do \
+	  $(BIN)/python benchmarks/pretrained.py $(if $(PRETRAINED_MINUTES),--max-minutes $(PRETRAINED_MINUTES),); \
+	  status=$$?; test $$status -eq 3 || exit $$status; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

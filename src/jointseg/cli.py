@@ -15,7 +15,10 @@ app = typer.Typer(
     add_completion=False,
 )
 
-CONFIG_HELP = "Experiment YAML config: a path, or 'demo' / 'paper' / 'robust' for a shipped one."
+CONFIG_HELP = (
+    "Experiment YAML config: a path, or 'demo' / 'paper' / 'robust' / 'pretrained' for a "
+    "shipped one."
+)
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help=CONFIG_HELP)]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder holding the dataset folders.")]
 PostprocessOpt = typer.Option(
@@ -284,7 +287,10 @@ def compare(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="Trained run folder.")],
+    run: Annotated[
+        Path,
+        typer.Argument(help="Trained run folder, or 'pretrained': the model the package ships."),
+    ],
     input: Annotated[Path, typer.Argument(help="Scan file, DICOM folder, or folder of scans.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     domain: Annotated[str, typer.Option(help="Domain name, or 'auto'.")] = "auto",

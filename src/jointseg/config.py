@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jointseg.utils.atomic import atomic_write_text
 
 PATCH_MULTIPLE = 32  # the network's input sides: multiples of the encoder's total stride
-SHIPPED_CONFIGS = ("demo", "paper", "robust")  # src/jointseg/configs/NAME.yaml
+SHIPPED_CONFIGS = ("demo", "paper", "robust", "pretrained")  # src/jointseg/configs/NAME.yaml
 SCHEMES = ("individual", "transfer", "shared", "mtmd", "mtmd+con", "full")
 Scheme = Literal["individual", "transfer", "shared", "mtmd", "mtmd+con", "full"]
 

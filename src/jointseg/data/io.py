@@ -6,6 +6,10 @@ is cut short with zeros instead of failing: a gzip stream is read through once (
 length checked), a NIfTI header's voxel count is compared with the bytes the file holds, and a
 DICOM series is checked for missing and duplicated slices. Every failure is a
 :class:`ScanReadError` whose message names the file and the problem.
+
+A multi-echo DICOM series (one series holding every slice once per echo: T2 mapping, multi-echo
+spin echo) is read one echo at a time: ``echo=1`` is the first (the lowest Echo Numbers, then
+Echo Time); without ``echo`` such a series is refused with the echoes it holds.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ _CHUNK = 1 << 22  # bytes per read when verifying a compressed stream
 _POSITION_TAG = "0020|0032"  # DICOM Image Position (Patient)
 _ORIENTATION_TAG = "0020|0037"  # DICOM Image Orientation (Patient)
 _PARALLEL_TOLERANCE = 1e-3  # direction cosines of one series' slices agree to this
+_ECHO_TAGS = ("EchoNumbers", "EchoTime")  # (0018,0086), (0018,0081)
 
 
 class ScanReadError(OSError):
@@ -85,17 +90,21 @@ def is_dicom_dir(path: str | os.PathLike[str]) -> bool:
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_image(path: str | os.PathLike[str]) -> sitk.Image:
+def read_image(path: str | os.PathLike[str], echo: int | None = None) -> sitk.Image:
     """Read a scan file or a DICOM series folder, keeping spacing, origin and direction.
 
     The file is verified first (:func:`verify_scan`). Raises :class:`ScanReadError` naming the
-    path for a missing, empty, cut short, corrupt, multi-channel or unsupported scan.
+    path for a missing, empty, cut short, corrupt, multi-channel or unsupported scan. ``echo``
+    (1-based) picks one echo of a multi-echo DICOM series, which is refused without it.
     """
     path = Path(path)
-    verify_scan(path)
+    if echo is not None and path.is_file():
+        raise ScanReadError(f"{path}: echo {echo} asked of a file; echoes are chosen in a DICOM "
+                            "series folder")  # fmt: skip
+    verify_scan(path, echo)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(dicom_series_files(path))
+        reader.SetFileNames(dicom_series_files(path, echo))
         try:
             return reader.Execute()
         except RuntimeError as error:
@@ -112,8 +121,9 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
     return image
 
 
-def read_header(path: str | os.PathLike[str]) -> ScanHeader:
-    """The header of a scan file or DICOM series folder, without reading its voxels.
+def read_header(path: str | os.PathLike[str], echo: int | None = None) -> ScanHeader:
+    """The header of a scan file or DICOM series folder (of one ``echo`` of a multi-echo
+    series), without reading its voxels.
 
     Cheap checks only (an empty file, a NIfTI header promising more voxels than an uncompressed
     file holds); :func:`verify_scan` checks a compressed stream through.
@@ -121,7 +131,7 @@ def read_header(path: str | os.PathLike[str]) -> ScanHeader:
     path = Path(path)
     _check_exists(path)
     if path.is_dir():
-        files = dicom_series_files(path)
+        files = dicom_series_files(path, echo)
         header = _file_header(Path(files[0]), what="DICOM file")
         return ScanHeader(
             path, (*header.size[:2], len(files)), header.spacing, header.origin,
@@ -134,16 +144,17 @@ def read_header(path: str | os.PathLike[str]) -> ScanHeader:
     return header
 
 
-def verify_scan(path: str | os.PathLike[str]) -> ScanHeader:
+def verify_scan(path: str | os.PathLike[str], echo: int | None = None) -> ScanHeader:
     """Check that a scan's data is whole, without decoding it into an image; its header.
 
     A gzip stream is read through (CRC and length), a NIfTI header's voxel count is compared
-    with the data present, and a DICOM series is checked for missing or duplicated slices.
+    with the data present, and a DICOM series (one ``echo`` of a multi-echo one) is checked
+    for missing or duplicated slices.
     """
     path = Path(path)
-    header = read_header(path)
+    header = read_header(path, echo)
     if path.is_dir():
-        _check_slice_positions(path, dicom_series_files(path))
+        _check_slice_positions(path, dicom_series_files(path, echo))
     elif _is_gzip(path):
         head, length = _gzip_contents(path)
         _check_nifti_length(path, head, length)
@@ -316,14 +327,83 @@ def _check_nifti_length(path: Path, head: bytes, available: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- DICOM
-def dicom_series_files(folder: Path) -> list[str]:
-    """The files of a folder's DICOM series (the largest series when there are several)."""
+def dicom_series_files(folder: Path, echo: int | None = None) -> list[str]:
+    """The files of a folder's DICOM series (the largest series when there are several); of a
+    multi-echo series, those of ``echo`` (1-based, :func:`dicom_echoes` order), which it needs.
+    """
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise ScanReadError(f"{folder}: a folder without any DICOM series")
     files = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series]
-    # Take the largest series; multi-echo or multi-series folders are common.
-    return list(max(files, key=len))
+    # Take the largest series; multi-series folders are common.
+    chosen = list(max(files, key=len))
+    echoes = dicom_echoes(chosen)
+    if echo is None and len(echoes) > 1:
+        listed = ", ".join(_echo_name(k, key) for k, key in enumerate(echoes, 1))
+        raise ScanReadError(
+            f"{folder}: a multi-echo series: {len(echoes)} echoes of "
+            f"{len(chosen) // len(echoes)} slices each in one series ({listed}); read one echo "
+            "(jointseg.data.io.read_image(folder, echo=1) reads the first) and save it as a "
+            "NIfTI scan"
+        )
+    if echo is None:
+        return chosen
+    if not 1 <= echo <= len(echoes):
+        raise ScanReadError(
+            f"{folder}: no echo {echo}: the series holds {len(echoes)} echo"
+            f"{'es' if len(echoes) > 1 else ''}"
+        )
+    return echoes[list(echoes)[echo - 1]]
+
+
+EchoKey = tuple[float, float]  # (Echo Numbers, Echo Time in ms); inf where a tag is absent
+
+
+def dicom_echoes(files: list[str]) -> dict[EchoKey, list[str]]:
+    """The files of a DICOM series grouped by echo, the first echo first (lowest Echo Numbers,
+    then Echo Time), each group in the series' order. A series where some files carry an echo
+    tag and others do not is refused, naming a file without it."""
+    import pydicom
+
+    groups: dict[EchoKey, list[str]] = {}
+    tagged = {}
+    for name in files:
+        try:
+            ds = pydicom.dcmread(name, stop_before_pixels=True, specific_tags=list(_ECHO_TAGS))
+        except Exception as error:  # pydicom raises many kinds on damaged files
+            raise ScanReadError(f"{name}: cannot read the DICOM header: {error}") from None
+        values = [ds.get(tag) for tag in _ECHO_TAGS]
+        tagged[name] = any(v not in (None, "") for v in values)
+        key = tuple(_echo_value(v) for v in values)
+        groups.setdefault(key, []).append(name)  # type: ignore[arg-type]
+    if len(set(tagged.values())) > 1:
+        bare = next(name for name, has in tagged.items() if not has)
+        raise ScanReadError(
+            f"{bare}: no Echo Numbers or Echo Time, while other files of its series "
+            f"({Path(bare).parent}) have them: a series that mixes echoes cannot be split"
+        )
+    return dict(sorted(groups.items()))
+
+
+def _echo_value(value: object) -> float:
+    if value in (None, ""):
+        return math.inf
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = list(value)[0]  # type: ignore[arg-type]
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.inf
+
+
+def _echo_name(index: int, key: EchoKey) -> str:
+    number, time = key
+    parts = [f"echo {index}"]
+    if math.isfinite(time):
+        parts.append(f"TE {time:g} ms")
+    if math.isfinite(number) and number != index:
+        parts.append(f"Echo Numbers {number:g}")
+    return " ".join(parts)
 
 
 def _check_slice_positions(folder: Path, files: list[str]) -> None:

@@ -43,6 +43,7 @@ from jointseg.data.io import (
 )
 from jointseg.inference.backends import load_backend
 from jointseg.inference.formats import case_formats, check_formats, run_algorithm, write_formats
+from jointseg.inference.packaged import resolve_run
 from jointseg.inference.postprocess import Postprocessing
 from jointseg.inference.predictor import InputError, Prediction, Predictor
 from jointseg.inference.slices import load_scan
@@ -141,8 +142,10 @@ def predict_path(
     are complete are skipped unless ``overwrite``. A scan that fails is reported and skipped; the
     others are still predicted, then a :class:`PredictionError` lists the failures. A single
     scan's failure raises its own error. Nothing is printed: each scan's outcome is logged
-    (:func:`case_line`; INFO, WARNING for a failure) and returned.
+    (:func:`case_line`; INFO, WARNING for a failure) and returned. ``run`` may be the word
+    ``pretrained``: the model the package ships (:mod:`jointseg.inference.packaged`).
     """
+    run = resolve_run(run)  # the word "pretrained": the packaged model
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")

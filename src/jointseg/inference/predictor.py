@@ -31,6 +31,7 @@ from jointseg.config import ExperimentConfig, load_config
 from jointseg.data.labels import LabelSpace
 from jointseg.data.preprocess import PreprocessedCase, preprocess_case
 from jointseg.inference.backends import Backend, TorchBackend  # the network call
+from jointseg.inference.packaged import resolve_run
 from jointseg.inference.slices import (
     InputError,
     check_scan,
@@ -116,11 +117,12 @@ class Predictor:
 
         With ``calibrate``, a run without ``domain_calibration.json`` whose study folder is
         reachable is calibrated on a few of its held-out cases (once; the file is stored).
+        ``run`` may be the word ``pretrained``: the model the package ships.
         """
         from jointseg.models import load_model
         from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE
 
-        run = Path(run)
+        run = resolve_run(run)
         if not run.is_dir():
             raise RunError(f"{run}: no such run folder")
         info = load_run_info(run)

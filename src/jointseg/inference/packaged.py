@@ -1,0 +1,69 @@
+"""The model that ships with the package, and the word ``pretrained`` that names it.
+
+A packed run folder (written by :func:`jointseg.workflows.pretrained.pack_run`) lives as package
+data in ``jointseg/pretrained/model/``; the environment variable ``JOINTSEG_PRETRAINED`` names
+another folder instead (tests, a model packed elsewhere). ``jointseg predict pretrained SCAN``
+predicts with it like with any run folder. An installation whose package holds no packed model
+says so, with the command that trains and packs one.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from pathlib import Path
+
+from jointseg.runs import RUN_INDEX, RunError
+
+PRETRAINED = "pretrained"  # the word that names the packaged model where a run folder goes
+PRETRAINED_ENV = "JOINTSEG_PRETRAINED"
+PACKAGE_FOLDER = ("pretrained", "model")  # under the jointseg package
+TRAIN_COMMAND = "make pretrained"  # in a checkout; benchmarks/pretrained.py --help for its pieces
+
+
+class PretrainedModelMissing(RunError):
+    """The package holds no pretrained model (none was trained and packed into it yet)."""
+
+
+def packaged_run_dir() -> Path:
+    """The packed run folder: ``$JOINTSEG_PRETRAINED``, else ``jointseg/pretrained/model``."""
+    override = os.environ.get(PRETRAINED_ENV)
+    if override:
+        return Path(override)
+    return Path(str(files("jointseg").joinpath(*PACKAGE_FOLDER)))
+
+
+def has_packaged_model(folder: Path | None = None) -> bool:
+    """Whether ``folder`` (default: :func:`packaged_run_dir`) holds a packed run."""
+    return ((folder or packaged_run_dir()) / RUN_INDEX).is_file()
+
+
+def resolve_run(run: str | Path) -> Path:
+    """The run folder ``run`` names: the packed model for the word ``pretrained`` (unless a run
+    folder of that name is in the working directory), else ``run`` itself.
+
+    Raises :class:`PretrainedModelMissing` when the word names a model the package lacks.
+    """
+    if str(run) != PRETRAINED or (Path(run) / RUN_INDEX).is_file():
+        return Path(run)
+    folder = packaged_run_dir()
+    if not has_packaged_model(folder):
+        raise PretrainedModelMissing(
+            f"no pretrained model in this installation ({folder} holds no {RUN_INDEX}): none "
+            f"has been trained and packed yet. Train and pack it from a checkout of jointseg "
+            f"with `{TRAIN_COMMAND}` (hours on a CPU; resumable: `python benchmarks/pretrained.py "
+            f"--max-minutes 60` continues where it stopped), or give a run folder of your own "
+            "(`jointseg train`)"
+        )
+    return folder
+
+
+__all__ = [
+    "PRETRAINED",
+    "PRETRAINED_ENV",
+    "TRAIN_COMMAND",
+    "PretrainedModelMissing",
+    "has_packaged_model",
+    "packaged_run_dir",
+    "resolve_run",
+]
