@@ -1,7 +1,8 @@
 """``jointseg train`` and ``jointseg ablate``: a config and a study folder to finished run folders.
 
 A run is trained (:func:`jointseg.training.runner.train_networks`), then, by rank 0, its domain
-recognition is measured (:func:`jointseg.recognition.fitting.fit_recognition`) and its
+recognition is measured (:func:`jointseg.recognition.fitting.fit_recognition`, and the anatomy
+statistics of the training labels, :func:`jointseg.recognition.fitting.fit_anatomy`) and its
 postprocessing decided on the validation subjects
 (:func:`jointseg.evaluation.postprocessing.decide_postprocessing`). Recognition and training
 are siblings above ``models``: the workflow, not training, calls the fitting.
@@ -19,7 +20,8 @@ from jointseg.config import ExperimentConfig, load_config
 from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
 from jointseg.models import load_model
 from jointseg.models.network import Route
-from jointseg.recognition.fitting import fit_recognition
+from jointseg.recognition.anatomy import ANATOMY_FILE
+from jointseg.recognition.fitting import fit_anatomy, fit_recognition
 from jointseg.recognition.references import REFERENCE_FILE
 from jointseg.runs import RunInfo
 from jointseg.training.runner import TrainedRun, train_networks
@@ -79,6 +81,7 @@ def train_run(
     trained = train_networks(cfg, data_dir, out, fold, splits, resume, devices, progress, callbacks)
     if trained.primary:
         fit_run_recognition(out, trained, progress)
+        fit_run_anatomy(out, trained)
         _decide_postprocessing(out, data_dir, progress)
         _log_summary(out, trained)
     return trained.info
@@ -108,6 +111,24 @@ def fit_run_recognition(out: Path, trained: TrainedRun, progress: bool = True) -
     else:
         logger.info("[train] domain recognition: references measured, refusal threshold %.3g (%s)",
                     calibration.threshold, out / REFERENCE_FILE)  # fmt: skip
+
+
+def fit_run_anatomy(out: Path, trained: TrainedRun) -> None:
+    """Measure every domain's anatomy statistics from its training label maps (slice cache)."""
+    caches = trained.caches
+    structures = {d.name: list(d.structures) for d in trained.info.domains}
+    label_maps = {}
+    for name in structures:
+        cache = caches[name]
+        label_maps[name] = []
+        for case in trained.subjects[name][0]:
+            labels = cache.labels[slice(*cache.case_slices[case])]
+            label_maps[name].append((labels, cache.inverse[case].slice_spacing))
+    if fit_anatomy(out, structures, label_maps):
+        logger.info("[train] anatomy statistics of the training labels: %s", out / ANATOMY_FILE)
+    else:
+        logger.info("[train] anatomy statistics: a domain has no training label map with every "
+                    "structure; --domain auto decides by appearance alone")  # fmt: skip
 
 
 def _decide_postprocessing(out: Path, data_dir: Path, progress: bool = True) -> None:
