@@ -108,8 +108,11 @@ def volumes(study: Path, info, contrasts, test: int):
                 if contrast == "protocol":
                     yield contrast, domain.name, case.case_id, image
                 else:
-                    yield contrast, domain.name, case.case_id, rendered(
-                        domain.name, index, contrast, seed, scale
+                    yield (
+                        contrast,
+                        domain.name,
+                        case.case_id,
+                        rendered(domain.name, index, contrast, seed, scale),
                     )
     assert reference is not None
     shape = sitk.GetArrayViewFromImage(reference).shape
