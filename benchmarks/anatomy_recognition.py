@@ -6,8 +6,8 @@ joint in several contrasts and on volumes that show no joint.
 ``RUN``: a run trained with ``jointseg train`` on a ``jointseg synth`` study (its ``data_dir``,
 still on disk; ``--study`` otherwise). The run is copied to ``--out`` (default
 benchmarks/out/anatomy_recognition/) and, if it has none, its anatomy statistics are measured
-there from its training label maps (preprocessed as training did), as ``jointseg train`` does
-now. Test volumes, up to ``--test`` held-out subjects per joint:
+there from its training label maps (preprocessed as training did) and calibrated on its
+predictions of its validation scans, as ``jointseg train`` does now. Test volumes, up to ``--test`` held-out subjects per joint:
 
 - ``protocol``: the study's test scan (the joint's realistic protocol);
 - ``t1``: the same subject with the protocol's geometry as T1-weighted spin echo without fat
@@ -36,39 +36,55 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from jointseg.data.preprocess import preprocess_case  # noqa: E402
+
 NON_JOINTS = ("noise", "brain-like", "abdomen-like")
 CONTRASTS = ("protocol", "t1", "random")
 
 
-def add_anatomy(run: Path, study: Path) -> None:
-    """Measure the run's anatomy statistics from its training label maps."""
-    from jointseg.config import load_config
+def add_anatomy(predictor, study: Path) -> None:
+    """Measure the run's anatomy statistics from its training label maps, calibrated on its
+    predictions of its validation scans (as ``jointseg train`` does), and load them."""
     from jointseg.data.io import read_image
     from jointseg.data.manifest import list_cases
-    from jointseg.data.preprocess import preprocess_case
     from jointseg.recognition.anatomy import ANATOMY_FILE
     from jointseg.recognition.fitting import fit_anatomy
-    from jointseg.runs import load_run_info
 
-    if (run / ANATOMY_FILE).is_file():
-        return
-    info = load_run_info(run)
-    cfg = load_config(run / "config.yaml").preprocessing
-    label_maps = {}
-    for domain in info.domains:
-        lut = domain.labels().local_lookup()
-        cases = {c.case_id: c for c in list_cases(study / domain.folder, "train")}
-        label_maps[domain.name] = []
-        for case_id in info.training_cases[domain.name]:
-            case = cases[case_id]
-            done = preprocess_case(read_image(case.image), read_image(case.label), cfg)
-            label_maps[domain.name].append((lut[done.label], done.inverse.slice_spacing))
-    structures = {d.name: list(d.structures) for d in info.domains}
-    fit_anatomy(run, structures, label_maps)
+    run, info = predictor.run_dir, predictor.info
+    if not (run / ANATOMY_FILE).is_file():
+        label_maps, predictions = {}, {}
+        for domain in info.domains:
+            lut = domain.labels().local_lookup()
+            cases = {c.case_id: c for c in list_cases(study / domain.folder, "train")}
+            label_maps[domain.name], predictions[domain.name] = [], []
+            for case_id in info.training_cases[domain.name]:
+                case = cases[case_id]
+                image, label = read_image(case.image), read_image(case.label)
+                done = preprocess_case(image, label, predictor.config.preprocessing)
+                label_maps[domain.name].append((lut[done.label], done.inverse.slice_spacing))
+            for case_id in info.validation_cases[domain.name]:
+                done = predictor.preprocess(read_image(cases[case_id].image))
+                labels = predictor.segment_slices(done.image, predictor.routes[domain.name])
+                predictions[domain.name].append((labels, done.inverse.slice_spacing))
+        structures = {d.name: list(d.structures) for d in info.domains}
+        fit_anatomy(run, structures, label_maps, predictions)
+    predictor.recognizer.load_run(run)
 
 
-def rendered(joint: str, index: int, contrast: str, seed: int, scale: float):
-    """A held-out subject of ``joint`` in ``contrast`` ('t1' or 'random') as an image."""
+def rendered(joint: str, index: int, contrast: str, seed: int, scale: float, cache: Path):
+    """A held-out subject of ``joint`` in ``contrast`` ('t1' or 'random') as an image (rendered
+    once into ``cache``)."""
+    from jointseg.data.io import read_image, write_image
+
+    path = cache / f"{joint}_{index}_{contrast}_{seed}_{scale}.nii.gz"
+    if path.is_file():
+        return read_image(path)
+    image = render(joint, index, contrast, seed, scale)
+    write_image(image, path)
+    return image
+
+
+def render(joint: str, index: int, contrast: str, seed: int, scale: float):
 
     from randomized import unseen_rendering
 
@@ -88,7 +104,7 @@ def rendered(joint: str, index: int, contrast: str, seed: int, scale: float):
     )
 
 
-def volumes(study: Path, info, contrasts, test: int):
+def volumes(study: Path, info, contrasts, test: int, cache: Path):
     """(protocol, truth, case, image) of every test volume."""
     import SimpleITK as sitk
 
@@ -98,23 +114,8 @@ def volumes(study: Path, info, contrasts, test: int):
 
     record = json.loads((study / "synth.json").read_text(encoding="utf-8"))
     seed, scale = int(record["seed"]), float(record["scale"])
-    reference = None
-    for domain in info.domains:
-        for index, case in enumerate(list_cases(study / domain.folder, "test")[:test]):
-            image = read_image(case.image)
-            if domain.name == "knee" and reference is None:
-                reference = image
-            for contrast in contrasts:
-                if contrast == "protocol":
-                    yield contrast, domain.name, case.case_id, image
-                else:
-                    yield (
-                        contrast,
-                        domain.name,
-                        case.case_id,
-                        rendered(domain.name, index, contrast, seed, scale),
-                    )
-    assert reference is not None
+    knee = next(d for d in info.domains if d.name == "knee")
+    reference = read_image(list_cases(study / knee.folder, "test")[0].image)
     shape = sitk.GetArrayViewFromImage(reference).shape
     for kind in NON_JOINTS:
         make = {"noise": nonjoint.noise_volume, "brain-like": nonjoint.brain_like,
@@ -123,6 +124,14 @@ def volumes(study: Path, info, contrasts, test: int):
             image = make(shape, reference.GetSpacing(), seed_)
             image.SetDirection(reference.GetDirection())
             yield "no joint", kind, f"{kind}-{seed_}", image
+    for contrast in contrasts:
+        for domain in info.domains:
+            for index, case in enumerate(list_cases(study / domain.folder, "test")[:test]):
+                if contrast == "protocol":
+                    yield contrast, domain.name, case.case_id, read_image(case.image)
+                else:
+                    image = rendered(domain.name, index, contrast, seed, scale, cache)
+                    yield contrast, domain.name, case.case_id, image
 
 
 def decide(predictor, image) -> dict:
@@ -173,11 +182,13 @@ def main() -> None:
     run = args.out / args.run.name
     if not run.is_dir():
         shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("checkpoints", "logs"))
-    add_anatomy(run, study)
     predictor = Predictor.from_run(run, calibrate=False)
+    add_anatomy(predictor, study)
     rows = []
     contrasts = [c for c in args.contrasts.split(",") if c]
-    for protocol, truth, case, image in volumes(study, info, contrasts, args.test):
+    cache = args.out / "volumes"
+    cache.mkdir(parents=True, exist_ok=True)
+    for protocol, truth, case, image in volumes(study, info, contrasts, args.test, cache):
         row = {"protocol": protocol, "truth": truth, "case": case, **decide(predictor, image)}
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -15,9 +15,13 @@ import pytest
 from jointseg.data.labels import DomainLabels
 from jointseg.data.preprocess import preprocess_case
 from jointseg.inference.predictor import Predictor
+from jointseg.inference.writer import anatomy_entry
 from jointseg.recognition.anatomy import (
     ANATOMY_FILE,
     LOG_VOLUME_FLOOR,
+    Z_LIMIT,
+    Z_LIMIT_MAX,
+    Z_MARGIN,
     AnatomyReference,
     load_anatomy,
     measure_anatomy,
@@ -124,7 +128,7 @@ def test_a_correct_looking_anatomy_is_plausible(reference: AnatomyReference) -> 
 @pytest.mark.parametrize(
     ("labels", "reason"),
     [
-        (np.zeros((12, 40, 40), np.uint8), "femur absent"),
+        (np.zeros((12, 40, 40), np.uint8), "no structure found"),
         (np.where(two_bones(8) > 0, 1, 0).astype(np.uint8), "tibia absent"),  # one blob
         (two_bones(8, pieces=3), "tibia in 3 pieces"),
         (two_bones(8, gap=30, shape=(12, 80, 40)), "femur-tibia position"),
@@ -148,6 +152,37 @@ def test_a_bone_ten_times_too_large_fails(reference: AnatomyReference) -> None:
         reference.log_volume.std[0], LOG_VOLUME_FLOOR
     )
     assert f"{z:+.1f}" in " ".join(result.reasons)
+
+
+def test_calibration_on_held_out_predictions(reference: AnatomyReference, tmp_path: Path) -> None:
+    without_tibia = two_bones(8)
+    without_tibia[without_tibia == 2] = 0
+    assert not score(reference, without_tibia).plausible
+    calibrated = reference.calibrated([measure_anatomy(without_tibia, STACK_SPACING, 2)])
+    np.testing.assert_array_equal(calibrated.optional, [False, True])
+    assert calibrated.calibrated_on == 1
+    assert score(calibrated, without_tibia).plausible  # the tibia may be missed
+    assert not score(calibrated, np.zeros_like(without_tibia)).plausible  # not everything
+    # the z limit follows the largest |z| of the predictions, x Z_MARGIN, at most Z_LIMIT_MAX
+    far = two_bones(8, gap=12, shape=(12, 60, 40))
+    z = np.abs(reference.z_scores(measure_anatomy(far, STACK_SPACING, 2))["position"][1]).max()
+    widened = reference.calibrated([measure_anatomy(far, STACK_SPACING, 2)])
+    assert widened.z_limit == pytest.approx(min(max(Z_LIMIT, Z_MARGIN * z), Z_LIMIT_MAX))
+    assert reference.calibrated([]) is reference
+    maps = {"knee": [(two_bones(size), STACK_SPACING) for size in (7, 8, 9, 10)]}
+    fit_anatomy(
+        tmp_path, {"knee": ["femur", "tibia"]}, maps, {"knee": [(without_tibia, STACK_SPACING)]}
+    )
+    loaded = load_anatomy(tmp_path)["knee"]
+    np.testing.assert_array_equal(loaded.optional, [False, True])
+    assert loaded.z_limit == calibrated.z_limit
+
+
+def test_measurements_record_the_anatomy_check(reference: AnatomyReference) -> None:
+    assert anatomy_entry(None) == {}
+    entry = anatomy_entry(score(reference, two_bones(8, pieces=3)))
+    assert entry["anatomy_plausible"] is False
+    assert "tibia in 3 pieces" in entry["anatomy_problems"]
 
 
 # ------------------------------------------------------------------ through the predictor

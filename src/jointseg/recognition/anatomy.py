@@ -6,7 +6,8 @@ measured per structure (:func:`measure_anatomy`):
 - *volume* in ml, *components*: connected components (26-connected) holding at least
   :data:`COMPONENT_SHARE` of the structure's volume, *stray*: the share of its volume outside its
   largest component;
-- *share*: its volume / the volume of every structure together;
+- *share*: its volume / the volume of every structure together (of every present one, against
+  the training shares of the same structures, when some are missing);
 - for every pair of structures, the distance of their centroids / the cube root of all
   structures' volume (size-free, and unchanged by rotation and mirroring: acquisition plane
   and side do not matter).
@@ -17,11 +18,18 @@ training scans) and the most components and stray share any training structure h
 is **plausible** as the domain's anatomy (:meth:`AnatomyReference.score`) when
 
 - every structure is present (at least :data:`PRESENCE_SHARE` of the smallest training volume),
-- no structure has more components than the training labels' most + :data:`EXTRA_COMPONENTS`,
-  or a stray share above the training labels' most + :data:`STRAY_ALLOWANCE`,
-- every z-score ``(value - mean) / sqrt(sigma^2 + floor^2)`` is within :data:`Z_LIMIT`.
+- no structure has more components than the reference's most + :data:`EXTRA_COMPONENTS`, or a
+  stray share above the reference's most + :data:`STRAY_ALLOWANCE`,
+- every z-score ``(value - mean) / sqrt(sigma^2 + floor^2)`` of the present structures (and of
+  the pairs of present structures) is within the reference's limit (:data:`Z_LIMIT`).
 
 Its *distance* is the mean squared z-score (about 1 for anatomy like the training labels').
+
+A network's predictions are rougher than the labels (a briefly trained one misses a small bone or
+breaks one into pieces), so the reference is *calibrated* on the domain's own predictions of its
+held-out scans (:meth:`AnatomyReference.calibrated`): a structure missing from one of them is
+optional, the most components and stray share take theirs, and the z limit grows to
+:data:`Z_MARGIN` x their largest |z|, at most :data:`Z_LIMIT_MAX`.
 ``RUN/anatomy_reference.json`` holds a run's references (:func:`save_anatomy`,
 :func:`load_anatomy`).
 """
@@ -31,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -47,6 +55,8 @@ PRESENCE_SHARE = 0.1  # present: at least this share of the smallest training vo
 EXTRA_COMPONENTS = 1  # components allowed beyond the training labels' most
 STRAY_ALLOWANCE = 0.25  # stray share allowed beyond the training labels' most
 Z_LIMIT = 4.0  # the largest plausible |z| of a volume, share or pair distance
+Z_MARGIN = 1.25  # calibrated limit: this x the largest |z| of the held-out predictions ...
+Z_LIMIT_MAX = 8.0  # ... at most this
 # Floors of the spreads: a factor 1.5 in volume, 5 % of the share, 0.1 of the size scale.
 LOG_VOLUME_FLOOR = math.log(1.5)
 SHARE_FLOOR = 0.05
@@ -155,6 +165,9 @@ class AnatomyReference:
     max_components: np.ndarray
     max_stray: np.ndarray
     scans: int
+    optional: np.ndarray | None = None  # [n] bool: may be absent (calibrated)
+    z_limit: float = Z_LIMIT
+    calibrated_on: int = 0  # held-out predictions the reference was calibrated on
 
     @classmethod
     def fit(cls, structures: Sequence[str], measures: Sequence[AnatomyMeasure]) -> AnatomyReference:
@@ -178,37 +191,89 @@ class AnatomyReference:
             len(measures),
         )
 
+    def absent(self, measure: AnatomyMeasure) -> np.ndarray:
+        """[n] bool: the structures ``measure`` lacks."""
+        return measure.volume_ml < PRESENCE_SHARE * self.min_volume_ml
+
+    def z_scores(self, measure: AnatomyMeasure) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per feature group, the names and z-scores of the present structures' features."""
+        names = self.structures
+        present = ~self.absent(measure)
+        pairs = list(combinations(range(len(names)), 2))
+        kept = np.array([present[i] and present[j] for i, j in pairs], dtype=bool)
+        volume = np.maximum(measure.volume_ml, 1e-9)
+        return {
+            "volume": (
+                [n for n, p in zip(names, present, strict=True) if p],
+                self.log_volume.z(np.log(volume))[present],
+            ),
+            "share": (
+                [n for n, p in zip(names, present, strict=True) if p],
+                self.present_share_z(measure.volume_ml, present),
+            ),
+            "position": (
+                [f"{names[i]}-{names[j]}" for (i, j), k in zip(pairs, kept, strict=True) if k],
+                self.distance.z(np.nan_to_num(measure.distance))[kept],
+            ),
+        }
+
+    def present_share_z(self, volume_ml: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """z-scores of the present structures' shares of their own total, against the
+        training shares renormalized over the same structures."""
+        if not present.any():
+            return np.zeros(0)
+        observed = volume_ml[present] / volume_ml[present].sum()
+        expected = self.share.mean[present] / self.share.mean[present].sum()
+        spread = np.sqrt(self.share.std[present] ** 2 + self.share.floor**2)
+        return (observed - expected) / spread
+
     def score(self, measure: AnatomyMeasure) -> AnatomyScore:
         """How plausible ``measure`` is as this domain's anatomy (module doc)."""
         names = self.structures
         reasons = []
-        absent = measure.volume_ml < PRESENCE_SHARE * self.min_volume_ml
-        reasons += [f"{names[i]} absent" for i in np.flatnonzero(absent)]
-        many = measure.components > self.max_components + EXTRA_COMPONENTS
+        absent = self.absent(measure)
+        optional = np.zeros(len(names), bool) if self.optional is None else self.optional
+        if absent.all():
+            reasons.append("no structure found")
+        else:
+            reasons += [f"{names[i]} absent" for i in np.flatnonzero(absent & ~optional)]
+        many = (measure.components > self.max_components + EXTRA_COMPONENTS) & ~absent
         reasons += [f"{names[i]} in {measure.components[i]} pieces" for i in np.flatnonzero(many)]
         scattered = (measure.stray > self.max_stray + STRAY_ALLOWANCE) & ~absent
         reasons += [
             f"{names[i]} scattered ({measure.stray[i]:.0%} outside its largest piece)"
             for i in np.flatnonzero(scattered)
         ]
-        volume = np.maximum(measure.volume_ml, 1e-6)
-        groups = {
-            "volume": self.log_volume.z(np.log(volume)),
-            "share": self.share.z(measure.share),
-            "position": self.distance.z(np.nan_to_num(measure.distance, nan=0.0)),
-        }
-        labels = {
-            "volume": list(names),
-            "share": list(names),
-            "position": [f"{a}-{b}" for a, b in combinations(names, 2)],
-        }
-        for group, z in groups.items():
-            for i in np.flatnonzero(np.abs(z) > Z_LIMIT):
-                if group == "position" or not absent[i]:
-                    reasons.append(f"{labels[group][i]} {group} z = {z[i]:+.1f}")
-        z_all = np.concatenate(list(groups.values()))
-        distance = float(np.mean(z_all**2)) if z_all.size else 0.0
+        groups = self.z_scores(measure)
+        for group, (labels, z) in groups.items():
+            for label, value in zip(labels, z, strict=True):
+                if abs(value) > self.z_limit:
+                    reasons.append(f"{label} {group} z = {value:+.1f}")
+        z_all = np.concatenate([z for _, z in groups.values()])
+        distance = float(np.mean(z_all**2)) if z_all.size else math.inf
         return AnatomyScore(distance, not reasons, tuple(reasons))
+
+    def calibrated(self, predictions: Sequence[AnatomyMeasure]) -> AnatomyReference:
+        """This reference with its tolerances widened to the domain's own predictions of its
+        held-out scans (module doc); unchanged without predictions."""
+        if not predictions:
+            return self
+        absent = np.stack([self.absent(m) for m in predictions])
+        components = np.stack([np.where(self.absent(m), 0, m.components) for m in predictions])
+        stray = np.stack([np.where(self.absent(m), 0.0, m.stray) for m in predictions])
+        largest = max(
+            (float(np.abs(z).max()) for m in predictions for _, z in self.z_scores(m).values()
+             if z.size),
+            default=0.0,
+        )  # fmt: skip
+        return replace(
+            self,
+            optional=absent.any(axis=0),
+            max_components=np.maximum(self.max_components, components.max(axis=0)),
+            max_stray=np.maximum(self.max_stray, stray.max(axis=0)),
+            z_limit=min(max(Z_LIMIT, Z_MARGIN * largest), Z_LIMIT_MAX),
+            calibrated_on=len(predictions),
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -220,6 +285,9 @@ class AnatomyReference:
             "min_volume_ml": self.min_volume_ml.tolist(),
             "max_components": self.max_components.tolist(),
             "max_stray": self.max_stray.tolist(),
+            "optional": None if self.optional is None else self.optional.tolist(),
+            "z_limit": self.z_limit,
+            "calibrated_on": self.calibrated_on,
         }
 
     @classmethod
@@ -233,6 +301,9 @@ class AnatomyReference:
             np.asarray(data["max_components"], int),
             np.asarray(data["max_stray"], float),
             int(data["scans"]),
+            None if data.get("optional") is None else np.asarray(data["optional"], bool),
+            float(data.get("z_limit", Z_LIMIT)),
+            int(data.get("calibrated_on", 0)),
         )
 
 

@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import Route
 from jointseg.recognition.anatomy import AnatomyReference, measure_anatomy, save_anatomy
 from jointseg.recognition.calibration import (
@@ -77,13 +79,15 @@ def fit_anatomy(
     run_dir: str | Path,
     structures: Mapping[str, Sequence[str]],
     label_maps: Mapping[str, Sequence[tuple[np.ndarray, Sequence[float]]]],
+    predictions: Mapping[str, Sequence[tuple[np.ndarray, Sequence[float]]]] | None = None,
 ) -> dict[str, AnatomyReference]:
-    """Measure every domain's anatomy statistics on its training label maps and store them.
+    """Measure every domain's anatomy statistics on its training label maps, calibrate them on
+    its predictions of its held-out scans, and store them.
 
-    ``structures[domain]``: its structure names in local class order; ``label_maps[domain]``:
-    (local label map [S, H, W], voxel size in mm along S, H, W) of its training scans. Label
-    maps missing a structure are left out; nothing is written (and {} returned) when a domain
-    has none left: recognition then decides by appearance alone.
+    ``structures[domain]``: its structure names in local class order; ``label_maps[domain]``
+    and ``predictions[domain]``: (local label map [S, H, W], voxel size in mm along S, H, W).
+    Label maps missing a structure are left out; nothing is written (and {} returned) when a
+    domain has none left: recognition then decides by appearance alone.
     """
     references = {}
     for name, names in structures.items():
@@ -91,6 +95,24 @@ def fit_anatomy(
         complete = [m for m in measures if (m.volume_ml > 0).all()]
         if not complete:
             return {}
-        references[name] = AnatomyReference.fit(names, complete)
+        held_out = [
+            measure_anatomy(np.asarray(m), s, len(names))
+            for m, s in (predictions or {}).get(name, ())
+        ]
+        references[name] = AnatomyReference.fit(names, complete).calibrated(held_out)
     save_anatomy(run_dir, references)
     return references
+
+
+def segment_whole_view(
+    inferer: WholeViewInferer, volume: np.ndarray, route: Route, batch_size: int = 16
+) -> np.ndarray:
+    """Local labels [S, H, W] of a preprocessed slice stack through ``route`` (CPU, no TTA)."""
+    labels, _ = inferer.predict_volume(
+        volume,
+        lambda x: torch.softmax(route.logits(x).float(), dim=1),
+        route.context_slices,
+        batch_size,
+        torch.device("cpu"),
+    )
+    return labels
