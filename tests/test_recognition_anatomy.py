@@ -23,10 +23,17 @@ from jointseg.recognition.anatomy import (
     Z_LIMIT_MAX,
     Z_MARGIN,
     AnatomyReference,
+    AnatomyScore,
     load_anatomy,
     measure_anatomy,
 )
-from jointseg.recognition.decision import DomainRecognitionError
+from jointseg.recognition.calibration import Calibration
+from jointseg.recognition.decision import (
+    DomainRecognitionError,
+    decide,
+    decide_by_anatomy,
+    refusal_message,
+)
 from jointseg.recognition.fitting import fit_anatomy
 from jointseg.synth.nonjoint import abdomen_like, brain_like
 from tests.tiny_model import DOMAINS, PREPROCESSING, SHAPE, SPACING, make_scan, noise_scan
@@ -183,6 +190,25 @@ def test_measurements_record_the_anatomy_check(reference: AnatomyReference) -> N
     entry = anatomy_entry(score(reference, two_bones(8, pieces=3)))
     assert entry["anatomy_plausible"] is False
     assert "tibia in 3 pieces" in entry["anatomy_problems"]
+
+
+def test_the_anatomy_rule() -> None:
+    calibration = Calibration(threshold=1.0, temperature=1.0)
+    appearance = decide({"ankle": 0.5, "knee": 3.0, "shoulder": 5.0}, calibration)
+    assert appearance.domain == "ankle"  # knee and shoulder are beyond the threshold
+    fits = AnatomyScore(1.0, True)
+    fails = AnatomyScore(90.0, False, ("femur absent",))
+    decision = decide_by_anatomy(appearance, {"ankle": fails, "knee": fits, "shoulder": fits})
+    assert decision.domain == "knee"  # the appearance threshold does not refuse it
+    knee, shoulder = np.exp(-3.0), np.exp(-5.0)
+    assert decision.confidence == pytest.approx(knee / (knee + shoulder))
+    refused = decide_by_anatomy(appearance, {"ankle": fails, "knee": fails, "shoulder": fails})
+    assert refused.domain is None
+    assert "none of this run's joints" in refusal_message(refused)
+    assert "femur absent" in refusal_message(refused)
+    tied = decide({"ankle": 2.0, "knee": 2.0}, calibration)
+    closer = decide_by_anatomy(tied, {"ankle": AnatomyScore(3.0, True), "knee": fits})
+    assert closer.domain == "knee"
 
 
 # ------------------------------------------------------------------ through the predictor

@@ -182,15 +182,18 @@ def decide_by_anatomy(
 ) -> DomainDecision:
     """The anatomy rule: a domain is accepted only if its predicted anatomy is plausible; among
     the plausible ones the smallest appearance ranking distance wins (the appearance refusal
-    threshold is not applied); none plausible: refused. ``confidence`` is the appearance
+    threshold is not applied), ties (domains sharing one model and BN without references) to
+    the smaller anatomy distance; none plausible: refused. ``confidence`` is the appearance
     softmax renormalized over the plausible domains."""
     plausible = [s for s in appearance.scores if anatomy[s.name].plausible]
     decision = replace(appearance, anatomy=dict(anatomy))
     if not plausible:
         return replace(decision, domain=None, confidence=0.0)
+    tied = [s for s in plausible if math.isclose(s.distance, plausible[0].distance, rel_tol=1e-9)]
+    best = min(tied, key=lambda s: anatomy[s.name].distance)
     total = sum(s.confidence for s in plausible)
-    share = plausible[0].confidence / total if total > 0 else 1.0 / len(plausible)
-    return replace(decision, domain=plausible[0].name, confidence=share)
+    share = best.confidence / total if total > 0 else 1.0 / len(plausible)
+    return replace(decision, domain=best.name, confidence=share)
 
 
 def refusal_message(decision: DomainDecision) -> str:
