@@ -7,7 +7,8 @@ joint in several contrasts and on volumes that show no joint.
 still on disk; ``--study`` otherwise). The run is copied to ``--out`` (default
 benchmarks/out/anatomy_recognition/) and, if it has none, its anatomy statistics are measured
 there from its training label maps (preprocessed as training did) and calibrated on its
-predictions of its validation scans, as ``jointseg train`` does now. Test volumes, up to ``--test`` held-out subjects per joint:
+predictions of its validation scans, as ``jointseg train`` does now. Test volumes, up to
+``--test`` held-out subjects per joint:
 
 - ``protocol``: the study's test scan (the joint's realistic protocol);
 - ``t1``: the same subject with the protocol's geometry as T1-weighted spin echo without fat
@@ -17,10 +18,10 @@ predictions of its validation scans, as ``jointseg train`` does now. Test volume
 
 and, in the knee test scan's geometry, volumes with no joint
 (:mod:`jointseg.synth.nonjoint`): Gaussian noise, a brain-like head, an abdomen-like body
-(seeds 0 and 1 each). Every volume is recognized with the appearance rule (runs without
+(seeds 0 and 1 each; ``--joints-only`` leaves them out). Every volume is recognized with the appearance rule (runs without
 anatomy statistics) and the anatomy rule; ``anatomy-ranked`` is the alternative that ranks the
 plausible domains by anatomy distance instead of appearance. Confusion tables go to the console
-and to ``decisions.csv`` and ``summary.md``.
+and to ``decisions-RUN.csv`` and ``summary-RUN.md`` (``RUN``: the run folder's name).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def render(joint: str, index: int, contrast: str, seed: int, scale: float):
     )
 
 
-def volumes(study: Path, info, contrasts, test: int, cache: Path):
+def volumes(study: Path, info, contrasts, test: int, cache: Path, non_joints=NON_JOINTS):
     """(protocol, truth, case, image) of every test volume."""
     import SimpleITK as sitk
 
@@ -117,7 +118,7 @@ def volumes(study: Path, info, contrasts, test: int, cache: Path):
     knee = next(d for d in info.domains if d.name == "knee")
     reference = read_image(list_cases(study / knee.folder, "test")[0].image)
     shape = sitk.GetArrayViewFromImage(reference).shape
-    for kind in NON_JOINTS:
+    for kind in non_joints:
         make = {"noise": nonjoint.noise_volume, "brain-like": nonjoint.brain_like,
                 "abdomen-like": nonjoint.abdomen_like}[kind]  # fmt: skip
         for seed_ in (0, 1):
@@ -170,6 +171,7 @@ def main() -> None:
     parser.add_argument("--study", type=Path)
     parser.add_argument("--contrasts", default=",".join(CONTRASTS))
     parser.add_argument("--test", type=int, default=2)
+    parser.add_argument("--joints-only", action="store_true", help="no non-joint volumes")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "out" / "anatomy_recognition"
     )
@@ -188,7 +190,9 @@ def main() -> None:
     contrasts = [c for c in args.contrasts.split(",") if c]
     cache = args.out / "volumes"
     cache.mkdir(parents=True, exist_ok=True)
-    for protocol, truth, case, image in volumes(study, info, contrasts, args.test, cache):
+    for protocol, truth, case, image in volumes(
+        study, info, contrasts, args.test, cache, () if args.joints_only else NON_JOINTS
+    ):
         row = {"protocol": protocol, "truth": truth, "case": case, **decide(predictor, image)}
         print(json.dumps(row), flush=True)
         rows.append(row)
