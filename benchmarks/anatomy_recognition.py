@@ -18,10 +18,11 @@ predictions of its validation scans, as ``jointseg train`` does now. Test volume
 
 and, in the knee test scan's geometry, volumes with no joint
 (:mod:`jointseg.synth.nonjoint`): Gaussian noise, a brain-like head, an abdomen-like body
-(seeds 0 and 1 each; ``--joints-only`` leaves them out). Every volume is recognized with the appearance rule (runs without
-anatomy statistics) and the anatomy rule; ``anatomy-ranked`` is the alternative that ranks the
-plausible domains by anatomy distance instead of appearance. Confusion tables go to the console
-and to ``decisions-RUN.csv`` and ``summary-RUN.md`` (``RUN``: the run folder's name).
+(seeds 0 and 1 each; ``--joints-only`` leaves them out). Every volume is recognized with the
+appearance rule (runs without anatomy statistics) and the anatomy rule; ``anatomy-ranked`` is
+the alternative that ranks the plausible domains by anatomy distance instead of appearance.
+Confusion tables go to the console and to ``decisions-RUN.csv`` and ``summary-RUN.md``
+(``RUN``: the run folder's name).
 """
 
 from __future__ import annotations
