@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from jointseg.models.network import Route, head_logits
-from jointseg.recognition.anatomy import AnatomyScore
 from jointseg.recognition.calibration import Calibration
 from jointseg.recognition.features import (
     appearance_descriptor,
@@ -68,25 +67,20 @@ class DomainScore:
 
 @dataclass(frozen=True)
 class DomainDecision:
-    """The recognized domain (None when refused) and every candidate's score, best first;
-    ``anatomy``: each candidate's anatomy score when the anatomy check decided."""
+    """The recognized domain (None when refused) and every candidate's score, best first."""
 
     domain: str | None
     confidence: float
     scores: list[DomainScore]
     threshold: float
-    anatomy: dict[str, AnatomyScore] = field(default_factory=dict)
 
     def describe(self) -> str:
         parts = ", ".join(
             f"{s.name}: distance {'' if s.complete else '>= '}{s.distance:.3g}"
             + (f" (appearance {s.refusal:.3g})" if s.refusal != s.distance else "")
-            + (f", {self.anatomy[s.name].describe()}" if s.name in self.anatomy else "")
             + f", confidence {s.confidence:.2f}"
             for s in self.scores
         )
-        if self.anatomy:
-            return parts
         return f"{parts} (refusal threshold {self.threshold:.3g})"
 
 
@@ -141,11 +135,8 @@ def recognize_domain(
     volume: np.ndarray,
     calibration: Calibration | None = None,
     batch_size: int = 16,
-    complete: bool = False,
 ) -> DomainDecision:
-    """Score every candidate on a slice subsample of ``volume`` [S, H, W] (preprocessed);
-    ``complete``: run every candidate's head (no lower bounds), as the anatomy rule ranks
-    candidates other than the appearance winner."""
+    """Score every candidate on a slice subsample of ``volume`` [S, H, W] (preprocessed)."""
     if not candidates:
         raise ValueError("no candidate domain to recognize")
     if len({c.reference is None for c in candidates}) > 1:
@@ -168,7 +159,7 @@ def recognize_domain(
         rivals = ranking.values()  # a candidate within the threshold competes with those only
         if appearance[c.name] <= threshold:
             rivals = [ranking[n] for n in ranking if appearance[n] <= threshold]
-        if not complete and appearance[c.name] >= min(rivals, default=np.inf):
+        if appearance[c.name] >= min(rivals, default=np.inf):
             ranking[c.name] = appearance[c.name]  # cannot win: a lower bound is enough
             bounds.append(c.name)
         else:
@@ -177,33 +168,8 @@ def recognize_domain(
     return decide(ranking, calibration, appearance, bounds)
 
 
-def decide_by_anatomy(
-    appearance: DomainDecision, anatomy: Mapping[str, AnatomyScore]
-) -> DomainDecision:
-    """The anatomy rule: a domain is accepted only if its predicted anatomy is plausible; among
-    the plausible ones the smallest appearance ranking distance wins (the appearance refusal
-    threshold is not applied), ties (domains sharing one model and BN without references) to
-    the smaller anatomy distance; none plausible: refused. ``confidence`` is the appearance
-    softmax renormalized over the plausible domains."""
-    plausible = [s for s in appearance.scores if anatomy[s.name].plausible]
-    decision = replace(appearance, anatomy=dict(anatomy))
-    if not plausible:
-        return replace(decision, domain=None, confidence=0.0)
-    tied = [s for s in plausible if math.isclose(s.distance, plausible[0].distance, rel_tol=1e-9)]
-    best = min(tied, key=lambda s: anatomy[s.name].distance)
-    total = sum(s.confidence for s in plausible)
-    share = best.confidence / total if total > 0 else 1.0 / len(plausible)
-    return replace(decision, domain=best.name, confidence=share)
-
-
 def refusal_message(decision: DomainDecision) -> str:
     """The error text for a scan that fits no domain."""
-    if decision.anatomy:
-        return (
-            "the scan shows none of this run's joints: no domain's predicted anatomy is "
-            f"plausible; candidates: {decision.describe()}. Pass --domain NAME to segment it "
-            "anyway."
-        )
     return (
         "the scan fits none of this run's domains; candidates: "
         f"{decision.describe()}. Pass --domain NAME to segment it anyway."
