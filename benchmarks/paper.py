@@ -266,19 +266,11 @@ def claimed(run: Path) -> Iterator[bool]:
 
 
 def run_workers(argv: list[str], workers: int) -> None:
-    """Run the cells in ``workers`` processes of this script (``--worker``), one torch thread
-    each, which claim cells as they go; raise if one fails."""
-    args = []
-    skip = False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item == "--workers":
-            skip = True
-        elif not item.startswith("--workers=") and item != "--update-page":
-            args.append(item)
+    """Run the cells in ``workers`` processes of this script (``--worker``: it ignores
+    ``--workers`` and returns before the report), one torch thread each, which claim cells as
+    they go; raise if one fails."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, str(Path(__file__).resolve()), *args, "--worker"]
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker"]
     print(f"[paper] {workers} worker processes of one thread each", flush=True)
     processes = [subprocess.Popen(command, env=env) for _ in range(workers)]
     codes = [process.wait() for process in processes]
@@ -733,8 +725,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.update_page:
         update_page(ROOT / "BENCHMARKS.md", page_text(text, out, PAGE_FIGURES))
     print(text)
-    by = "its workers" if args.workers > 1 else "this run"
-    print(f"[paper] {len(trained) or 'cells'} trained by {by}; wrote {out}/paper.md")
+    trained_by = "its workers" if args.workers > 1 else f"this run: {len(trained)}"
+    print(f"[paper] cells trained by {trained_by}; wrote {out}/paper.md")
     return {"trained": trained, "out": str(out), "cells": len(cells)}
 
 
