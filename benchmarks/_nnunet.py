@@ -99,16 +99,20 @@ class NnUNet:
         self.threads = threads or os.cpu_count() or 1
 
     @classmethod
-    def find(cls, root: Path, install: bool = True) -> tuple[NnUNet | None, str]:
+    def find(
+        cls, root: Path, install: bool = True, setup: bool = True
+    ) -> tuple[NnUNet | None, str]:
         """The nnU-Net of ``benchmarks/.nnunet-venv`` (installed when ``install``), or
-        ``(None, reason)``."""
+        ``(None, reason)``. ``setup`` runs ``nnunet_env.sh``, which also copies the budget
+        trainer; without it (processes started by one that did) the venv is only checked."""
         if not (VENV / "bin" / "nnUNetv2_train").exists() and not install:
             return None, f"{VENV} does not exist (run: bash {SCRIPT.relative_to(HERE.parent)})"
         try:
-            subprocess.run(
-                ["bash", str(SCRIPT)], check=True, capture_output=True, text=True, encoding="utf-8",
-                env={**os.environ, "NNUNET_VENV": str(VENV)}, timeout=3600,
-            )  # fmt: skip
+            if setup:
+                subprocess.run(
+                    ["bash", str(SCRIPT)], check=True, capture_output=True, text=True,
+                    encoding="utf-8", env={**os.environ, "NNUNET_VENV": str(VENV)}, timeout=3600,
+                )  # fmt: skip
         except subprocess.CalledProcessError as error:
             return None, f"{SCRIPT.name} failed: {error.stderr.strip()[-600:]}"
         except (OSError, subprocess.TimeoutExpired) as error:

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from _locks import claimed, locked
 from _nnunet import NnUNet
 
 from jointseg.data.manifest import list_cases, load_manifest
@@ -39,16 +40,18 @@ MIN_BOTTLENECK = 4
 def budgets(nnunet: dict, longest_seconds: float, datasets: int, threads: int) -> dict:
     """Each variant's training budget (``nnUNetTrainerBudget``'s ``NNUNET_BUDGET_<KEY>``) from a
     profile's ``nnunet`` settings: ``default`` gets the wall-clock of the longest jointseg cell
-    of the fold split evenly over the datasets, ``matched`` trains to its plateau with an epoch
-    cap; both with jointseg's ``threads``."""
-    shared = {
-        "iterations": nnunet["iterations"],
-        "val_iterations": nnunet["val_iterations"],
-        "threads": threads,
-    }
+    of the fold split evenly over the datasets, in epochs of ``default_iterations`` (default:
+    ``iterations``; short epochs let a large plan stop near its time), ``matched`` trains to
+    its plateau with an epoch cap; both with jointseg's ``threads``."""
+    shared = {"val_iterations": nnunet["val_iterations"], "threads": threads}
     return {
-        "default": {"seconds": longest_seconds / datasets, **shared},
+        "default": {
+            "seconds": longest_seconds / datasets,
+            "iterations": nnunet.get("default_iterations", nnunet["iterations"]),
+            **shared,
+        },
         "matched": {
+            "iterations": nnunet["iterations"],
             "epochs": nnunet["epochs"],
             "plateau_patience": nnunet["patience"],
             **shared,
@@ -106,7 +109,36 @@ def _score(nn_label: str, view: Path, folder: str, predictions: Path) -> list[di
     return rows
 
 
-def run_fold(
+def prepare(nn: NnUNet, cfg, view: Path, variant: str, folder: Path) -> dict[str, int]:
+    """Link the fold's datasets, plan and preprocess them for ``variant`` (once, whichever
+    process comes first; a marker file is written after each finished step, so that an
+    interrupted preprocessing runs again); returns each dataset's nnU-Net id."""
+    ids = {d.name: nn.add_dataset(view / d.folder) for d in cfg.datasets}
+    logs = folder / "logs"
+
+    def marker(dataset_id: int, plans: str) -> Path:
+        return nn.preprocessed / nn.dataset_name(dataset_id) / f".{plans}_2d.done"
+
+    with locked(folder / "preprocessing"):
+        if not all(marker(i, DEFAULT_PLANS).is_file() for i in ids.values()):
+            nn.plan_and_preprocess(list(ids.values()), logs / "plan_and_preprocess.log")
+            for dataset_id in ids.values():
+                marker(dataset_id, DEFAULT_PLANS).write_text("", encoding="utf-8")
+        if variant == "matched":
+            for dataset_id in ids.values():
+                if marker(dataset_id, MATCHED_PLANS).is_file():
+                    continue
+                write_matched_plans(nn, dataset_id, cfg)
+                nn.run(
+                    ["nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name",
+                     MATCHED_PLANS, "-c", "2d", "-np", str(nn.threads)],
+                    logs / f"preprocess_{dataset_id}.log",
+                )  # fmt: skip
+                marker(dataset_id, MATCHED_PLANS).write_text("", encoding="utf-8")
+    return ids
+
+
+def train_fold(
     nn: NnUNet,
     cfg,
     view: Path,
@@ -116,64 +148,58 @@ def run_fold(
     device: str,
     mirroring: bool,
     folder: Path,
-) -> tuple[pd.DataFrame, dict]:
-    """Plan (once), train and predict every dataset of a fold view; returns scored rows (all
-    metrics) and the training records. Resumable: a trained dataset is not trained again."""
+) -> None:
+    """Train and predict every dataset of a fold view that no other process has claimed and
+    none has finished (``train_<variant>_<dataset>.json``, ``predict_<variant>_<dataset>.json``
+    mark what is done), so that several processes share a fold and a rerun resumes."""
     plans = DEFAULT_PLANS if variant == "default" else MATCHED_PLANS
-    ids = {d.name: nn.add_dataset(view / d.folder) for d in cfg.datasets}
     logs = folder / "logs"
-    if not all(
-        (nn.preprocessed / nn.dataset_name(i) / f"{DEFAULT_PLANS}.json").is_file()
-        for i in ids.values()
-    ):
-        nn.plan_and_preprocess(list(ids.values()), logs / "plan_and_preprocess.log")
-    if variant == "matched":
-        for dataset_id in ids.values():
-            marker = nn.preprocessed / nn.dataset_name(dataset_id) / f"{MATCHED_PLANS}_2d"
-            if not marker.is_dir():
-                write_matched_plans(nn, dataset_id, cfg)
-                nn.run(
-                    [
-                        "nnUNetv2_preprocess",
-                        "-d",
-                        str(dataset_id),
-                        "-plans_name",
-                        MATCHED_PLANS,
-                        "-c",
-                        "2d",
-                        "-np",
-                        str(nn.threads),
-                    ],
-                    logs / f"preprocess_{dataset_id}.log",
+    ids: dict[str, int] | None = None
+    for d in cfg.datasets:
+        record_path = folder / f"train_{variant}_{d.name}.json"
+        done = folder / f"predict_{variant}_{d.name}.json"
+        if record_path.is_file() and done.is_file():
+            continue
+        with claimed(folder / f"{variant}_{d.name}") as mine:
+            if not mine:
+                continue
+            ids = ids or prepare(nn, cfg, view, variant, folder)
+            dataset_id = ids[d.name]
+            if not record_path.is_file():
+                nn.write_splits(
+                    dataset_id,
+                    run_info["training_cases"][d.name],
+                    run_info["validation_cases"][d.name],
                 )
+                record = nn.train(
+                    dataset_id, logs / f"train_{variant}_{d.name}.log", budget, device, plans
+                )
+                record["plan"] = nn.plan_2d(dataset_id, plans)
+                atomic_write_json(record_path, record)
+            if not done.is_file():
+                stats = nn.predict(
+                    dataset_id,
+                    view / d.folder / "imagesTs",
+                    folder / f"predictions_{variant}" / d.name,
+                    logs / f"predict_{variant}_{d.name}.log",
+                    mirroring=mirroring,
+                    checkpoint="checkpoint_best.pth",
+                    device=device,
+                    plans=plans,
+                )
+                atomic_write_json(done, stats)
+
+
+def score_fold(cfg, view: Path, variant: str, folder: Path) -> tuple[pd.DataFrame, dict] | None:
+    """Scored rows (all metrics) and the training records of a fold's finished variant, or
+    None while a dataset is not done."""
     rows, records = [], {}
     for d in cfg.datasets:
-        dataset_id = ids[d.name]
-        nn.write_splits(
-            dataset_id, run_info["training_cases"][d.name], run_info["validation_cases"][d.name]
-        )
         record_path = folder / f"train_{variant}_{d.name}.json"
-        if not record_path.is_file():
-            record = nn.train(
-                dataset_id, logs / f"train_{variant}_{d.name}.log", budget, device, plans
-            )
-            record["plan"] = nn.plan_2d(dataset_id, plans)
-            atomic_write_json(record_path, record)
+        if not (record_path.is_file() and (folder / f"predict_{variant}_{d.name}.json").is_file()):
+            return None
         records[d.name] = json.loads(record_path.read_text(encoding="utf-8"))
         predictions = folder / f"predictions_{variant}" / d.name
-        done = folder / f"predict_{variant}_{d.name}.json"
-        if not done.is_file():
-            stats = nn.predict(
-                dataset_id,
-                view / d.folder / "imagesTs",
-                predictions,
-                logs / f"predict_{variant}_{d.name}.log",
-                mirroring=mirroring,
-                checkpoint="checkpoint_best.pth",
-                device=device,
-                plans=plans,
-            )
-            atomic_write_json(done, stats)
         for row in _score(VARIANTS[variant], view, d.folder, predictions):
             rows.append({**row, "dataset": d.name})
     return pd.DataFrame(rows), records

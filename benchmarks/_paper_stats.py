@@ -51,7 +51,7 @@ def paired_values(
     return wide[a].tolist(), wide[b].tolist()
 
 
-def _tests(frame: pd.DataFrame, pairs: list[tuple[str, str]], metric: str) -> pd.DataFrame:
+def paired_tests(frame: pd.DataFrame, pairs: list[tuple[str, str]], metric: str) -> pd.DataFrame:
     rows = []
     for better, worse in pairs:
         for dataset, structure in bones(frame):
@@ -80,7 +80,7 @@ def reference_tests(
 ) -> pd.DataFrame:
     """``reference`` against every other scheme of ``schemes`` per bone; Holm over the table."""
     others = [s for s in schemes if s != reference and s in set(frame["scheme"])]
-    return _tests(frame, [(reference, s) for s in others], metric)
+    return paired_tests(frame, [(reference, s) for s in others], metric)
 
 
 def verdict(median: float, p_holm: float, higher_is_better: bool = True) -> str:
@@ -94,7 +94,7 @@ def ranking_tests(frame: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     """Every step of the paper's ranking per bone; Holm over all steps and bones."""
     present = set(frame["scheme"])
     steps = [(a, b) for a, b in RANKING_STEPS if a in present and b in present]
-    table = _tests(frame, steps, metric)
+    table = paired_tests(frame, steps, metric)
     if len(table):
         table["verdict"] = [
             verdict(m, p, HIGHER_IS_BETTER[metric])

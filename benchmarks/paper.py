@@ -44,8 +44,6 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +52,8 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+
+from _locks import claimed  # noqa: E402 (benchmarks/_locks.py)
 
 SCHEMES = ("individual", "transfer", "shared", "mtmd", "mtmd+con", "full")
 JOINTS = ("ankle", "knee", "shoulder")
@@ -131,7 +131,15 @@ PROFILES: dict[str, Profile] = {
         folds=3,
         scarce=(2, 4, 8, 12),
         curve_schemes=("full",),
-        nnunet={"iterations": 10, "epochs": 30, "val_iterations": 2, "patience": 5},
+        # nnU-Net matched: jointseg's cap of 200 steps per dataset (20 epochs of 10) unless
+        # its EMA pseudo-Dice stalls 3 epochs; default: 2-step epochs in its time budget
+        nnunet={
+            "iterations": 10,
+            "default_iterations": 2,
+            "epochs": 20,
+            "val_iterations": 2,
+            "patience": 3,
+        },
     ),
     # configs/paper.yaml: 100 epochs cap, validation every 5, equal steps per dataset
     "gpu": Profile(
@@ -248,23 +256,6 @@ def scarce_view(study: Path, out: Path, subjects: int) -> Path:
 
 
 # -- cells -----------------------------------------------------------------------------------
-@contextmanager
-def claimed(run: Path) -> Iterator[bool]:
-    """Whether this process holds the cell ``run``: an exclusive, non-blocking lock on a file
-    beside it, held for the block and released by the system if the process dies (so an
-    interrupted cell is claimable again)."""
-    import fcntl
-
-    run.parent.mkdir(parents=True, exist_ok=True)
-    with open(run.parent / f".{run.name}.claim", "w", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-
-
 def run_workers(argv: list[str], workers: int) -> None:
     """Run the cells in ``workers`` processes of this script (``--worker``: it ignores
     ``--workers`` and returns before the report), one torch thread each, which claim cells as
@@ -487,10 +478,13 @@ def update_page(page: Path, text: str) -> None:
 
 # -- nnU-Net ---------------------------------------------------------------------------------
 def run_nnunet_part(
-    nn, cfg, profile: Profile, views, schemes, out: Path, device: str, threads: int
-):
-    """Both nnU-Net variants on every fold, each network trained with ``threads`` torch threads
-    (those of a jointseg cell); returns scored rows and cell records."""
+    nn, cfg, profile: Profile, views, schemes, out: Path, device: str, threads: int,
+    worker: bool = False,
+):  # fmt: skip
+    """Both nnU-Net variants on every fold whose cv cells are finished, each network trained
+    with ``threads`` torch threads (those of a jointseg cell); returns scored rows and cell
+    records. Worker processes share the networks (``_paper_nnunet.train_fold``) and score
+    nothing; the parent trains what is left and scores."""
     import _paper_nnunet as pn
     from _nnunet import NnUNet
 
@@ -502,8 +496,8 @@ def run_nnunet_part(
             for s in schemes
             if (fold_dir / _slug(s) / CELL_FILE).is_file()
         ]
-        if not records:
-            continue
+        if not records or (worker and len(records) < len(schemes)):
+            continue  # the budget needs the fold's longest cell
         longest = max(r["train_seconds"] for r in records)
         info_path = fold_dir / _slug(records[0]["scheme"]) / "run.json"
         info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -511,17 +505,12 @@ def run_nnunet_part(
         setting_nn = NnUNet(nn.venv, folder, nn.version)
         budgets = pn.budgets(profile.nnunet, longest, len(cfg.datasets), threads)
         for variant, budget in budgets.items():
-            rows, trained = pn.run_fold(
-                setting_nn,
-                cfg,
-                view,
-                info,
-                variant,
-                budget,
-                device,
-                bool(cfg.evaluation.tta),
-                folder,
-            )
+            mirroring = bool(cfg.evaluation.tta)
+            pn.train_fold(setting_nn, cfg, view, info, variant, budget, device, mirroring, folder)
+            scored = None if worker else pn.score_fold(cfg, view, variant, folder)
+            if scored is None:
+                continue
+            rows, trained = scored
             frames.append(rows)
             cells.append(
                 {
@@ -531,7 +520,12 @@ def run_nnunet_part(
                     "train_seconds": sum(r["seconds"] for r in trained.values()),
                     "train_cpu_seconds": sum(r["cpu_seconds"] for r in trained.values()),
                     "networks": {
-                        k: {"epochs": r["epochs"], "cap_epochs": budget.get("epochs", "time")}
+                        k: {
+                            "epochs": r["epochs"],
+                            "steps": r["iterations"],
+                            "cap_epochs": budget.get("epochs", "time"),
+                            "plateau_stop": r.get("stopped_on_plateau", False),
+                        }
                         for k, r in trained.items()
                     },
                 }
@@ -610,6 +604,13 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(1)
     study = make_study(out / "study", profile, args.seed, args.jobs)
     views = fold_views(study, out / "cv", profile.folds, args.seed)
+    nn, nn_why = None, "--no-nnunet given"
+    if "nnunet" in parts and not args.no_nnunet:  # installed once, before any worker starts
+        from _nnunet import NnUNet
+
+        nn, nn_why = NnUNet.find(out / "nnunet", install=args.install_nnunet, setup=not args.worker)
+    # the threads of a jointseg cell: one per worker process, else torch's
+    threads = 1 if args.workers > 1 or args.worker else torch.get_num_threads()
     if args.workers > 1 and not args.worker:
         # the slice caches first, so that no worker waits on another's preprocessing
         for view in views if parts & {"cv", "curve"} else []:
@@ -682,22 +683,16 @@ def main(argv: list[str] | None = None) -> dict:
                 )
                 + "; `steps_curve.png`, `steps_curve.csv`"
             )
-    if args.worker:  # the cells are done; the parent process runs nnU-Net and reports
+    if args.worker:  # the cells are done: share nnU-Net's networks; the parent reports
+        if nn is not None:
+            run_nnunet_part(nn, cfg, profile, views, schemes, out, device, threads, worker=True)
         return {"trained": trained, "out": str(out), "cells": len(cells)}
     nn_schemes: list[str] = []
     if "nnunet" in parts:  # on the finished cv cells of the folds
-        from _nnunet import NnUNet
-
-        if args.no_nnunet:
-            nn, why = None, "--no-nnunet given"
-        else:
-            nn, why = NnUNet.find(out / "nnunet", install=args.install_nnunet)
         if nn is None:
-            notes.append(f"**nnU-Net was not run**: {why}")
-            print(f"[paper] nnU-Net NOT RUN: {why}", flush=True)
+            notes.append(f"**nnU-Net was not run**: {nn_why}")
+            print(f"[paper] nnU-Net NOT RUN: {nn_why}", flush=True)
         else:
-            # the threads of a jointseg cell: one per worker process, else torch's
-            threads = 1 if args.workers > 1 else torch.get_num_threads()
             rows, nn_cells = run_nnunet_part(nn, cfg, profile, views, schemes, out, device, threads)
             if len(rows):
                 cv_frames.append(rows)

@@ -55,6 +55,11 @@ def test_budgets_name_what_the_trainer_reads() -> None:
             "threads": 1,
         },
     }
+    short = pn.budgets(
+        {"iterations": 10, "default_iterations": 2, "epochs": 30, "val_iterations": 2,
+         "patience": 5}, 360.0, 3, 1,
+    )  # fmt: skip
+    assert short["default"]["iterations"] == 2 and short["matched"]["iterations"] == 10
     trainer = (BENCHMARKS / "nnunet_budget_trainer.py").read_text(encoding="utf-8")
     read = set(re.findall(r'_env\(\s*"NNUNET_BUDGET_(\w+)"', trainer))
     for budget in budgets.values():  # NnUNet.train passes key k as NNUNET_BUDGET_<K>
@@ -82,3 +87,98 @@ def test_predictions_scored_by_jointseg(tmp_path: Path) -> None:
         ("toy_101", "tibia"): 0.0,
     }
     assert {r["scheme"] for r in rows} == {"nnU-Net 2d"}
+
+
+class FakeNnUNet(NnUNet):
+    """NnUNet with its commands replaced: planning and training are recorded, prediction
+    copies the reference labels (a perfect network)."""
+
+    calls: list[tuple]
+
+    def plan_and_preprocess(self, ids, log, extra=()):
+        self.calls.append(("plan", tuple(ids)))
+        for dataset_id in ids:
+            (self.preprocessed / self.dataset_name(dataset_id)).mkdir(exist_ok=True)
+        return {}
+
+    def train(self, dataset_id, log, budget, device="cpu", plans="nnUNetPlans"):
+        self.calls.append(("train", dataset_id, plans))
+        return {"epochs": 1, "iterations": 2, "seconds": 1.0, "cpu_seconds": 1.0}
+
+    def plan_2d(self, dataset_id, plans="nnUNetPlans"):
+        return {"patch_size": [64, 64]}
+
+    def predict(self, dataset_id, images, out, log, **kwargs):
+        self.calls.append(("predict", dataset_id))
+        out.mkdir(parents=True, exist_ok=True)
+        for label in (images.parent / "labelsTs").glob("*.nii.gz"):
+            (out / label.name).write_bytes(label.read_bytes())
+        return {"seconds": 1.0}
+
+
+def test_fold_networks_are_shared_resumed_and_scored(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from _locks import claimed
+
+    view = tmp_path / "view"
+    write_dataset(view, name="Dataset001_Toy", cases=2, test_cases=1)
+    write_dataset(view, name="Dataset002_Other", cases=2, test_cases=1)
+    cfg = SimpleNamespace(
+        datasets=[
+            SimpleNamespace(name="toy", folder="Dataset001_Toy"),
+            SimpleNamespace(name="other", folder="Dataset002_Other"),
+        ]
+    )
+    info = {
+        "training_cases": {"toy": ["toy_000"], "other": ["toy_000"]},
+        "validation_cases": {"toy": ["toy_001"], "other": ["toy_001"]},
+    }
+    folder = tmp_path / "nnunet"
+    nn = FakeNnUNet(tmp_path / "venv", folder, "2.8.1")
+    nn.calls = []
+
+    def train(variant="default"):
+        pn.train_fold(nn, cfg, view, info, variant, {}, "cpu", False, folder)
+
+    with claimed(folder / "default_other") as mine:  # another process trains this one
+        assert mine
+        train()
+    assert nn.calls == [("plan", (1, 2)), ("train", 1, "nnUNetPlans"), ("predict", 1)]
+    assert pn.score_fold(cfg, view, "default", folder) is None  # "other" is not done
+    train()  # resumes: planned once, "toy" not trained again
+    assert nn.calls[3:] == [("train", 2, "nnUNetPlans"), ("predict", 2)]
+    rows, records = pn.score_fold(cfg, view, "default", folder)
+    assert set(records) == {"toy", "other"} and records["toy"]["plan"] == {"patch_size": [64, 64]}
+    assert set(rows["dataset"]) == {"toy", "other"} and (rows["dice"] == 1.0).all()
+    assert set(rows["scheme"]) == {pn.VARIANTS["default"]}
+    calls = len(nn.calls)
+    train()
+    assert len(nn.calls) == calls  # everything done: nothing runs
+
+
+def test_claimed_is_exclusive_and_locked_waits(tmp_path: Path) -> None:
+    import threading
+
+    from _locks import claimed, locked
+
+    with claimed(tmp_path / "cell") as first:
+        with claimed(tmp_path / "cell") as second:
+            assert first and not second
+        with claimed(tmp_path / "other") as third:
+            assert third
+    with claimed(tmp_path / "cell") as again:  # released at the end of the block
+        assert again
+    order = []
+
+    def waiter():
+        with locked(tmp_path / "plan"):
+            order.append("waiter")
+
+    with locked(tmp_path / "plan"):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        thread.join(0.3)
+        order.append("holder")
+    thread.join()
+    assert order == ["holder", "waiter"]

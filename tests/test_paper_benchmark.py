@@ -76,6 +76,30 @@ def test_ranking_steps_and_verdicts() -> None:
     assert "| full vs mtmd+con |" in text and "p 0.031 (0.062)" in text
 
 
+def test_ablation_compares_the_same_subjects_before_and_after(tmp_path: Path) -> None:
+    import paper_ablation
+
+    before = _frame()
+    after = before[before["scheme"] == "mtmd+con"].copy()
+    after.loc[after["structure"] == "tibia", "dice"] += 0.2  # now 0.1 + 0.01 i above full
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    before.to_csv(tmp_path / "before" / "cv_metrics.csv", index=False)
+    after.to_csv(tmp_path / "after" / "cv_metrics.csv", index=False)
+    text = paper_ablation.main([str(tmp_path / "before"), str(tmp_path / "after"), "--label", "x"])
+    assert (tmp_path / "after" / "ablation.md").read_text(encoding="utf-8") == text
+    # talus unchanged (all differences 0: p 1), tibia +0.2 on all six: exact p 2/64, Holm
+    # over the table's two bones 4/64
+    assert "| mtmd+con (x) vs mtmd+con | +0.000, p 1 (1), r – | +0.200, p 0.031 (0.062)" in text
+    # the ranking step full vs mtmd+con after the change: full − mtmd+con on the tibia is now
+    # -0.1 + 0.01 i (i = 0..5), median -0.075, all negative
+    assert "| full vs mtmd+con | +0.000, p 1 (1), r –, not shown | -0.075, p 0.031 (0.062)" in text
+    moved = after.assign(case=after["case"] + "_other")
+    moved.to_csv(tmp_path / "after" / "cv_metrics.csv", index=False)
+    with pytest.raises(SystemExit, match="different subjects"):
+        paper_ablation.main([str(tmp_path / "before"), str(tmp_path / "after")])
+
+
 def test_plateau_stop_index() -> None:
     values = [0.5, 0.6, 0.605, 0.61, 0.7, 0.69, 0.695]
     assert paper.plateau_stop_index(values, 3, 0.0) is None

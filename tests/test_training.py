@@ -110,6 +110,28 @@ def test_iterations_per_dataset_scale_the_steps_of_multi_domain_networks(
     assert off.training.iterations(2) == 3
 
 
+def test_regularization_ramp_values() -> None:
+    from jointseg.training.module import regularization_ramp
+
+    assert [regularization_ramp(s, 0.5, 8) for s in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
+    assert regularization_ramp(0, 0.0, 8) == 1.0
+    assert regularization_ramp(0, 0.01, 8) == 1.0  # rounds to no ramp steps
+    assert regularization_ramp(0, 1.0, 3) == pytest.approx(1 / 3)
+
+
+def test_regularizers_ramp_up_in_the_loss(study: Path, tmp_path: Path) -> None:
+    config = {**tiny_config(epochs=2, iterations_per_epoch=3), "scheme": "mtmd+con"}
+    config["regularization"] = {**config["regularization"], "ramp": 0.5}
+    cfg = config_from_dict(config)
+    train_run(cfg, study, tmp_path / "run", progress=False)
+    frame = pd.read_csv(tmp_path / "run" / "logs" / "main" / "metrics.csv")
+    steps = frame.dropna(subset=["train/ramp_step"])
+    assert steps["train/ramp_step"].tolist() == pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 1])
+    weight = cfg.regularization.contrastive.lambda_con * steps["train/ramp_step"]
+    expected = steps["train/seg_step"] + weight * steps["train/con_step"]
+    assert steps["train/loss_step"].to_numpy() == pytest.approx(expected.to_numpy(), rel=1e-5)
+
+
 def test_union_head_covers_every_structure_once() -> None:
     plans = plan_scheme("shared", ["knee", "ankle"])
     assert [p.label_space for p in plans] == ["union"]

@@ -288,6 +288,14 @@ class ShapePriorConfig(Section):
 class RegularizationConfig(Section):
     contrastive: SupConConfig = Field(default_factory=SupConConfig)
     shape_prior: ShapePriorConfig = Field(default_factory=ShapePriorConfig)
+    ramp: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Fraction of a network's planned steps over which the regularizers' "
+        "weights (lambda_con, lambda_shape, lambda_adv) rise linearly to their values; "
+        "0: full weight from the first step.",
+    )
 
 
 class EvaluationConfig(Section):

@@ -89,14 +89,17 @@ class SegmentationModule(L.LightningModule):
         loss = seg
         logs = {"train/seg": seg.detach()}
         reg = self.cfg.regularization
+        ramp = regularization_ramp(self.global_step, reg.ramp, self.total_steps)
+        if reg.ramp:
+            logs["train/ramp"] = torch.tensor(ramp)
         if self.plan.contrastive and reg.contrastive.lambda_con > 0:
             con = multiscale_supcon_loss(
                 out.embeddings, domains, reg.contrastive.scales, reg.contrastive.temperature
             )
-            loss = loss + reg.contrastive.lambda_con * con
+            loss = loss + reg.contrastive.lambda_con * ramp * con
             logs["train/con"] = con.detach()
         if self.plan.shape_prior and self.shape_autoencoder is not None:
-            loss = loss + self._shape_terms(out, target, domains, logs)
+            loss = loss + self._shape_terms(out, target, domains, logs, ramp)
         logs["train/loss"] = loss.detach()
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=image.shape[0])
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, logger=False)
@@ -111,7 +114,9 @@ class SegmentationModule(L.LightningModule):
             draws = {f"rank{r}": gathered[r].tolist() for r in range(gathered.shape[0])}
             atomic_write_json(Path(log_dir) / "ddp_first_batches.json", draws)
 
-    def _shape_terms(self, out, target: Tensor, domains: Tensor, logs: dict) -> Tensor:
+    def _shape_terms(
+        self, out, target: Tensor, domains: Tensor, logs: dict, ramp: float = 1.0
+    ) -> Tensor:
         prior = self.cfg.regularization.shape_prior
         head_to_union = self._head_to_union()
         batch = target.shape[0]
@@ -122,7 +127,7 @@ class SegmentationModule(L.LightningModule):
         onehot = union_onehot(target, heads, head_to_union, self.union_classes)
         shape = shape_prior_loss(self.shape_autoencoder, probabilities, onehot)
         logs["train/shape"] = shape.detach()
-        total = prior.lambda_shape * shape
+        total = prior.lambda_shape * ramp * shape
         if self.discriminator is not None and prior.lambda_adv > 0:
             code_pred = call_frozen(self.shape_autoencoder, "encode", probabilities)
             with torch.no_grad():
@@ -130,7 +135,7 @@ class SegmentationModule(L.LightningModule):
             generator, disc = adversarial_losses(self.discriminator, code_pred, code_gt)
             logs["train/adv"] = generator.detach()
             logs["train/disc"] = disc.detach()
-            total = total + prior.lambda_adv * generator + disc
+            total = total + prior.lambda_adv * ramp * generator + disc
         return total
 
     def configure_optimizers(self):
@@ -184,6 +189,13 @@ class SegmentationModule(L.LightningModule):
             self.log(f"val/dice_{name}", value, sync_dist=True, prog_bar=len(self.plan.domains) > 1)
         self.log("val/dice", float(np.mean(means)) if means else 0.0, sync_dist=True, prog_bar=True)
         self._validation.clear()
+
+
+def regularization_ramp(step: int, fraction: float, total_steps: int) -> float:
+    """The regularizers' weight factor at optimizer ``step`` (from 0): ``(step + 1) / n`` over
+    the first ``n = round(fraction * total_steps)`` steps, then 1 (always 1 when ``n`` is 0)."""
+    ramp_steps = round(fraction * total_steps)
+    return 1.0 if ramp_steps <= 0 else min(1.0, (step + 1) / ramp_steps)
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
