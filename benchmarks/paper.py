@@ -25,7 +25,8 @@ What it does, for a profile (PROFILES):
    to the cap, validated every epoch; the plot marks where the plateau rule stops.
 5. nnU-Net v2 (if installed: ``benchmarks/nnunet_env.sh``; ``--install-nnunet`` runs it) on the
    same folds: its default 2d plan with the wall-clock of the longest-trained scheme of the fold,
-   and a plan matched to jointseg's input trained to its own plateau (``_paper_nnunet.py``).
+   and a plan matched to jointseg's input trained to its own plateau (``_paper_nnunet.py``);
+   with ``--workers`` the worker processes share its networks too.
 6. Tables (``_paper_stats.py``) and figures (``_paper_plots.py``) into ``paper.md``.
 
 Every cell (scheme x fold, scheme x training subjects, curve scheme, nnU-Net variant x fold)
@@ -440,6 +441,8 @@ def report(
             nets = "; ".join(
                 f"{k} {v['epochs']}/{v['cap_epochs']}"
                 + (f" ({v['best_val_dice']:.3f})" if v.get("best_val_dice") is not None else "")
+                + (f", {v['steps']} steps" if "steps" in v and "best_val_dice" not in v else "")
+                + (", plateau stop" if v.get("plateau_stop") else "")
                 for k, v in (row.networks or {}).items()
             )
             lines.append(
