@@ -42,7 +42,8 @@ def budgets(nnunet: dict, longest_seconds: float, datasets: int, threads: int) -
     profile's ``nnunet`` settings: ``default`` gets the wall-clock of the longest jointseg cell
     of the fold split evenly over the datasets, in epochs of ``default_iterations`` (default:
     ``iterations``; short epochs let a large plan stop near its time), ``matched`` trains to
-    its plateau with an epoch cap; both with jointseg's ``threads``."""
+    its plateau (counted after ``min_epochs``) with an epoch cap; both with jointseg's
+    ``threads``."""
     shared = {"val_iterations": nnunet["val_iterations"], "threads": threads}
     return {
         "default": {
@@ -54,6 +55,7 @@ def budgets(nnunet: dict, longest_seconds: float, datasets: int, threads: int) -
             "iterations": nnunet["iterations"],
             "epochs": nnunet["epochs"],
             "plateau_patience": nnunet["patience"],
+            "plateau_min_epochs": nnunet.get("min_epochs", 0),
             **shared,
         },
     }

@@ -17,6 +17,9 @@ Environment variables (all optional):
 - ``NNUNET_BUDGET_PLATEAU_PATIENCE``: stop once nnU-Net's EMA pseudo-Dice of the validation
   batches has not risen by more than ``NNUNET_BUDGET_PLATEAU_MIN_DELTA`` (default 0) for this
   many epochs in a row (default 0: never).
+- ``NNUNET_BUDGET_PLATEAU_MIN_EPOCHS``: the plateau rule counts only the epochs after this many
+  (default 0). nnU-Net's pseudo-Dice often falls to 0 in its first epochs, while the network
+  first learns the background, so an EMA that has not yet risen is no plateau.
 - ``NNUNET_BUDGET_THREADS``: torch's intra-op threads (default: nnU-Net's, every core).
 - ``NNUNET_BUDGET_FINAL_VALIDATION``: 1 to run nnU-Net's validation of the held-out fold at
   the end (default 0: the benchmarks predict their test images themselves).
@@ -85,6 +88,7 @@ class nnUNetTrainerBudget(nnUNetTrainer):  # noqa: N801 (nnU-Net's lookup needs 
             _env("NNUNET_BUDGET_PLATEAU_PATIENCE", 0),
             _env("NNUNET_BUDGET_PLATEAU_MIN_DELTA", 0.0, float),
         )
+        self.plateau_min_epochs = _env("NNUNET_BUDGET_PLATEAU_MIN_EPOCHS", 0)
         threads = _env("NNUNET_BUDGET_THREADS", 0)
         if threads > 0:  # after nnUNetv2_train set every core for -device cpu
             torch.set_num_threads(threads)
@@ -128,7 +132,7 @@ class nnUNetTrainerBudget(nnUNetTrainer):  # noqa: N801 (nnU-Net's lookup needs 
             last = epoch + 1 >= self.num_epochs
             self.on_epoch_end()  # logs the EMA pseudo-Dice, saves checkpoint_best
             ema = self.logger.get_value("ema_fg_dice", step=-1)
-            if self.plateau.update(float(ema)):
+            if epoch + 1 > self.plateau_min_epochs and self.plateau.update(float(ema)):
                 stopped_on_plateau = True
                 last = True
             if last:

@@ -133,13 +133,15 @@ PROFILES: dict[str, Profile] = {
         scarce=(2, 4, 8, 12),
         curve_schemes=("full",),
         # nnU-Net matched: jointseg's cap of 200 steps per dataset (20 epochs of 10) unless
-        # its EMA pseudo-Dice stalls 3 epochs; default: 2-step epochs in its time budget
+        # its EMA pseudo-Dice stalls 5 epochs after the first 10 (it starts near 0 for
+        # several epochs); default: 2-step epochs in its time budget
         nnunet={
             "iterations": 10,
             "default_iterations": 2,
             "epochs": 20,
             "val_iterations": 2,
-            "patience": 3,
+            "patience": 5,
+            "min_epochs": 10,
         },
     ),
     # configs/paper.yaml: 100 epochs cap, validation every 5, equal steps per dataset

@@ -50,6 +50,7 @@ def test_budgets_name_what_the_trainer_reads() -> None:
         "matched": {
             "epochs": 30,
             "plateau_patience": 5,
+            "plateau_min_epochs": 0,
             "iterations": 10,
             "val_iterations": 2,
             "threads": 1,

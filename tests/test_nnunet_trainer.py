@@ -136,6 +136,31 @@ def test_plateau_stops_on_the_ema_pseudo_dice(trainer_module, tmp_path, monkeypa
     assert trainer.events == ["train_end"]
 
 
+def test_plateau_counts_only_after_the_minimum_epochs(
+    trainer_module, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("NNUNET_BUDGET_ITERATIONS", "1")
+    monkeypatch.setenv("NNUNET_BUDGET_EPOCHS", "30")
+    monkeypatch.setenv("NNUNET_BUDGET_VAL_ITERATIONS", "1")
+    monkeypatch.setenv("NNUNET_BUDGET_PLATEAU_PATIENCE", "2")
+    monkeypatch.setenv("NNUNET_BUDGET_PLATEAU_MIN_EPOCHS", "4")
+    # the pseudo-Dice falls to 0 first (the background), then rises and stalls
+    dice = [0.3, 0.0, 0.0, 0.0, 0.5, 0.8, 0.1] + [0.0] * 23
+    monkeypatch.setattr(FakeBaseTrainer, "dice_per_epoch", dice)
+    monkeypatch.setattr(FakeBaseTrainer, "clock_source", None)
+    trainer, record = _train(trainer_module, tmp_path)
+    # EMA 0.3, 0.27, 0.243, 0.2187 (not counted), then 0.24683 (best), 0.302147 (best),
+    # 0.2819323, 0.25373907: two epochs without a rise after the best -> stop after 8 epochs
+    assert trainer.ema == pytest.approx(
+        [0.3, 0.27, 0.243, 0.2187, 0.24683, 0.302147, 0.2819323, 0.25373907]
+    )
+    assert record["epochs"] == 8 and record["stopped_on_plateau"] is True
+    monkeypatch.delenv("NNUNET_BUDGET_PLATEAU_MIN_EPOCHS")
+    (tmp_path / "without").mkdir()
+    trainer, record = _train(trainer_module, tmp_path / "without")
+    assert record["epochs"] == 3  # counted from the first epoch: 0.27, 0.243 below 0.3
+
+
 def test_time_budget_stretches_the_schedule_over_the_epochs_that_fit(
     trainer_module, tmp_path, monkeypatch
 ) -> None:
