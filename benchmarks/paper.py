@@ -509,8 +509,8 @@ def run_nnunet_part(
         folder = fold_dir / "nnunet"
         setting_nn = NnUNet(nn.venv, folder, nn.version)
         budgets = pn.budgets(profile.nnunet, longest, len(cfg.datasets), threads)
+        mirroring = bool(cfg.evaluation.tta)
         for variant, budget in budgets.items():
-            mirroring = bool(cfg.evaluation.tta)
             pn.train_fold(setting_nn, cfg, view, info, variant, budget, device, mirroring, folder)
             scored = None if worker else pn.score_fold(cfg, view, variant, folder)
             if scored is None:

@@ -115,11 +115,14 @@ def _train(module, tmp_path: Path, clock: FakeClock | None = None):
     return trainer, json.loads((tmp_path / "budget.json").read_text(encoding="utf-8"))
 
 
+def _budget(monkeypatch, **values) -> None:
+    """Set the trainer's ``NNUNET_BUDGET_<KEY>`` variables."""
+    for key, value in values.items():
+        monkeypatch.setenv(f"NNUNET_BUDGET_{key.upper()}", str(value))
+
+
 def test_plateau_stops_on_the_ema_pseudo_dice(trainer_module, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("NNUNET_BUDGET_ITERATIONS", "3")
-    monkeypatch.setenv("NNUNET_BUDGET_EPOCHS", "30")
-    monkeypatch.setenv("NNUNET_BUDGET_VAL_ITERATIONS", "1")
-    monkeypatch.setenv("NNUNET_BUDGET_PLATEAU_PATIENCE", "2")
+    _budget(monkeypatch, iterations=3, epochs=30, val_iterations=1, plateau_patience=2)
     monkeypatch.setattr(FakeBaseTrainer, "dice_per_epoch", [0.5, 0.6, 0.6] + [0.4] * 27)
     monkeypatch.setattr(FakeBaseTrainer, "clock_source", None)
     threads = torch.get_num_threads()
@@ -139,11 +142,14 @@ def test_plateau_stops_on_the_ema_pseudo_dice(trainer_module, tmp_path, monkeypa
 def test_plateau_counts_only_after_the_minimum_epochs(
     trainer_module, tmp_path, monkeypatch
 ) -> None:
-    monkeypatch.setenv("NNUNET_BUDGET_ITERATIONS", "1")
-    monkeypatch.setenv("NNUNET_BUDGET_EPOCHS", "30")
-    monkeypatch.setenv("NNUNET_BUDGET_VAL_ITERATIONS", "1")
-    monkeypatch.setenv("NNUNET_BUDGET_PLATEAU_PATIENCE", "2")
-    monkeypatch.setenv("NNUNET_BUDGET_PLATEAU_MIN_EPOCHS", "4")
+    _budget(
+        monkeypatch,
+        iterations=1,
+        epochs=30,
+        val_iterations=1,
+        plateau_patience=2,
+        plateau_min_epochs=4,
+    )
     # the pseudo-Dice falls to 0 first (the background), then rises and stalls
     dice = [0.3, 0.0, 0.0, 0.0, 0.5, 0.8, 0.1] + [0.0] * 23
     monkeypatch.setattr(FakeBaseTrainer, "dice_per_epoch", dice)
@@ -164,9 +170,7 @@ def test_plateau_counts_only_after_the_minimum_epochs(
 def test_time_budget_stretches_the_schedule_over_the_epochs_that_fit(
     trainer_module, tmp_path, monkeypatch
 ) -> None:
-    monkeypatch.setenv("NNUNET_BUDGET_ITERATIONS", "2")
-    monkeypatch.setenv("NNUNET_BUDGET_VAL_ITERATIONS", "1")
-    monkeypatch.setenv("NNUNET_BUDGET_SECONDS", "10")
+    _budget(monkeypatch, iterations=2, val_iterations=1, seconds=10)
     clock = FakeClock()
     monkeypatch.setattr(FakeBaseTrainer, "dice_per_epoch", [0.1 * i for i in range(50)])
     monkeypatch.setattr(FakeBaseTrainer, "clock_source", clock)
