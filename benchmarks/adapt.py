@@ -35,6 +35,10 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _locks import claimed, locked  # noqa: E402 (benchmarks/_locks.py)
+from _page import update_section  # noqa: E402
 
 from jointseg.config import DatasetConfig, load_config, save_config  # noqa: E402
 from jointseg.data.io import read_image  # noqa: E402
@@ -61,7 +65,10 @@ def ensure_study(data: Path, datasets: list[str], train: int, test: int, seed: i
 
 def subset(source: Path, target: Path, subjects: int, test: int | None) -> Path:
     """A dataset folder of the first ``subjects`` training cases (symbolic links) and the first
-    ``test`` held-out ones (all when None)."""
+    ``test`` held-out ones (all when None); kept as it is when an earlier call finished it."""
+    done = target / ".complete"
+    if done.is_file():
+        return target
     if target.exists():
         shutil.rmtree(target)
     manifest = load_manifest(source)
@@ -76,6 +83,7 @@ def subset(source: Path, target: Path, subjects: int, test: int | None) -> Path:
             (target / folder).mkdir(parents=True, exist_ok=True)
             os.symlink(path.resolve(), target / folder / path.name)
     write_manifest(target, manifest.model_copy(update={"numTraining": subjects}))
+    done.touch()
     return target
 
 
@@ -227,9 +235,154 @@ def _train_from(cfg, study: Path, out: Path) -> None:
         runner.plan_scheme = original
 
 
+def _cells(results: dict) -> dict[str, dict[int, dict[str, dict]]]:
+    """``joint|size|method`` keys -> {joint: {size: {method: cell}}}."""
+    table: dict[str, dict[int, dict[str, dict]]] = {}
+    for key, cell in results.items():
+        joint, size, method = key.split("|")
+        table.setdefault(joint, {}).setdefault(int(size), {})[method] = cell
+    return table
+
+
+def _methods(cells: dict[int, dict[str, dict]]) -> list[str]:
+    seen = {m for by_method in cells.values() for m in by_method}
+    known = [m for m in METHODS if m in seen]
+    return known + sorted(seen - set(known))
+
+
+def aim(cells: dict[int, dict[str, dict]], few: int = 2, many: int = 8) -> str | None:
+    """The issue's aim on one dataset: the best adapt mode with ``few`` subjects against an
+    individual network with ``many``; None when a cell is missing."""
+    adapted = {m: c["mean_dice"] for m, c in cells.get(few, {}).items() if m.startswith("adapt-")}
+    individual = cells.get(many, {}).get("individual")
+    if not adapted or individual is None:
+        return None
+    best = max(adapted, key=adapted.get)
+    verdict = "meets" if adapted[best] >= individual["mean_dice"] else "falls short of"
+    return (
+        f"best adapt mode with {few} subjects, `{best}`: {adapted[best]:.3f}; individual with "
+        f"{many}: {individual['mean_dice']:.3f}: {verdict} the aim "
+        f"({adapted[best] - individual['mean_dice']:+.3f})"
+    )
+
+
+def report(results: dict, figure: str | None = None) -> str:
+    """Markdown: per dataset, mean Dice and wall time per method and number of subjects, Dice
+    per bone, and the aim (adapting with 2 subjects against an individual network with 8)."""
+    lines = []
+    for joint, cells in _cells(results).items():
+        sizes = sorted(cells)
+        methods = _methods(cells)
+        any_cell = next(iter(cells[sizes[0]].values()))
+        nearest = sorted({c["nearest_domain"] for s in sizes for c in cells[s].values()
+                          if "nearest_domain" in c})  # fmt: skip
+        lines += [
+            f"#### {joint}",
+            "",
+            f"{any_cell['steps']} steps per cell"
+            + (f"; nearest domain: {', '.join(nearest)}" if nearest else "")
+            + ". Mean Dice over the bones on the held-out subjects (wall seconds: training "
+            "and prediction).",
+            "",
+            "| method | " + " | ".join(f"{s} subject{'s' * (s > 1)}" for s in sizes) + " |",
+            "|---" * (len(sizes) + 1) + "|",
+        ]
+        for method in methods:
+            row = [
+                f"{cells[s][method]['mean_dice']:.3f} ({cells[s][method]['seconds']:.0f} s)"
+                if method in cells[s]
+                else "-"
+                for s in sizes
+            ]
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
+        bones = list(any_cell["dice"])
+        lines += ["", "| method | subjects | " + " | ".join(bones) + " |",
+                  "|---|---" + "|---" * len(bones) + "|"]  # fmt: skip
+        for method in methods:
+            for s in sizes:
+                if method in cells[s]:
+                    dice_row = " | ".join(f"{cells[s][method]['dice'][b]:.3f}" for b in bones)
+                    lines.append(f"| {method} | {s} | {dice_row} |")
+        verdict = aim(cells)
+        if verdict:
+            lines += ["", f"Aim: {verdict}."]
+        lines.append("")
+    if figure:
+        lines.append(f"![Learning curves of the new datasets]({figure})")
+    return "\n".join(lines)
+
+
+def curves_figure(results: dict, target: Path) -> Path:
+    """One panel per dataset: mean Dice against labelled subjects, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jointseg.utils.atomic import atomic_path
+
+    table = _cells(results)
+    fig, axes = plt.subplots(1, len(table), figsize=(5.2 * len(table), 3.8), squeeze=False)
+    for ax, (joint, cells) in zip(axes[0], table.items(), strict=True):
+        sizes = sorted(cells)
+        for method in _methods(cells):
+            points = [(s, cells[s][method]["mean_dice"]) for s in sizes if method in cells[s]]
+            ax.plot(*zip(*points, strict=True), marker="o", label=method,
+                    linestyle="-" if method.startswith("adapt") else "--")  # fmt: skip
+        ax.set(title=joint, xlabel="labelled training subjects", ylabel="mean Dice",
+               ylim=(0, 1), xscale="log")  # fmt: skip
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return target
+
+
+def run_cells(args, datasets, sizes, methods, steps, test, data) -> None:
+    """Train and score every missing cell. Several processes may share ``--out``: each cell
+    is claimed by one, and results.json is updated under a lock."""
+    path = args.out / RESULTS
+    for joint in datasets:
+        source = data / joint_spec(joint).folder
+        for size in sizes:
+            cell_root = args.out / "cells" / f"{joint}_n{size}"
+            with locked(cell_root / "study"):
+                dataset = subset(source, cell_root / "study" / source.name, size, test)
+            for method in methods:
+                key = f"{joint}|{size}|{method}"
+                work = cell_root / method
+                with claimed(work) as mine:
+                    if not mine or key in read_results(path):
+                        print(f"{key}: done or claimed, skipped", flush=True)
+                        continue
+                    if work.exists():
+                        shutil.rmtree(work)  # an unfinished cell starts again
+                    work.mkdir(parents=True)
+                    cell = {
+                        "steps": steps,
+                        **run_cell(method, args.run, dataset, joint, steps, work, args.quick),
+                    }
+                    if method.startswith("adapt-"):
+                        record = json.loads((work / "run" / "adaptation.json").read_text("utf-8"))
+                        cell["nearest_domain"] = record["nearest_domain"]
+                        cell["lr"] = record["lr"]
+                    with locked(path):
+                        atomic_write_json(path, {**read_results(path), key: cell})
+                print(f"{key}: mean Dice {cell['mean_dice']:.3f} in {cell['seconds']:.0f} s",
+                      flush=True)  # fmt: skip
+
+
+def read_results(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="trained mtmd/full run folder")
+    parser.add_argument("--run", type=Path, help="trained mtmd/full run folder")
     parser.add_argument("--out", type=Path, required=True, help="benchmark folder (resumable)")
     parser.add_argument("--data", type=Path, help="study with the new datasets (default OUT/data)")
     parser.add_argument("--datasets", default="elbow,knee_t1")
@@ -239,7 +392,18 @@ def main() -> None:
     parser.add_argument("--test-subjects", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="1-2 subjects, 20 steps, 1 dataset")
+    parser.add_argument(
+        "--report", action="store_true", help="no training: OUT/adapt.md, OUT/adapt_curves.png"
+    )
+    parser.add_argument(
+        "--update-page", action="store_true", help="with --report: also into BENCHMARKS.md"
+    )
     args = parser.parse_args()
+    if args.report:
+        write_report(args.out, args.update_page)
+        return
+    if args.run is None:
+        parser.error("--run is needed to train (or pass --report)")
     datasets = args.datasets.split(",")[:1] if args.quick else args.datasets.split(",")
     sizes = [int(s) for s in (args.sizes or ("1,2" if args.quick else "1,2,4,8")).split(",")]
     steps = args.steps or (20 if args.quick else 300)
@@ -248,34 +412,27 @@ def main() -> None:
     data = args.data or args.out / "data"
     # slice caches are keyed by content: one shared folder serves every cell
     os.environ.setdefault("JOINTSEG_CACHE", str((args.out / "cache").resolve()))
-    ensure_study(data, datasets, max(sizes), test, args.seed)
-    path = args.out / RESULTS
-    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    for joint in datasets:
-        source = data / joint_spec(joint).folder
-        for size in sizes:
-            cell_root = args.out / "cells" / f"{joint}_n{size}"
-            dataset = subset(source, cell_root / "study" / source.name, size, test)
-            for method in methods:
-                key = f"{joint}|{size}|{method}"
-                if key in results:
-                    print(f"{key}: done, skipped")
-                    continue
-                work = cell_root / method
-                if work.exists():
-                    shutil.rmtree(work)  # an unfinished cell starts again
-                work.mkdir(parents=True)
-                results[key] = {
-                    "steps": steps,
-                    **run_cell(method, args.run, dataset, joint, steps, work, args.quick),
-                }
-                if method.startswith("adapt-"):
-                    record = json.loads((work / "run" / "adaptation.json").read_text("utf-8"))
-                    results[key]["nearest_domain"] = record["nearest_domain"]
-                atomic_write_json(path, results)
-                print(f"{key}: mean Dice {results[key]['mean_dice']:.3f} "
-                      f"in {results[key]['seconds']:.0f} s", flush=True)  # fmt: skip
-    print(json.dumps(results, indent=1))
+    with locked(data):
+        ensure_study(data, datasets, max(sizes), test, args.seed)
+    run_cells(args, datasets, sizes, methods, steps, test, data)
+    print(json.dumps(read_results(args.out / RESULTS), indent=1))
+
+
+def write_report(out: Path, update_page: bool) -> None:
+    """OUT/adapt.md and OUT/adapt_curves.png; with ``update_page`` also BENCHMARKS.md's adapt
+    section, its figure copied to benchmarks/results/adapt/."""
+    results = read_results(out / RESULTS)
+    if not results:
+        raise SystemExit(f"{out / RESULTS}: no finished cell to report")
+    figure = curves_figure(results, out / "adapt_curves.png")
+    (out / "adapt.md").write_text(report(results, figure.name) + "\n", encoding="utf-8")
+    print(report(results, figure.name))
+    if update_page:
+        kept = ROOT / "benchmarks" / "results" / "adapt" / figure.name
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(figure, kept)
+        update_section(ROOT / "BENCHMARKS.md", "adapt",
+                       report(results, kept.relative_to(ROOT).as_posix()))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -55,12 +55,12 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _locks import claimed  # noqa: E402 (benchmarks/_locks.py)
+from _page import markers, update_section  # noqa: E402
 
 SCHEMES = ("individual", "transfer", "shared", "mtmd", "mtmd+con", "full")
 JOINTS = ("ankle", "knee", "shoulder")
 CELL_FILE = "cell.json"
-PAGE_BEGIN = "<!-- paper:begin -->"
-PAGE_END = "<!-- paper:end -->"
+PAGE_BEGIN, PAGE_END = markers("paper")
 PARTS = ("cv", "scarce", "curve", "nnunet")
 #: Figures of the run that updates BENCHMARKS.md (``--update-page``), kept in git.
 PAGE_FIGURES = HERE / "results" / "paper"
@@ -471,14 +471,7 @@ def page_text(text: str, out: Path, figures: Path, root: Path = ROOT) -> str:
 
 def update_page(page: Path, text: str) -> None:
     """Replace what lies between the paper markers of ``page`` with ``text``."""
-    from jointseg.utils.atomic import atomic_write_text
-
-    content = page.read_text(encoding="utf-8")
-    begin, end = content.find(PAGE_BEGIN), content.find(PAGE_END)
-    if begin < 0 or end < begin:
-        raise ValueError(f"{page}: no '{PAGE_BEGIN}' ... '{PAGE_END}' section to fill")
-    head = content[: begin + len(PAGE_BEGIN)]
-    atomic_write_text(page, head + "\n" + text.strip() + "\n" + content[end:])
+    update_section(page, "paper", text)
 
 
 # -- nnU-Net ---------------------------------------------------------------------------------
