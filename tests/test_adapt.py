@@ -168,7 +168,9 @@ def test_modes_train_only_their_parameters() -> None:
         assert not any(p.requires_grad for i in (0, 1) for p in net.heads[i].parameters())
     assert counts["head"] == 2  # the new head's weight and bias
     assert counts["head"] < counts["norm+head"] < counts["all"]
-    assert [g["lr"] for g in adapted_parameters(net, "all", 2, lr=1e-3)] == [1e-3, 1e-3, 1e-4]
+    assert [g["lr"] for g in adapted_parameters(net, "all", 2, lr=1e-3)] == pytest.approx(
+        [3e-3, 3e-3, 1e-4]
+    )
 
 
 def test_extend_refuses_a_single_domain_network() -> None:

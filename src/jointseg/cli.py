@@ -186,7 +186,10 @@ def adapt(
     name: Annotated[str | None, typer.Option(help="New domain name (default: folder).")] = None,
     subjects: Annotated[int | None, typer.Option(help="Train on the first N cases.")] = None,
     validation: Annotated[int, typer.Option(help="Cases held out for validation.")] = 0,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the run's).")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Base learning rate (default: the run's); new layers at 3x it."),
+    ] = None,
 ) -> None:
     """Add a dataset (a new joint or site) as a new domain of a trained run."""
     from jointseg.workflows.adapt import adapt_run

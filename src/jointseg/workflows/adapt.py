@@ -41,6 +41,7 @@ from jointseg.training.adaptation import (
     ADAPTABLE_SCHEMES,
     BN_INITS,
     DEFAULT_BN_INIT,
+    NEW_LAYERS_LR_FACTOR,
     AdaptationError,
     extend_network,
     matching_rows,
@@ -222,7 +223,8 @@ def adapt_run(
     domain's (default from the folder name); ``subjects``: train on the first N labelled
     training cases only; ``validation``: hold out the last N labelled training cases to choose
     the best weights and decide the new domain's postprocessing; ``lr``: the base learning
-    rate (default: the run's). Returns the new run's index.
+    rate (default: the run's; the new head and BN train at ``NEW_LAYERS_LR_FACTOR`` x it).
+    Returns the new run's index.
     """
     began = time.perf_counter()
     run, data, out = Path(run), Path(data), Path(out)
@@ -329,6 +331,7 @@ def adapt_run(
             "distances": distances,
             "steps": trained.steps,
             "lr": train_cfg.training.optimizer.lr,
+            "new_layers_lr": train_cfg.training.optimizer.lr * NEW_LAYERS_LR_FACTOR,
             "training_cases": new.training,
             "validation_cases": new.validation,
             "best_validation_dice": trained.best_validation_dice,
