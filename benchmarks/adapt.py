@@ -55,8 +55,17 @@ RESULTS = "results.json"
 
 
 def ensure_study(data: Path, datasets: list[str], train: int, test: int, seed: int) -> None:
-    """Synthesize the new datasets into ``data`` unless their folders are there."""
+    """Synthesize the new datasets into ``data`` unless their folders are there; a folder
+    with fewer training or held-out cases than the curve needs is refused at once."""
     missing = [d for d in datasets if not (data / joint_spec(d).folder / "dataset.json").is_file()]
+    for joint in set(datasets) - set(missing):
+        folder = data / joint_spec(joint).folder
+        have = len(list_cases(folder, "train")), len(list_cases(folder, "test"))
+        if have[0] < train or have[1] < test:
+            raise SystemExit(
+                f"{folder}: {have[0]} training and {have[1]} held-out cases, the curve needs "
+                f"{train} and {test}; give another --data or remove the folder"
+            )
     if missing:
         from jointseg.synth.generate import synthesize_study
 

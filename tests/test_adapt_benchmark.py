@@ -80,9 +80,20 @@ def test_update_section_replaces_only_its_section(tmp_path: Path) -> None:
         _page.update_section(page, "adapt2", "x")
 
 
-def test_subset_links_the_first_cases_once(tmp_path: Path) -> None:
+def _manifest(folder: Path, training: int) -> None:
     from jointseg.data.manifest import DatasetManifest, write_manifest
 
+    manifest = DatasetManifest(
+        name="Toy",
+        channel_names={"0": "MRI"},
+        labels={"background": 0, "bone": 1},
+        numTraining=training,
+        file_ending=".nii.gz",
+    )
+    write_manifest(folder, manifest)
+
+
+def test_subset_links_the_first_cases_once(tmp_path: Path) -> None:
     source = tmp_path / "Dataset009_Toy"
     for folder, names in (("imagesTr", ("a", "b", "c")), ("imagesTs", ("t", "u"))):
         for name in names:
@@ -90,14 +101,7 @@ def test_subset_links_the_first_cases_once(tmp_path: Path) -> None:
             (source / folder.replace("images", "labels")).mkdir(parents=True, exist_ok=True)
             (source / folder / f"{name}_0000.nii.gz").write_bytes(b"x")
             (source / folder.replace("images", "labels") / f"{name}.nii.gz").write_bytes(b"y")
-    manifest = DatasetManifest(
-        name="Toy",
-        channel_names={"0": "MRI"},
-        labels={"background": 0, "bone": 1},
-        numTraining=3,
-        file_ending=".nii.gz",
-    )
-    write_manifest(source, manifest)
+    _manifest(source, 3)
     target = adapt.subset(source, tmp_path / "cell" / source.name, 2, 1)
     assert sorted(p.name for p in (target / "imagesTr").iterdir()) == [
         "a_0000.nii.gz",
@@ -110,3 +114,15 @@ def test_subset_links_the_first_cases_once(tmp_path: Path) -> None:
     assert (target / "imagesTr" / "a_0000.nii.gz").lstat().st_mtime_ns == marker
     with pytest.raises(SystemExit, match="3 training cases, the curve needs 4"):
         adapt.subset(source, tmp_path / "other" / source.name, 4, 1)
+
+
+def test_a_study_with_too_few_cases_is_refused_before_training(tmp_path: Path) -> None:
+    from jointseg.synth.anatomy import joint_spec
+
+    folder = tmp_path / joint_spec("elbow").folder
+    (folder / "imagesTr").mkdir(parents=True)
+    _manifest(folder, 0)
+    with pytest.raises(
+        SystemExit, match="0 training and 0 held-out cases, the curve needs 8 and 4"
+    ):
+        adapt.ensure_study(tmp_path, ["elbow"], 8, 4, 0)
