@@ -242,6 +242,24 @@ def test_frozen_modes_keep_old_domains_bit_identical(source_run, adapted) -> Non
 
 @pytest.mark.slow
 @pytest.mark.trains
+def test_head_mode_reestimates_only_the_new_statistics(source_run, adapted) -> None:
+    """``head``: the new BN's running statistics move to the new scans (AdaBN); its affine
+    parameters stay those of the nearest domain it started from."""
+    record = json.loads((adapted["head"] / "adaptation.json").read_text(encoding="utf-8"))
+    source = list(DOMAINS).index(record["nearest_domain"])
+    old, _ = load_model(source_run / "models" / "main")
+    new, _ = load_model(adapted["head"] / "models" / "main")
+    moved = 0
+    for before, after in zip(domain_batchnorms(old), domain_batchnorms(new), strict=True):
+        start, adapted_bn = before.bns[source], after.bns[len(DOMAINS)]
+        assert torch.equal(start.weight, adapted_bn.weight)
+        assert torch.equal(start.bias, adapted_bn.bias)
+        moved += not torch.allclose(start.running_mean, adapted_bn.running_mean)
+    assert moved == len(domain_batchnorms(new))
+
+
+@pytest.mark.slow
+@pytest.mark.trains
 def test_adapted_run_learns_the_new_domain_and_round_trips(source_run, adapted) -> None:
     from jointseg.evaluation.evaluate import evaluate_run
     from jointseg.inference.predictor import Predictor

@@ -6,7 +6,8 @@ The network of an ``mtmd``/``mtmd+con``/``full`` run gets one more domain: a BN 
 ``norm+head``) or fine-tuned at a lower learning rate (``all``):
 
 ==========  ====================================================================================
-head        the new head only; the new BN keeps its initial statistics (eval mode)
+head        the new head; the new BN's statistics re-estimated on the new scans, its affine
+            parameters kept (AdaBN, Li et al. 2016)
 norm+head   the new head and the new BN (affine parameters trained, statistics re-estimated)
 all         as norm+head, plus the shared convolutions at ``SHARED_LR_FACTOR`` x the learning rate
 ==========  ====================================================================================
@@ -190,13 +191,15 @@ class AdaptationModule(SegmentationModule):
         self.groups = adapted_parameters(net, mode, new_index, cfg.training.optimizer.lr)
 
     def train(self, mode: bool = True) -> AdaptationModule:
-        """Training mode, except for the BN layers whose statistics stay fixed: every old
-        domain's (never run here, kept exact) and, in ``head`` mode, the new one's."""
+        """Training mode, except for the old domains' BN layers (never run here, kept exact).
+        The new domain's BN layers re-estimate their statistics in every mode: with ``head``
+        only the statistics move (their affine parameters are not trained), which fits the
+        frozen features to the new contrast (measured: docs/adapt.md)."""
         super().train(mode)
         if mode:
             for layer in domain_batchnorms(self.net):
                 for index, bn in enumerate(layer.bns):
-                    if index != self.new_index or self.mode == "head":
+                    if index != self.new_index:
                         bn.eval()
         return self
 
@@ -304,6 +307,9 @@ def train_new_domain(
         enable_model_summary=False,
         default_root_dir=work_dir,
     )
+    # Lightning keeps the modes it finds (and restores them after each validation); the
+    # loaded network is in eval mode, so the modes of adaptation are set here
+    module.train()
     trainer.fit(module, datamodule=datamodule)
     score = checkpoint.best_model_score
     best = checkpoint.best_model_path
