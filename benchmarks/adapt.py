@@ -10,7 +10,8 @@ when ``--data`` holds none) and each number of labelled training subjects (1, 2,
 - ``full``: the run's scheme retrained from scratch with the new dataset added;
 
 (an adapt method with ``:pooled``, e.g. ``adapt-head:pooled``, starts the new BN from the pool
-of the run's domains instead of the nearest one) and scores Dice per bone on the dataset's
+of the run's domains instead of the nearest one; with ``:reestimated`` the new BN's statistics
+are re-estimated on the new scans instead of kept) and scores Dice per bone on the dataset's
 held-out subjects (imagesTs/labelsTs, the domain given), with each cell's wall time (training
 and prediction). Every finished cell is kept in
 ``OUT/results.json`` (atomically): a rerun continues where it stopped. ``--quick``: 1 and 2
@@ -177,10 +178,14 @@ def run_cell(
     study = dataset.parent
     if method.startswith("adapt-"):
         out = work / "run"
-        mode, _, init = method[6:].partition(":")
+        mode, *options = method[6:].split(":")
+        unknown = set(options) - {"pooled", "reestimated"}
+        if unknown:
+            raise SystemExit(f"{method}: unknown option(s) {sorted(unknown)}")
         adapt_run(
-            run, dataset, out, mode=mode, steps=steps, init=init or "nearest", name=name,
-            progress=False,
+            run, dataset, out, mode=mode, steps=steps, name=name, progress=False,
+            init="pooled" if "pooled" in options else "nearest",
+            statistics="reestimated" if "reestimated" in options else "fixed",
         )  # fmt: skip
     elif method == "individual":
         single = cfg.model_copy(

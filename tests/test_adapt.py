@@ -106,9 +106,9 @@ def adapted(source_run: Path, tmp_path_factory) -> dict[str, Path]:
     runs = {}
     for mode in ("head", "norm+head", "all"):
         out = tmp_path_factory.mktemp(mode.replace("+", "_")) / "run"
-        adapt_run(
-            source_run, data, out, mode=mode, steps=STEPS, validation=1, lr=5e-3, progress=False
-        )
+        statistics = "reestimated" if mode == "head" else "fixed"
+        adapt_run(source_run, data, out, mode=mode, steps=STEPS, validation=1, lr=5e-3,
+                  progress=False, statistics=statistics)  # fmt: skip
         runs[mode] = out
     return runs
 
@@ -171,6 +171,12 @@ def test_modes_train_only_their_parameters() -> None:
     assert [g["lr"] for g in adapted_parameters(net, "all", 2, lr=1e-3)] == pytest.approx(
         [3e-3, 3e-3, 1e-4]
     )
+
+
+def test_unknown_statistics_are_refused_before_reading(tmp_path: Path) -> None:
+    with pytest.raises(AdaptationError, match="unknown --statistics 'moving'; choose one of "
+                                              "fixed, reestimated"):  # fmt: skip
+        adapt_run(tmp_path / "run", tmp_path / "data", tmp_path / "out", statistics="moving")
 
 
 def test_extend_refuses_a_single_domain_network() -> None:
@@ -242,20 +248,25 @@ def test_frozen_modes_keep_old_domains_bit_identical(source_run, adapted) -> Non
 
 @pytest.mark.slow
 @pytest.mark.trains
-def test_head_mode_reestimates_only_the_new_statistics(source_run, adapted) -> None:
-    """``head``: the new BN's running statistics move to the new scans (AdaBN); its affine
-    parameters stay those of the nearest domain it started from."""
-    record = json.loads((adapted["head"] / "adaptation.json").read_text(encoding="utf-8"))
-    source = list(DOMAINS).index(record["nearest_domain"])
+def test_new_statistics_move_only_when_reestimated(source_run, adapted) -> None:
+    """``head`` with re-estimated statistics (AdaBN): the new BN's running statistics move to
+    the new scans, its affine parameters stay the nearest domain's. ``norm+head`` with fixed
+    statistics: the other way round."""
     old, _ = load_model(source_run / "models" / "main")
-    new, _ = load_model(adapted["head"] / "models" / "main")
-    moved = 0
-    for before, after in zip(domain_batchnorms(old), domain_batchnorms(new), strict=True):
-        start, adapted_bn = before.bns[source], after.bns[len(DOMAINS)]
-        assert torch.equal(start.weight, adapted_bn.weight)
-        assert torch.equal(start.bias, adapted_bn.bias)
-        moved += not torch.allclose(start.running_mean, adapted_bn.running_mean)
-    assert moved == len(domain_batchnorms(new))
+    for mode, statistics_move in (("head", True), ("norm+head", False)):
+        record = json.loads((adapted[mode] / "adaptation.json").read_text(encoding="utf-8"))
+        assert record["bn_statistics"] == ("reestimated" if statistics_move else "fixed")
+        source = list(DOMAINS).index(record["nearest_domain"])
+        new, _ = load_model(adapted[mode] / "models" / "main")
+        moved = affine_moved = 0
+        for before, after in zip(domain_batchnorms(old), domain_batchnorms(new), strict=True):
+            start, adapted_bn = before.bns[source], after.bns[len(DOMAINS)]
+            moved += not torch.allclose(start.running_mean, adapted_bn.running_mean)
+            moved += not torch.allclose(start.running_var, adapted_bn.running_var)
+            affine_moved += not torch.equal(start.weight, adapted_bn.weight)
+        layers = len(domain_batchnorms(new))
+        assert moved == (2 * layers if statistics_move else 0), mode
+        assert affine_moved == (0 if statistics_move else layers), mode
 
 
 @pytest.mark.slow

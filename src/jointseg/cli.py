@@ -190,12 +190,15 @@ def adapt(
         float | None,
         typer.Option(help="Base learning rate (default: the run's); new layers at 3x it."),
     ] = None,
+    statistics: Annotated[
+        str, typer.Option(help="New BN statistics: 'fixed' (as started) or 'reestimated'.")
+    ] = "fixed",
 ) -> None:
     """Add a dataset (a new joint or site) as a new domain of a trained run."""
     from jointseg.workflows.adapt import adapt_run
 
     _run(adapt_run, run, data, out, mode=train, steps=steps, init=init, name=name,
-         subjects=subjects, validation=validation, lr=lr)  # fmt: skip
+         subjects=subjects, validation=validation, lr=lr, statistics=statistics)  # fmt: skip
     typer.echo(f"adapted run: {out}")
 
 

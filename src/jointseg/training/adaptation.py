@@ -6,11 +6,15 @@ The network of an ``mtmd``/``mtmd+con``/``full`` run gets one more domain: a BN 
 ``norm+head``) or fine-tuned at a lower learning rate (``all``):
 
 ==========  ====================================================================================
-head        the new head; the new BN's statistics re-estimated on the new scans, its affine
-            parameters kept (AdaBN, Li et al. 2016)
-norm+head   the new head and the new BN (affine parameters trained, statistics re-estimated)
+head        the new head only
+norm+head   the new head and the new BN's affine parameters
 all         as norm+head, plus the shared convolutions at ``SHARED_LR_FACTOR`` x the learning rate
 ==========  ====================================================================================
+
+The new BN's running statistics stay those it started from (``statistics="fixed"``, the
+default: training and inference normalize alike) or are re-estimated on the new scans during
+training (``"reestimated"``; with ``head`` this is AdaBN, Li et al. 2016). With few scans the
+fixed statistics did better (benchmarks/adapt.py, docs/adapt.md).
 
 The new layers train at ``NEW_LAYERS_LR_FACTOR`` x the run's learning rate: they start far from
 their optimum (random head rows) and hold few parameters.
@@ -59,6 +63,8 @@ DEFAULT_BN_INIT = "nearest"
 NEW_LAYERS_LR_FACTOR = 3.0
 SHARED_LR_FACTOR = 0.1  # learning rate of the shared convolutions in mode "all", x the base
 ADAPTABLE_SCHEMES = ("mtmd", "mtmd+con", "full")
+BN_STATISTICS = ("fixed", "reestimated")
+DEFAULT_STATISTICS = "fixed"
 
 
 class AdaptationError(ValueError):
@@ -184,22 +190,27 @@ class AdaptationModule(SegmentationModule):
         total_steps: int,
         mode: str,
         new_index: int,
+        statistics: str = DEFAULT_STATISTICS,
     ) -> None:
+        if statistics not in BN_STATISTICS:
+            raise AdaptationError(
+                f"unknown statistics {statistics!r}; choose one of {', '.join(BN_STATISTICS)}"
+            )
         super().__init__(net, cfg, plan, label_space, total_steps)
         self.mode = mode
         self.new_index = new_index
+        self.statistics = statistics
         self.groups = adapted_parameters(net, mode, new_index, cfg.training.optimizer.lr)
 
     def train(self, mode: bool = True) -> AdaptationModule:
-        """Training mode, except for the old domains' BN layers (never run here, kept exact).
-        The new domain's BN layers re-estimate their statistics in every mode: with ``head``
-        only the statistics move (their affine parameters are not trained), which fits the
-        frozen features to the new contrast (measured: docs/adapt.md)."""
+        """Training mode, except for the BN layers whose statistics stay as they are: every old
+        domain's (never run here, kept exact) and, with ``statistics="fixed"``, the new one's
+        (normalized with its starting statistics in training as in inference)."""
         super().train(mode)
         if mode:
             for layer in domain_batchnorms(self.net):
                 for index, bn in enumerate(layer.bns):
-                    if index != self.new_index:
+                    if index != self.new_index or self.statistics == "fixed":
                         bn.eval()
         return self
 
@@ -270,15 +281,17 @@ def train_new_domain(
     steps: int,
     work_dir: Path,
     progress: bool = False,
+    statistics: str = DEFAULT_STATISTICS,
 ) -> AdaptationResult:
     """Train the last domain of ``net`` (``domains[-1]``, data in ``split``) for ``steps``
-    optimizer steps; ``work_dir`` takes the checkpoints and CSV logs. With validation subjects
+    optimizer steps; ``work_dir`` takes the checkpoints and CSV logs; ``statistics``: the new
+    BN's running statistics ``fixed`` or ``reestimated``. With validation subjects
     the weights of the best validation Dice are returned, else the last ones."""
     cfg = adaptation_config(cfg, steps)
     L.seed_everything(cfg.training.seed, verbose=False)
     new_index = len(domains) - 1
     plan = ModelPlan(name="main", domains=tuple(domains), domain_specific_bn=True)
-    module = AdaptationModule(net, cfg, plan, label_space, steps, mode, new_index)
+    module = AdaptationModule(net, cfg, plan, label_space, steps, mode, new_index, statistics)
     datamodule = PlanDataModule(cfg, [split], contrastive=False)
     has_validation = bool(split.validation_cases)
     checkpoint = ModelCheckpoint(

@@ -40,7 +40,9 @@ from jointseg.training.adaptation import (
     ADAPT_MODES,
     ADAPTABLE_SCHEMES,
     BN_INITS,
+    BN_STATISTICS,
     DEFAULT_BN_INIT,
+    DEFAULT_STATISTICS,
     NEW_LAYERS_LR_FACTOR,
     AdaptationError,
     extend_network,
@@ -215,6 +217,7 @@ def adapt_run(
     validation: int = 0,
     lr: float | None = None,
     progress: bool = True,
+    statistics: str = DEFAULT_STATISTICS,
 ) -> RunInfo:
     """Add the dataset ``data`` as a new domain of the run ``run``; write the run ``out``.
 
@@ -223,7 +226,9 @@ def adapt_run(
     domain's (default from the folder name); ``subjects``: train on the first N labelled
     training cases only; ``validation``: hold out the last N labelled training cases to choose
     the best weights and decide the new domain's postprocessing; ``lr``: the base learning
-    rate (default: the run's; the new head and BN train at ``NEW_LAYERS_LR_FACTOR`` x it).
+    rate (default: the run's; the new head and BN train at ``NEW_LAYERS_LR_FACTOR`` x it);
+    ``statistics``: the new BN's running statistics ``fixed`` (as started) or ``reestimated``
+    on the new scans.
     Returns the new run's index.
     """
     began = time.perf_counter()
@@ -232,6 +237,10 @@ def adapt_run(
         raise AdaptationError(f"unknown --train {mode!r}; choose one of {', '.join(ADAPT_MODES)}")
     if init not in BN_INITS:
         raise AdaptationError(f"unknown --init {init!r}; choose one of {', '.join(BN_INITS)}")
+    if statistics not in BN_STATISTICS:
+        raise AdaptationError(
+            f"unknown --statistics {statistics!r}; choose one of {', '.join(BN_STATISTICS)}"
+        )
     info = load_run_info(run)
     cfg = load_config(run / "config.yaml")
     train_cfg = cfg
@@ -277,6 +286,7 @@ def adapt_run(
         steps,
         out / "checkpoints" / "adapt",
         progress,
+        statistics,
     )
 
     new_cfg = cfg.model_copy(
@@ -327,6 +337,7 @@ def adapt_run(
             "dataset": str(data.resolve()),
             "mode": mode,
             "bn_init": init,
+            "bn_statistics": statistics,
             "nearest_domain": nearest,
             "distances": distances,
             "steps": trained.steps,
