@@ -284,17 +284,23 @@ def report(results: dict, figure: str | None = None) -> str:
     """Markdown: per dataset, mean Dice and wall time per method and number of subjects, Dice
     per bone, and the aim (adapting with 2 subjects against an individual network with 8)."""
     lines = []
-    for joint, cells in _cells(results).items():
+    for joint, cells in sorted(_cells(results).items()):
         sizes = sorted(cells)
         methods = _methods(cells)
         any_cell = next(iter(cells[sizes[0]].values()))
-        nearest = sorted({c["nearest_domain"] for s in sizes for c in cells[s].values()
-                          if "nearest_domain" in c})  # fmt: skip
+        nearest: dict[str, set[int]] = {}
+        for s in sizes:
+            for c in cells[s].values():
+                if "nearest_domain" in c:
+                    nearest.setdefault(c["nearest_domain"], set()).add(s)
+        named = ", ".join(
+            f"{d} ({', '.join(map(str, sorted(n)))} subjects)" for d, n in sorted(nearest.items())
+        )
         lines += [
             f"#### {joint}",
             "",
             f"{any_cell['steps']} steps per cell"
-            + (f"; nearest domain: {', '.join(nearest)}" if nearest else "")
+            + (f"; nearest domain: {named}" if nearest else "")
             + ". Mean Dice over the bones on the held-out subjects (wall seconds: training "
             "and prediction).",
             "",

@@ -52,7 +52,7 @@ def test_aim_compares_the_best_adapt_mode_at_two_with_individual_at_eight() -> N
 
 def test_report_tables_hold_every_cell_in_method_order() -> None:
     text = adapt.report(_results(), "curves.png")
-    assert "nearest domain: shoulder" in text
+    assert "nearest domain: shoulder (2, 8 subjects)" in text
     rows = [line for line in text.splitlines() if line.startswith("| adapt-") or
             line.startswith("| individual")]  # fmt: skip
     assert rows[:3] == [
