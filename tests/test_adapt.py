@@ -271,6 +271,22 @@ def test_new_statistics_move_only_when_reestimated(source_run, adapted) -> None:
 
 @pytest.mark.slow
 @pytest.mark.trains
+def test_adaptation_is_deterministic_whatever_ran_before(source_run, adapted, tmp_path) -> None:
+    """The same adaptation again, after other draws in this process, gives the same weights
+    (the new head's random rows are drawn from the run's seed)."""
+    torch.rand(1000)  # draws that must not matter
+    data = Path(load_run_info(source_run).data_dir) / "Dataset004_Elbow"
+    again = tmp_path / "again"
+    adapt_run(source_run, data, again, mode="norm+head", steps=STEPS, validation=1, lr=5e-3,
+              progress=False)  # fmt: skip
+    first = load_model(adapted["norm+head"] / "models" / "main")[0].state_dict()
+    second = load_model(again / "models" / "main")[0].state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.slow
+@pytest.mark.trains
 def test_adapted_run_learns_the_new_domain_and_round_trips(source_run, adapted) -> None:
     from jointseg.evaluation.evaluate import evaluate_run
     from jointseg.inference.predictor import Predictor

@@ -97,12 +97,13 @@ def extend_network(
     source: int | None,
     head_source: int | None = None,
     head_rows: dict[int, int] | None = None,
+    seed: int = 0,
 ) -> JointSegNet:
     """A copy of ``net`` with one more domain (BN copies and a head of ``new_classes``).
 
     ``source``: the domain whose BN seeds the new one, or None for the pool of all domains.
     ``head_rows``: new head row -> row of domain ``head_source``'s head to copy (the rest stay
-    at PyTorch's seeded initialization).
+    at PyTorch's initialization drawn with ``seed``, whatever the caller drew before).
     """
     if not net.domain_specific_bn or net.num_heads < 2:
         raise AdaptationError(
@@ -112,7 +113,9 @@ def extend_network(
     for index in (source, head_source):
         if index is not None and not 0 <= index < net.num_domains:
             raise AdaptationError(f"source domain {index} out of range ({net.num_domains})")
-    extended = JointSegNet(net.cfg, [*net.head_classes, new_classes], True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        extended = JointSegNet(net.cfg, [*net.head_classes, new_classes], True)
     missing, unexpected = extended.load_state_dict(net.state_dict(), strict=False)
     new = net.num_domains
     if unexpected or any(

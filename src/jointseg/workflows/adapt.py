@@ -270,6 +270,7 @@ def adapt_run(
         source if init == "nearest" else None,
         head_source=source,
         head_rows=matching_rows(list(new.labels.structures), list(source_structures)),
+        seed=cfg.training.seed,
     )
 
     labels = [e.labels() for e in info.domains] + [new.labels]
