@@ -343,7 +343,7 @@ def curves_figure(results: dict, target: Path) -> Path:
 
     table = _cells(results)
     fig, axes = plt.subplots(1, len(table), figsize=(5.2 * len(table), 3.8), squeeze=False)
-    for ax, (joint, cells) in zip(axes[0], table.items(), strict=True):
+    for ax, (joint, cells) in zip(axes[0], sorted(table.items()), strict=True):
         sizes = sorted(cells)
         for method in _methods(cells):
             points = [(s, cells[s][method]["mean_dice"]) for s in sizes if method in cells[s]]
@@ -353,7 +353,7 @@ def curves_figure(results: dict, target: Path) -> Path:
                ylim=(0, 1), xscale="log")  # fmt: skip
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.minorticks_off()
-    axes[0][0].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
