@@ -300,6 +300,7 @@ def report(results: dict, figure: str | None = None) -> str:
             f"#### {joint}",
             "",
             f"{any_cell['steps']} steps per cell"
+            + (" (`full`: the run's own schedule)" if "full" in methods else "")
             + (f"; nearest domain: {named}" if nearest else "")
             + ". Mean Dice over the bones on the held-out subjects (wall seconds: training "
             "and prediction).",
