@@ -24,7 +24,8 @@ def _grid(count: int) -> tuple[plt.Figure, list]:
     return fig, flat
 
 
-def _save(fig: plt.Figure, target: Path) -> Path:
+def save_figure(fig: plt.Figure, target: Path) -> Path:
+    """Lay out ``fig``, write it to ``target`` as PNG (atomically) and close it."""
     fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
@@ -45,7 +46,7 @@ def box_plots(frame: pd.DataFrame, schemes: list[str], metric: str, target: Path
         ax.set_xticks(range(1, len(present) + 1), present, rotation=40, fontsize=7)
         ax.set_title(f"{dataset} {structure}", fontsize=9)
         ax.set_ylabel(metric)
-    return _save(fig, target)
+    return save_figure(fig, target)
 
 
 def scarce_curve(frame: pd.DataFrame, schemes: list[str], target: Path) -> Path:
@@ -66,7 +67,7 @@ def scarce_curve(frame: pd.DataFrame, schemes: list[str], target: Path) -> Path:
         )
         ax.set_xticks(sorted(frame["subjects"].unique()))
     axes[0].legend(fontsize=7)
-    return _save(fig, target)
+    return save_figure(fig, target)
 
 
 def steps_curve(curves: pd.DataFrame, target: Path, cap: float | None = None) -> Path:
@@ -83,4 +84,4 @@ def steps_curve(curves: pd.DataFrame, target: Path, cap: float | None = None) ->
     ax.set(xlabel="optimizer steps per dataset", ylabel="validation Dice (3D, mean)", ylim=(0, 1))
     ax.set_title("Dice against steps (fold 0; x: where the plateau rule stops)", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, target)
+    return save_figure(fig, target)

@@ -335,12 +335,8 @@ def report(results: dict, figure: str | None = None) -> str:
 
 def curves_figure(results: dict, target: Path) -> Path:
     """One panel per dataset: mean Dice against labelled subjects, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from jointseg.utils.atomic import atomic_path
+    from _paper_plots import save_figure  # sets the Agg backend
 
     table = _cells(results)
     fig, axes = plt.subplots(1, len(table), figsize=(5.2 * len(table), 3.8), squeeze=False)
@@ -355,12 +351,7 @@ def curves_figure(results: dict, target: Path) -> Path:
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.minorticks_off()
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return target
+    return save_figure(fig, target)
 
 
 def run_cells(args, datasets, sizes, methods, steps, test, data) -> None:
