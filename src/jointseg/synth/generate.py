@@ -65,14 +65,26 @@ def _validate(
 
 
 def render_case(
-    params: SubjectParams, dataset_dir: str, scale: float = 1.0, randomize: bool = False
+    params: SubjectParams,
+    dataset_dir: str,
+    scale: float = 1.0,
+    randomize: bool = False,
+    imaging: str | None = None,
 ) -> dict:
     """Synthesize one subject and write its image and label; returns label voxel counts (and,
-    ``randomize``d, the rendering's parameters)."""
+    ``randomize``d, the rendering's parameters). ``imaging``: image the subject with that
+    protocol instead of its joint's own (synth/protocol_swap.py)."""
     from jointseg.synth.synthesis import synthesize_subject
 
-    extra = {}
-    if randomize:  # domain-randomized rendering of the same anatomy (synth/randomize.py)
+    extra: dict = {}
+    if randomize and imaging is not None:
+        raise ValueError("a randomized rendering has no protocol; give randomize or imaging")
+    if imaging is not None:  # the same subject under another protocol
+        from jointseg.synth.protocol_swap import synthesize_under_protocol
+
+        volume = synthesize_under_protocol(params, imaging, scale)
+        extra = {"imaging": imaging}
+    elif randomize:  # domain-randomized rendering of the same anatomy (synth/randomize.py)
         from jointseg.synth.randomize import sample_rendering, synthesize_randomized
 
         rendering = sample_rendering(params)

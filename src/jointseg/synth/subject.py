@@ -118,6 +118,8 @@ PROTOCOLS: dict[str, Protocol] = {
 
 #: Range of subject ages (years).
 AGE_RANGE = (4.0, 17.99)
+#: Slices of a realistic scan: the protocol's coverage over the slice thickness, kept in range.
+SLICE_RANGE = (20, 40)
 
 
 @dataclass
@@ -187,7 +189,7 @@ def sample_subject(
     }
     thickness = _uniform(rng, protocol.thickness)
     coverage = protocol.coverage * scale * float(rng.uniform(0.95, 1.1))
-    slices = int(np.clip(round(coverage / thickness), 20, 40))
+    slices = int(np.clip(round(coverage / thickness), *SLICE_RANGE))
     fov = _uniform(rng, protocol.fov) * (0.5 + 0.5 * min(scale, 1.0))
     # Children carry less subcutaneous fat than adults; a wide spread between children.
     fat_mm = float(np.clip(rng.lognormal(np.log(3.0 + 0.25 * (age - 4)), 0.35), 1.5, 14.0))

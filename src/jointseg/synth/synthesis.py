@@ -29,7 +29,7 @@ from jointseg.synth.softtissue import (
     smooth_min,
     vessels,
 )
-from jointseg.synth.subject import PROTOCOLS, SubjectParams
+from jointseg.synth.subject import PROTOCOLS, Protocol, SubjectParams
 
 SKIN_MM = 1.3
 #: Half-width (adult mm) of the knee's intercondylar notch, free of menisci.
@@ -60,10 +60,15 @@ def body_frame(params: SubjectParams, pose: Posture) -> BodyFrame:
 
 
 def subject_geometry(
-    params: SubjectParams, pose: Posture, frame: BodyFrame, scale: float = 1.0
+    params: SubjectParams,
+    pose: Posture,
+    frame: BodyFrame,
+    scale: float = 1.0,
+    protocol: Protocol | None = None,
 ) -> ScanGeometry:
-    """The subject's scan grid: the protocol's plane, jittered, centred near the joint."""
-    protocol = PROTOCOLS[params.joint]
+    """The subject's scan grid: the protocol's plane, jittered, centred near the joint.
+    ``protocol``: another than the joint's own (synth/protocol_swap.py)."""
+    protocol = protocol or PROTOCOLS[params.joint]
     spec = joint_spec(params.joint)
     centre_model = pose.body_position(spec.center_body) + np.asarray(protocol.center_offset)
     centre = frame.to_child(centre_model) + np.asarray(params.center_jitter_mm)
@@ -78,17 +83,23 @@ def subject_geometry(
     )
 
 
-def build_phantom(params: SubjectParams, scale: float = 1.0, geometry: ScanGeometry | None = None):
+def build_phantom(
+    params: SubjectParams,
+    scale: float = 1.0,
+    geometry: ScanGeometry | None = None,
+    protocol: Protocol | None = None,
+):
     """The subject's tissue phantom on its fine grid: (Phantom, geometry, rng, texture).
 
-    ``geometry`` replaces the protocol's scan grid (randomized rendering, synth/randomize.py).
+    ``geometry`` replaces the protocol's scan grid (randomized rendering, synth/randomize.py);
+    else the grid is ``protocol``'s (default: the joint's own).
     """
     spec = joint_spec(params.joint)
     rng = np.random.default_rng(params.texture_seed)
     pose = posture(spec.model, params.angles)
     frame = body_frame(params, pose)
     if geometry is None:
-        geometry = subject_geometry(params, pose, frame, scale)
+        geometry = subject_geometry(params, pose, frame, scale, protocol)
     coarse = CoarseGrid.over(geometry, (geometry.sub, 4, 4))
     deformation = Deformation.random(rng, params.deformation_mm)
     maps = evaluate_bones(
@@ -158,10 +169,14 @@ def build_phantom(params: SubjectParams, scale: float = 1.0, geometry: ScanGeome
     return ph.Phantom(tissue, fat_fraction, label, bone), geometry, rng, texture
 
 
-def synthesize_subject(params: SubjectParams, scale: float = 1.0) -> SubjectVolume:
-    """Render one subject. ``scale`` < 1 shrinks the matrix and slice count (for tests)."""
-    protocol = PROTOCOLS[params.joint]
-    phantom, geometry, rng, texture = build_phantom(params, scale)
+def synthesize_subject(
+    params: SubjectParams, scale: float = 1.0, protocol: Protocol | None = None
+) -> SubjectVolume:
+    """Render one subject. ``scale`` < 1 shrinks the matrix and slice count (for tests).
+    ``protocol``: image it with another protocol than its joint's own (synth/protocol_swap.py,
+    with the subject's acquisition numbers drawn from it)."""
+    protocol = protocol or PROTOCOLS[params.joint]
+    phantom, geometry, rng, texture = build_phantom(params, scale, protocol=protocol)
     water_t, fat_t, tex_amp = signal_tables(
         protocol.sequence, params.tr, params.te, params.flip, params.tissue_jitter
     )
