@@ -249,6 +249,14 @@ def write_report(out: Path, update_page: bool) -> str:
     return text
 
 
+def run_domains(run: str) -> set[str]:
+    """The domain names of ``run`` (a run folder or ``pretrained``), from its index."""
+    from jointseg.inference.packaged import resolve_run
+    from jointseg.runs import load_run_info
+
+    return {domain.name for domain in load_run_info(resolve_run(run)).domains}
+
+
 def parse_runs(text: str) -> dict[str, str]:
     """``LABEL=RUN,...`` (or bare RUNs, labelled by their folder name) -> {label: run}."""
     runs = {}
@@ -283,6 +291,10 @@ def main(argv: list[str] | None = None) -> None:
             imaging_protocol(joint, joints[0])  # unknown joints and protocols: a clear error
         for protocol in protocols:
             imaging_protocol(joints[0], protocol)
+        domains = set().union(*(run_domains(run) for run in runs.values()))
+        joints = [joint for joint in joints if joint in domains]  # rendered for some run only
+        if not joints:
+            raise SystemExit(f"no run has any of the joints {args.joints}")
         data = args.out / "data"
         render_all(data, joints, protocols, args.test, args.data_seed, args.scale, args.jobs)
         order = args.out / "runs.json"

@@ -55,7 +55,7 @@ def test_end_to_end_on_the_tiny_run(trained_run: Path, tmp_path: Path) -> None:
         "--out",
         str(out),
         "--joints",
-        "knee",
+        "knee,ankle",  # the tiny run has no ankle: not rendered
         "--protocols",
         "knee,knee_t1",
         "--test",
@@ -74,8 +74,27 @@ def test_end_to_end_on_the_tiny_run(trained_run: Path, tmp_path: Path) -> None:
     assert (out / "protocol_swap.png").stat().st_size > 0
     assert "#### tiny" in (out / "protocol_swap.md").read_text(encoding="utf-8")
     image = out / "data" / "knee_t1" / "knee" / "imagesTs" / "knee_test_000_0000.nii.gz"
+    assert not (out / "data" / "knee" / "ankle").exists()
     stamp = image.stat().st_mtime_ns
     protocol_swap.main(argv)  # kept: nothing rendered or scored again
     assert image.stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="no run has any of the joints ankle"):
+        protocol_swap.main([*argv[:4], "--joints", "ankle"])
     with pytest.raises(SystemExit, match="give another --out"):
         protocol_swap.main([*argv[:-4], "--scale", "0.3", "--jobs", "1"])
+
+
+def test_the_runs_labels_are_scored_by_bone_name() -> None:
+    import numpy as np
+    import SimpleITK as sitk
+
+    predicted = sitk.GetImageFromArray(np.array([[[0, 1, 2, 3]]], np.uint8))
+    predicted.SetSpacing((0.5, 0.5, 3.0))
+    remapped, structures = protocol_swap.by_name(
+        predicted, {"femur": 1, "tibia": 2, "menisci": 3}, "knee"
+    )
+    assert structures == {"femur": 1, "tibia": 4}  # the synthetic knee's values; no menisci
+    assert sitk.GetArrayFromImage(remapped).ravel().tolist() == [0, 1, 4, 0]
+    assert remapped.GetSpacing() == (0.5, 0.5, 3.0)
+    with pytest.raises(SystemExit, match="none of the knee's bones"):
+        protocol_swap.by_name(predicted, {"humerus": 1}, "knee")
