@@ -13,8 +13,9 @@ protocol places it) into ``OUT/data/PROTOCOL/JOINT/`` (kept: a rerun renders wha
 Each run predicts every scan as ``jointseg predict`` does (the joint's domain given, the run's
 postprocessing) and recognizes its joint as ``--domain auto`` does (a refusal counts as wrong);
 Dice per bone against the exact labels. Written: ``OUT/scores-RUN.csv`` per run (kept: a rerun
-scores only the runs without one), ``OUT/protocol_swap.md`` and ``OUT/protocol_swap.png`` (one
-heat map per run); ``--update-page`` puts the tables into BENCHMARKS.md.
+scores a run again only when its file lacks a scan asked for), ``OUT/protocol_swap.md`` and
+``OUT/protocol_swap.png`` (one heat map per run); ``--update-page`` puts the tables into
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -249,6 +250,14 @@ def write_report(out: Path, update_page: bool) -> str:
     return text
 
 
+def scored(path: Path) -> set[tuple[str, str, int]]:
+    """The (joint, protocol, subject) scans a kept score file holds (none without one)."""
+    if not path.is_file():
+        return set()
+    frame = pd.read_csv(path)
+    return set(zip(frame["joint"], frame["protocol"], frame["subject"].astype(int), strict=True))
+
+
 def run_domains(run: str) -> set[str]:
     """The domain names of ``run`` (a run folder or ``pretrained``), from its index."""
     from jointseg.inference.packaged import resolve_run
@@ -301,7 +310,9 @@ def main(argv: list[str] | None = None) -> None:
         done = json.loads(order.read_text(encoding="utf-8")) if order.is_file() else []
         for label, run in runs.items():
             path = args.out / f"scores-{label}.csv"
-            if not path.is_file():
+            wanted = {(j, p, i) for j in joints if j in run_domains(run) for p in protocols
+                      for i in range(args.test)}  # fmt: skip
+            if not wanted <= scored(path):
                 scores = score_run(run, data, joints, protocols, args.test)
                 atomic_write_text(path, scores.to_csv(index=False))
             done = [*[d for d in done if d != label], label]

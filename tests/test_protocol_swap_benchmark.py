@@ -76,8 +76,13 @@ def test_end_to_end_on_the_tiny_run(trained_run: Path, tmp_path: Path) -> None:
     image = out / "data" / "knee_t1" / "knee" / "imagesTs" / "knee_test_000_0000.nii.gz"
     assert not (out / "data" / "knee" / "ankle").exists()
     stamp = image.stat().st_mtime_ns
+    scores_file = out / "scores-tiny.csv"
+    scored = scores_file.stat().st_mtime_ns
     protocol_swap.main(argv)  # kept: nothing rendered or scored again
     assert image.stat().st_mtime_ns == stamp
+    assert scores_file.stat().st_mtime_ns == scored
+    protocol_swap.main([*argv[:6], "--protocols", "knee,knee_t1,ankle", *argv[8:]])
+    assert "ankle" in set(pd.read_csv(scores_file)["protocol"])  # a new protocol: scored again
     with pytest.raises(SystemExit, match="no run has any of the joints ankle"):
         protocol_swap.main([*argv[:4], "--joints", "ankle"])
     with pytest.raises(SystemExit, match="give another --out"):
