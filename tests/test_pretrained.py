@@ -197,3 +197,16 @@ def test_the_pretrained_config_trains_four_joints_on_mixed_data() -> None:
     net = build_model(config.model, [4, 5, 4, 4], True, pretrained=False)
     floats = sum(t.numel() for t in net.state_dict().values() if t.is_floating_point())
     assert 2 * floats <= 20e6  # float16 bytes
+
+
+def test_pack_carries_the_recognition_files_the_run_has(packed, tmp_path: Path) -> None:
+    import shutil
+
+    from jointseg.recognition.anatomy import ANATOMY_FILE
+
+    run = shutil.copytree(packed[0], tmp_path / "run")
+    text = '{"format_version": 1, "domains": {}}'  # no domain: auto decides by appearance
+    (run / ANATOMY_FILE).write_text(text, encoding="utf-8")
+    dest = pack_run(run, tmp_path / "pkg" / "model", TRAINING, make_scan("knee", 3)[0])
+    assert (dest / ANATOMY_FILE).read_text(encoding="utf-8") == text
+    assert not (dest / "postprocessing.json").exists()  # the run has none

@@ -25,6 +25,7 @@ import yaml
 from jointseg import Predictor
 from jointseg.config import load_config, shipped_config_text
 from jointseg.data.manifest import list_cases
+from jointseg.recognition.anatomy import ANATOMY_FILE
 from jointseg.recognition.decision import DomainRecognitionError
 from jointseg.recognition.references import REFERENCE_FILE
 from jointseg.synth.generate import synthesize_study
@@ -81,8 +82,13 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 def test_every_synthetic_test_scan_is_recognized_and_noise_refused(trained) -> None:
     study, run = trained
     assert (run / REFERENCE_FILE).is_file()
+    assert (run / ANATOMY_FILE).is_file()
     predictor = Predictor.from_run(run)
     assert predictor.calibration.source == "file"
+    assert predictor.recognizer.uses_anatomy
+    # One validation scan per joint is no evidence that a domain's anatomy check holds: no
+    # domain vetoes, and the anatomy rule decides as appearance does (docs/predict.md)
+    assert not any(a.reliable for a in predictor.recognizer.anatomy.values())
     scans = 0
     for joint, folder in JOINTS.items():
         for case in list_cases(study / folder, "test"):
@@ -95,5 +101,5 @@ def test_every_synthetic_test_scan_is_recognized_and_noise_refused(trained) -> N
         np.random.default_rng(0).normal(size=sitk.GetArrayViewFromImage(reference).shape)
     )
     noise.CopyInformation(reference)
-    with pytest.raises(DomainRecognitionError, match="fits none"):
+    with pytest.raises(DomainRecognitionError, match="fits none|none of this run's joints"):
         predictor.recognize(noise)

@@ -13,6 +13,7 @@ import torch
 from jointseg.config import ConfigError, config_from_dict
 from jointseg.inference.postprocess import Postprocessing
 from jointseg.models import load_model
+from jointseg.recognition.anatomy import load_anatomy
 from jointseg.recognition.calibration import Calibration
 from jointseg.recognition.references import load_references
 from jointseg.runs import RunError, load_run_info
@@ -78,6 +79,14 @@ def test_each_scheme_trains_and_saves_loadable_models(study: Path, tmp_path: Pat
     assert sorted(load_references(tmp_path / "run")) == ["ankle", "knee"]
     calibration = Calibration.load(tmp_path / "run")
     assert {k: len(v) for k, v in calibration.in_domain.items()} == {"knee": 1, "ankle": 1}
+    # anatomy statistics of the 2 training label maps, calibrated on the held-out prediction
+    anatomy = load_anatomy(tmp_path / "run")
+    assert {k: (a.structures, a.scans, a.calibrated_on) for k, a in anatomy.items()} == {
+        "knee": (("femur", "tibia"), 2, 1),
+        "ankle": (("talus", "tibia"), 2, 1),
+    }
+    box = 6 * 8 * 20 * 0.8 * 0.8 * 3.0 / 1000  # ml: conftest's 6 x 8 x 20 voxel boxes
+    np.testing.assert_allclose(np.exp(anatomy["knee"].log_volume.mean), [box, box])
     # postprocessing decided on the validation subjects, each structure scored with and without
     decision = Postprocessing.load(tmp_path / "run")
     assert decision.cases == info.validation_cases

@@ -55,6 +55,12 @@ class InverseInfo:
         w, h, s = self.grid_size
         return (s, h, w)
 
+    @property
+    def slice_spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) of the slice stack along S, H and W."""
+        w, h, s = self.grid_spacing
+        return (s, h, w)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable dict (floats round-trip exactly through JSON)."""
         out: dict[str, Any] = {}

@@ -5,7 +5,9 @@ It composes the prediction stages and holds no algorithm of its own::
     read + check        inference.slices.load_scan (refused from the header when possible)
     preprocess (once)   data.preprocess.preprocess_case: whole-view slices, as in training
     recognize (auto)    recognition.recognizer.DomainRecognizer on the same slices (the run's
-                        references and calibration; calibrated on its study when it has none)
+                        references and calibration; calibrated on its study when it has none;
+                        with the run's anatomy statistics, every domain's head segments the
+                        slices for the anatomy check)
     infer               models.inferer.WholeViewInferer.predict_volume: batches, context slices,
                         sliding windows beyond ``inference.max_in_plane``, TTA, float16
                         probabilities kept when restoration_fits (the memory policy)
@@ -101,7 +103,7 @@ class Predictor:
         self.backend: Backend = TorchBackend()  # or OnnxRuntimeBackend (inference/backends.py)
         self.recognizer = DomainRecognizer(
             self.routes, self.label_space.num_classes, device, self.batch_size,
-            calibration=calibration or Calibration(),
+            calibration=calibration or Calibration(), segment=self.segment_slices,
         )  # fmt: skip
 
     @classmethod
@@ -189,7 +191,7 @@ class Predictor:
         case = self.preprocess(image)
         decision = None
         if domain == "auto":
-            decision = self.recognizer.recognize(case.image)
+            decision = self.recognizer.recognize(case.image, spacing=case.inverse.slice_spacing)
             domain = decision.domain  # type: ignore[assignment]
         else:
             self.info.domain(domain)
@@ -236,6 +238,15 @@ class Predictor:
         """The slices recognition reads: the preprocessed scan (:meth:`preprocess`)."""
         return self.preprocess(image).image
 
+    def segment_slices(self, volume: np.ndarray, route: Route) -> np.ndarray:
+        """Local labels [S, H, W] of a preprocessed slice stack through ``route`` (no TTA): the
+        anatomy check's segmentation."""
+        labels, _ = self.inferer.predict_volume(
+            volume, lambda x: self.backend(x, route), route.context_slices, self.batch_size,
+            self.device,
+        )  # fmt: skip
+        return labels
+
     def _scan_volume(self, scan: Scan) -> np.ndarray:
         return self.recognition_volume(load_scan(scan))
 
@@ -257,7 +268,8 @@ class Predictor:
         """Which domain the scan belongs to; raises
         :class:`~jointseg.recognition.decision.DomainRecognitionError` when none fits (unless
         ``refuse`` is False, then ``decision.domain`` is None)."""
-        return self.recognizer.recognize(self.recognition_volume(load_scan(scan)), refuse)
+        case = self.preprocess(load_scan(scan))
+        return self.recognizer.recognize(case.image, refuse, case.inverse.slice_spacing)
 
     def calibrate_domains(
         self, scans: dict[str, list[Scan]], factor: float = CALIBRATION_FACTOR

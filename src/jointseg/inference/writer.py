@@ -28,6 +28,7 @@ from jointseg.inference.measurements import (
 from jointseg.inference.meshes import MESH_FORMATS, Geometry, label_meshes, write_mesh
 from jointseg.inference.predictor import Prediction
 from jointseg.inference.preview import render_preview
+from jointseg.recognition.anatomy import AnatomyScore
 from jointseg.utils.atomic import atomic_write_bytes, atomic_write_json
 
 MEASUREMENTS_CSV = "measurements.csv"
@@ -105,6 +106,7 @@ def write_case(
                 "refusal_distance": round(s.refusal, 5),
                 "distance_is_lower_bound": not s.complete,
                 "confidence": round(s.confidence, 4),
+                **anatomy_entry(prediction.decision.anatomy.get(s.name)),
             }
             for s in prediction.decision.scores
         }
@@ -140,6 +142,17 @@ def write_case(
         raise
     _remove_stale_meshes(mesh_dir, written)
     return written
+
+
+def anatomy_entry(score: AnatomyScore | None) -> dict:
+    """A candidate's anatomy check in ``domain_scores`` (nothing when it did not run)."""
+    if score is None:
+        return {}
+    return {
+        "anatomy_distance": round(score.distance, 4),
+        "anatomy_plausible": score.plausible,
+        "anatomy_problems": list(score.reasons),
+    }
 
 
 def _safe(name: str) -> str:

@@ -19,14 +19,15 @@ candidate complete; usually one or two heads run instead of all.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from jointseg.models.network import Route, head_logits
+from jointseg.recognition.anatomy import AnatomyScore
 from jointseg.recognition.calibration import Calibration
 from jointseg.recognition.features import (
     appearance_descriptor,
@@ -67,20 +68,25 @@ class DomainScore:
 
 @dataclass(frozen=True)
 class DomainDecision:
-    """The recognized domain (None when refused) and every candidate's score, best first."""
+    """The recognized domain (None when refused) and every candidate's score, best first;
+    ``anatomy``: each candidate's anatomy score when the anatomy check decided."""
 
     domain: str | None
     confidence: float
     scores: list[DomainScore]
     threshold: float
+    anatomy: dict[str, AnatomyScore] = field(default_factory=dict)
 
     def describe(self) -> str:
         parts = ", ".join(
             f"{s.name}: distance {'' if s.complete else '>= '}{s.distance:.3g}"
             + (f" (appearance {s.refusal:.3g})" if s.refusal != s.distance else "")
+            + (f", {self.anatomy[s.name].describe()}" if s.name in self.anatomy else "")
             + f", confidence {s.confidence:.2f}"
             for s in self.scores
         )
+        if self.anatomy:
+            return parts
         return f"{parts} (refusal threshold {self.threshold:.3g})"
 
 
@@ -135,8 +141,11 @@ def recognize_domain(
     volume: np.ndarray,
     calibration: Calibration | None = None,
     batch_size: int = 16,
+    complete: bool = False,
 ) -> DomainDecision:
-    """Score every candidate on a slice subsample of ``volume`` [S, H, W] (preprocessed)."""
+    """Score every candidate on a slice subsample of ``volume`` [S, H, W] (preprocessed);
+    ``complete``: run every candidate's head (no lower bounds), as the anatomy rule ranks
+    candidates other than the appearance winner."""
     if not candidates:
         raise ValueError("no candidate domain to recognize")
     if len({c.reference is None for c in candidates}) > 1:
@@ -159,7 +168,7 @@ def recognize_domain(
         rivals = ranking.values()  # a candidate within the threshold competes with those only
         if appearance[c.name] <= threshold:
             rivals = [ranking[n] for n in ranking if appearance[n] <= threshold]
-        if appearance[c.name] >= min(rivals, default=np.inf):
+        if not complete and appearance[c.name] >= min(rivals, default=np.inf):
             ranking[c.name] = appearance[c.name]  # cannot win: a lower bound is enough
             bounds.append(c.name)
         else:
@@ -168,8 +177,61 @@ def recognize_domain(
     return decide(ranking, calibration, appearance, bounds)
 
 
+def decide_by_anatomy(
+    appearance: DomainDecision,
+    anatomy: Callable[[str], AnatomyScore],
+    reliable: Collection[str],
+) -> DomainDecision:
+    """The anatomy rule (``appearance``: every candidate's ranking distance complete). In the
+    appearance ranking order, the first domain accepted wins:
+
+    - a ``reliable`` domain (its own held-out predictions pass the anatomy check) when its
+      predicted anatomy (``anatomy(name)``, called only when needed) is plausible, within the
+      appearance threshold or not;
+    - any other domain as by appearance alone (refusal distance within the threshold): its
+      check would refuse its own scans too.
+
+    Ties (domains sharing one model and BN without references) go to the smaller anatomy
+    distance; none accepted: refused. ``confidence`` is the appearance softmax renormalized over
+    the domains the check did not reject; ``anatomy`` of the decision: the checks that ran."""
+    checked: dict[str, AnatomyScore] = {}
+
+    def accepted(score: DomainScore) -> bool:
+        if score.name not in reliable:
+            return score.refusal <= appearance.threshold
+        if score.name not in checked:
+            checked[score.name] = anatomy(score.name)
+        return checked[score.name].plausible
+
+    best = next((s for s in appearance.scores if accepted(s)), None)
+    if best is not None:
+        tied = [
+            s
+            for s in appearance.scores
+            if math.isclose(s.distance, best.distance, rel_tol=1e-9) and accepted(s)
+        ]
+        if len(tied) > 1:
+            for s in tied:
+                checked.setdefault(s.name, anatomy(s.name))
+            best = min(tied, key=lambda s: checked[s.name].distance)
+    rejected = {name for name, score in checked.items() if name in reliable and not score.plausible}
+    kept = [s for s in appearance.scores if s.name not in rejected]
+    decision = replace(appearance, anatomy=dict(checked))
+    if best is None:
+        return replace(decision, domain=None, confidence=0.0)
+    total = sum(s.confidence for s in kept)
+    share = best.confidence / total if total > 0 else 1.0 / len(kept)
+    return replace(decision, domain=best.name, confidence=share)
+
+
 def refusal_message(decision: DomainDecision) -> str:
     """The error text for a scan that fits no domain."""
+    if decision.anatomy:
+        return (
+            "the scan shows none of this run's joints: no domain's predicted anatomy is "
+            f"plausible; candidates: {decision.describe()}. Pass --domain NAME to segment it "
+            "anyway."
+        )
     return (
         "the scan fits none of this run's domains; candidates: "
         f"{decision.describe()}. Pass --domain NAME to segment it anyway."

@@ -2,7 +2,8 @@
 
 Each domain's reference is fitted on its training scans as it runs every domain's training scans
 (:class:`~jointseg.recognition.references.DomainReference`); the calibration on the distances of
-its held-out scans (its training scans when it has none) to that reference.
+its held-out scans (its training scans when it has none) to that reference. Each domain's anatomy
+statistics are measured on its training label maps (:func:`fit_anatomy`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import Route
+from jointseg.recognition.anatomy import AnatomyReference, measure_anatomy, save_anatomy
 from jointseg.recognition.calibration import (
     CALIBRATION_FACTOR,
     Calibration,
@@ -69,3 +73,46 @@ def fit_recognition(
     save_references(run_dir, references)
     calibration.save(run_dir)
     return calibration
+
+
+def fit_anatomy(
+    run_dir: str | Path,
+    structures: Mapping[str, Sequence[str]],
+    label_maps: Mapping[str, Sequence[tuple[np.ndarray, Sequence[float]]]],
+    predictions: Mapping[str, Sequence[tuple[np.ndarray, Sequence[float]]]] | None = None,
+) -> dict[str, AnatomyReference]:
+    """Measure every domain's anatomy statistics on its training label maps, calibrate them on
+    its predictions of its held-out scans, and store them.
+
+    ``structures[domain]``: its structure names in local class order; ``label_maps[domain]``
+    and ``predictions[domain]``: (local label map [S, H, W], voxel size in mm along S, H, W).
+    Label maps missing a structure are left out; nothing is written (and {} returned) when a
+    domain has none left: recognition then decides by appearance alone.
+    """
+    references = {}
+    for name, names in structures.items():
+        measures = [measure_anatomy(np.asarray(m), s, len(names)) for m, s in label_maps[name]]
+        complete = [m for m in measures if (m.volume_ml > 0).all()]
+        if not complete:
+            return {}
+        held_out = [
+            measure_anatomy(np.asarray(m), s, len(names))
+            for m, s in (predictions or {}).get(name, ())
+        ]
+        references[name] = AnatomyReference.fit(names, complete).calibrated(held_out)
+    save_anatomy(run_dir, references)
+    return references
+
+
+def segment_whole_view(
+    inferer: WholeViewInferer, volume: np.ndarray, route: Route, batch_size: int = 16
+) -> np.ndarray:
+    """Local labels [S, H, W] of a preprocessed slice stack through ``route`` (CPU, no TTA)."""
+    labels, _ = inferer.predict_volume(
+        volume,
+        lambda x: torch.softmax(route.logits(x).float(), dim=1),
+        route.context_slices,
+        batch_size,
+        torch.device("cpu"),
+    )
+    return labels

@@ -7,10 +7,17 @@ on a preprocessed slice stack: :func:`~jointseg.recognition.decision.recognize_d
 refusal. It loads the run's references and calibration (:meth:`DomainRecognizer.load_run`) and
 calibrates a run that has none (:meth:`calibrate_from_study`, :meth:`calibrate`). Reading and
 preprocessing a scan stay the caller's: ``volume_of(scan)`` gives the slice stack.
+
+With the run's anatomy statistics (``anatomy_reference.json``) and a ``segment`` function
+(whole-view inference of a slice stack through a route, the caller's), the anatomy rule decides
+(:func:`~jointseg.recognition.decision.decide_by_anatomy`): candidates in appearance order, the
+reliable ones segmented until one is accepted (usually the first, one inference). Runs without
+the statistics decide by appearance alone.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +27,20 @@ import numpy as np
 import torch
 
 from jointseg.models.network import Route
+from jointseg.recognition.anatomy import (
+    ANATOMY_FILE,
+    AnatomyReference,
+    AnatomyScore,
+    load_anatomy,
+    measure_anatomy,
+)
 from jointseg.recognition.calibration import CALIBRATION_FACTOR, Calibration
 from jointseg.recognition.decision import (
     Candidate,
     DomainDecision,
     DomainRecognitionError,
     break_ties,
+    decide_by_anatomy,
     recognize_domain,
     refusal_message,
 )
@@ -34,6 +49,9 @@ from jointseg.recognition.study import calibrate_domains, calibrate_from_study
 from jointseg.runs import RunInfo
 
 Scan = TypeVar("Scan")
+Segment = Callable[[np.ndarray, Route], np.ndarray]  # (slice stack, route) -> local labels
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,14 +65,29 @@ class DomainRecognizer:
     batch_size: int = 16
     references: dict[str, DomainReference] = field(default_factory=dict)
     calibration: Calibration = field(default_factory=Calibration)
+    anatomy: dict[str, AnatomyReference] = field(default_factory=dict)
+    segment: Segment | None = None
 
     def load_run(self, run_dir: Path) -> None:
-        """Take the run's references and calibration. References of an older format are
-        ignored, and with them the calibration measured in their units: recognition falls back
-        to the BN statistics and the default calibration."""
+        """Take the run's references, calibration and anatomy statistics. References of an
+        older format are ignored, and with them the calibration measured in their units:
+        recognition falls back to the BN statistics and the default calibration. Without
+        anatomy statistics (runs trained before them) it decides by appearance alone."""
         self.references = load_references(run_dir)
         stale = (Path(run_dir) / REFERENCE_FILE).is_file() and not self.references
         self.calibration = Calibration() if stale else Calibration.load(run_dir)
+        self.anatomy = load_anatomy(run_dir)
+        if not self.uses_anatomy:
+            logger.info(
+                "%s: no anatomy statistics for every domain (%s; runs trained before them): "
+                "--domain auto decides by appearance alone",
+                run_dir, ANATOMY_FILE,
+            )  # fmt: skip
+
+    @property
+    def uses_anatomy(self) -> bool:
+        """Whether the anatomy rule decides: statistics for every domain."""
+        return bool(self.routes) and all(name in self.anatomy for name in self.routes)
 
     @property
     def calibrated(self) -> bool:
@@ -72,15 +105,46 @@ class DomainRecognizer:
         reference = self.references[domain] if complete else None
         return Candidate(domain, self.routes[domain], reference)
 
-    def recognize(self, volume: np.ndarray, refuse: bool = True) -> DomainDecision:
+    def recognize(
+        self,
+        volume: np.ndarray,
+        refuse: bool = True,
+        spacing: Sequence[float] | None = None,
+    ) -> DomainDecision:
         """The decision on a preprocessed slice stack [S, H, W]; raises
         :class:`DomainRecognitionError` when no domain fits (unless ``refuse`` is False, then
-        ``decision.domain`` is None)."""
-        decision = recognize_domain(self.candidates(), volume, self.calibration, self.batch_size)
-        decision = break_ties(decision, self.routes, volume, self.num_classes, self.device)
+        ``decision.domain`` is None). ``spacing``: the stack's voxel size (mm, along S, H, W),
+        which the anatomy rule needs (with :attr:`segment` and the run's statistics)."""
+        anatomy = self.uses_anatomy and self.segment is not None and spacing is not None
+        decision = recognize_domain(
+            self.candidates(), volume, self.calibration, self.batch_size, complete=anatomy
+        )
+        if anatomy:
+            reliable = [name for name, reference in self.anatomy.items() if reference.reliable]
+            decision = decide_by_anatomy(
+                decision, lambda name: self.anatomy_score(volume, spacing, name), reliable
+            )
+        else:
+            decision = break_ties(decision, self.routes, volume, self.num_classes, self.device)
         if decision.domain is None and refuse:
             raise DomainRecognitionError(refusal_message(decision))
         return decision
+
+    def anatomy_score(
+        self, volume: np.ndarray, spacing: Sequence[float] | None, domain: str
+    ) -> AnatomyScore:
+        """``domain``'s head segments the stack; how plausible that is as its anatomy."""
+        if self.segment is None or spacing is None:
+            raise ValueError("the anatomy check needs a segment function and the voxel size")
+        reference = self.anatomy[domain]
+        labels = self.segment(volume, self.routes[domain])
+        return reference.score(measure_anatomy(labels, spacing, len(reference.structures)))
+
+    def anatomy_scores(
+        self, volume: np.ndarray, spacing: Sequence[float] | None
+    ) -> dict[str, AnatomyScore]:
+        """Every domain's anatomy check (:meth:`anatomy_score`)."""
+        return {name: self.anatomy_score(volume, spacing, name) for name in self.routes}
 
     def calibrate(
         self,

@@ -9,4 +9,5 @@ bones       posed bones on the grid; muscles, softtissue: muscles, tendons, outl
 phantom     tissue classes, fat fractions and labels; mr: MR signal, noise, bias, ghosts
 synthesis   one subject end to end; generate: the study on disk; preview, quality
 randomize   domain-randomized rendering of the same subjects (--randomize)
+nonjoint    volumes that show no joint (noise, brain-like, abdomen-like): recognition checks
 """

@@ -9,6 +9,7 @@ A packed run is the least a prediction reads, plus how it was made and what it m
     models/<model>/model.json        architecture and metadata (+ "packed": dtype, source)
     domain_reference.json            recognition references and calibration (``--domain
     domain_calibration.json          auto``), when the run has them
+    anatomy_reference.json           each domain's anatomy statistics (``--domain auto``)
     postprocessing.json              the postprocessing decision, when the run has one
     training.json                    how it was trained: config, commands, steps, time, data
                                      seed, commit, evaluation summary
@@ -42,6 +43,7 @@ from jointseg.data.io import read_image, write_image
 from jointseg.inference.packaged import packaged_run_dir
 from jointseg.inference.predictor import Predictor
 from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE, read_index
+from jointseg.recognition.anatomy import ANATOMY_FILE
 from jointseg.recognition.calibration import CALIBRATION_FILE
 from jointseg.recognition.references import REFERENCE_FILE
 from jointseg.runs import RunError, load_run_info, save_run_info
@@ -54,7 +56,7 @@ REFERENCE_RECORD = "reference_output.json"
 REFERENCE_SCAN = "reference_scan.nii.gz"
 REFERENCE_LABELS = "reference_labels.nii.gz"
 POSTPROCESSING_FILE = "postprocessing.json"
-OPTIONAL_FILES = (REFERENCE_FILE, CALIBRATION_FILE, POSTPROCESSING_FILE)
+OPTIONAL_FILES = (REFERENCE_FILE, CALIBRATION_FILE, ANATOMY_FILE, POSTPROCESSING_FILE)
 KEEP_FLOAT32 = ("running_mean", "running_var")  # BN statistics: small, and range-sensitive
 # The reference scan: a held-out knee of the synthetic generator, small (tests run in seconds)
 REFERENCE_JOINT, REFERENCE_SEED, REFERENCE_SCALE = "knee", 20260, 0.3

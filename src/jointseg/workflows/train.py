@@ -1,7 +1,8 @@
 """``jointseg train`` and ``jointseg ablate``: a config and a study folder to finished run folders.
 
 A run is trained (:func:`jointseg.training.runner.train_networks`), then, by rank 0, its domain
-recognition is measured (:func:`jointseg.recognition.fitting.fit_recognition`) and its
+recognition is measured (:func:`jointseg.recognition.fitting.fit_recognition`, and the anatomy
+statistics of the training labels, :func:`jointseg.recognition.fitting.fit_anatomy`) and its
 postprocessing decided on the validation subjects
 (:func:`jointseg.evaluation.postprocessing.decide_postprocessing`). Recognition and training
 are siblings above ``models``: the workflow, not training, calls the fitting.
@@ -14,12 +15,15 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from jointseg.config import ExperimentConfig, load_config
 from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
 from jointseg.models import load_model
+from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import Route
-from jointseg.recognition.fitting import fit_recognition
+from jointseg.recognition.anatomy import ANATOMY_FILE
+from jointseg.recognition.fitting import fit_anatomy, fit_recognition, segment_whole_view
 from jointseg.recognition.references import REFERENCE_FILE
 from jointseg.runs import RunInfo
 from jointseg.training.runner import TrainedRun, train_networks
@@ -79,13 +83,14 @@ def train_run(
     trained = train_networks(cfg, data_dir, out, fold, splits, resume, devices, progress, callbacks)
     if trained.primary:
         fit_run_recognition(out, trained, progress)
+        fit_run_anatomy(out, trained, cfg)
         _decide_postprocessing(out, data_dir, progress)
         _log_summary(out, trained)
     return trained.info
 
 
-def fit_run_recognition(out: Path, trained: TrainedRun, progress: bool = True) -> None:
-    """Measure the run's domain references and calibration from its training slice cache."""
+def run_routes(out: Path, trained: TrainedRun) -> dict[str, Route]:
+    """Every domain's route through the run's saved networks."""
     paths = {}
     for plan in trained.plans:
         net, _ = load_model(out / "models" / plan.name)
@@ -93,6 +98,12 @@ def fit_run_recognition(out: Path, trained: TrainedRun, progress: bool = True) -
             union = plan.label_space == "union"
             select = trained.label_space.union_channels(domain) if union else None
             paths[domain] = Route.for_domain(net, plan.domains, domain, select)
+    return paths
+
+
+def fit_run_recognition(out: Path, trained: TrainedRun, progress: bool = True) -> None:
+    """Measure the run's domain references and calibration from its training slice cache."""
+    paths = run_routes(out, trained)
     caches = trained.caches
     volumes = {  # read-only memory-mapped views: only the recognition subsample is read
         name: tuple(
@@ -108,6 +119,32 @@ def fit_run_recognition(out: Path, trained: TrainedRun, progress: bool = True) -
     else:
         logger.info("[train] domain recognition: references measured, refusal threshold %.3g (%s)",
                     calibration.threshold, out / REFERENCE_FILE)  # fmt: skip
+
+
+def fit_run_anatomy(out: Path, trained: TrainedRun, cfg: ExperimentConfig) -> None:
+    """Measure every domain's anatomy statistics from its training label maps (slice cache),
+    calibrated on its own predictions of its held-out scans."""
+    caches = trained.caches
+    structures = {d.name: list(d.structures) for d in trained.info.domains}
+    paths = run_routes(out, trained)
+    inferer = WholeViewInferer.from_config(cfg.inference)
+    label_maps, predictions = {}, {}
+    for name in structures:
+        cache = caches[name]
+        rows = {case: slice(*cache.case_slices[case]) for case in cache.case_slices}
+        spacing = {case: cache.inverse[case].slice_spacing for case in cache.case_slices}
+        training, held_out = trained.subjects[name]
+        label_maps[name] = [(cache.labels[rows[c]], spacing[c]) for c in training]
+        with torch.no_grad():
+            predictions[name] = [
+                (segment_whole_view(inferer, cache.images[rows[c]], paths[name]), spacing[c])
+                for c in held_out
+            ]
+    if fit_anatomy(out, structures, label_maps, predictions):
+        logger.info("[train] anatomy statistics of the training labels: %s", out / ANATOMY_FILE)
+    else:
+        logger.info("[train] anatomy statistics: a domain has no training label map with every "
+                    "structure; --domain auto decides by appearance alone")  # fmt: skip
 
 
 def _decide_postprocessing(out: Path, data_dir: Path, progress: bool = True) -> None:
