@@ -165,6 +165,41 @@ def test_a_bone_ten_times_too_large_fails(reference: AnatomyReference) -> None:
     assert f"{z:+.1f}" in " ".join(result.reasons)
 
 
+def three_bones(size: int = 8, third: int = 8) -> np.ndarray:
+    """Three boxes in a row; the third ``third`` rows high (0: left out)."""
+    labels = np.zeros((12, 60, 40), np.uint8)
+    labels[2:10, 4 : 4 + size, 10:30] = 1
+    labels[2:10, 16 : 16 + size, 10:30] = 2
+    labels[2:10, 28 : 28 + third, 10:30] = 3
+    return labels
+
+
+def test_one_bone_cut_by_the_field_of_view_is_left_out() -> None:
+    names = ["femur", "tibia", "fibula"]
+    reference = AnatomyReference.fit(
+        names, [measure_anatomy(three_bones(size, size), STACK_SPACING, 3) for size in (7, 8, 9)]
+    )
+    assert reference.score(measure_anatomy(three_bones(), STACK_SPACING, 3)).plausible
+    for third in (0, 1):  # absent; a sliver (volume z about -5): both cut, the rest plausible
+        measure = measure_anatomy(three_bones(third=third), STACK_SPACING, 3)
+        np.testing.assert_array_equal(reference.cut(measure), [False, False, True])
+        result = reference.score(measure)
+        assert result.plausible, result.reasons
+    sliver = three_bones(third=1)
+    sliver[2:4, 40:42, 0:2] = 3  # and in two pieces: still left out, not "in 2 pieces"
+    assert reference.score(measure_anatomy(sliver, STACK_SPACING, 3)).plausible
+    two_missing = three_bones(third=0)
+    two_missing[two_missing == 2] = 0
+    result = reference.score(measure_anatomy(two_missing, STACK_SPACING, 3))
+    assert not result.plausible and "tibia absent" in result.reasons
+    # the rest is still checked: the femur ten times too large is not hidden by the cut fibula
+    large = np.zeros((40, 80, 40), np.uint8)
+    large[0:40, 0:30, 0:40], large[2:10, 40:48, 10:30] = 1, 2
+    result = reference.score(measure_anatomy(large, STACK_SPACING, 3))
+    assert not result.plausible and any("femur volume z" in r for r in result.reasons)
+    # a two-structure domain may miss none (test_implausible_anatomy_fails: "single blob")
+
+
 def test_calibration_on_held_out_predictions(reference: AnatomyReference, tmp_path: Path) -> None:
     without_tibia = two_bones(8)
     without_tibia[without_tibia == 2] = 0

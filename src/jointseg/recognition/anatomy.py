@@ -23,6 +23,11 @@ is **plausible** as the domain's anatomy (:meth:`AnatomyReference.score`) when
 - every z-score ``(value - mean) / sqrt(sigma^2 + floor^2)`` of the present structures (and of
   the pairs of present structures) is within the reference's limit (:data:`Z_LIMIT`).
 
+A field of view often cuts a bone (a knee's sagittal slab without the fibula): in a domain of
+three or more structures, one structure that is absent or far too small (volume z below minus
+the limit), while every other one is present, is left out of these checks
+(:meth:`AnatomyReference.cut`); the others must then be plausible among themselves.
+
 Its *distance* is the mean squared z-score (about 1 for anatomy like the training labels').
 
 A network's predictions are rougher than the labels (a briefly trained one misses a small bone or
@@ -61,6 +66,7 @@ Z_LIMIT = 4.0  # the largest plausible |z| of a volume, share or pair distance
 Z_MARGIN = 1.25  # calibrated limit: this x the largest |z| of the held-out predictions ...
 Z_LIMIT_MAX = 8.0  # ... at most this
 RELIABLE_SCANS = 2  # a domain is reliable on at least this many held-out predictions
+CUT_MIN_STRUCTURES = 3  # a domain of this many structures may miss one (:meth:`cut`)
 # Floors of the spreads: a factor 1.5 in volume, 5 % of the share, 0.1 of the size scale.
 LOG_VOLUME_FLOOR = math.log(1.5)
 SHARE_FLOOR = 0.05
@@ -200,10 +206,27 @@ class AnatomyReference:
         """[n] bool: the structures ``measure`` lacks."""
         return measure.volume_ml < PRESENCE_SHARE * self.min_volume_ml
 
-    def z_scores(self, measure: AnatomyMeasure) -> dict[str, tuple[list[str], np.ndarray]]:
-        """Per feature group, the names and z-scores of the present structures' features."""
+    def cut(self, measure: AnatomyMeasure) -> np.ndarray:
+        """[n] bool: the structure a field of view may have cut, left out of the check. In a
+        domain of at least :data:`CUT_MIN_STRUCTURES` structures, one non-optional structure
+        that is absent, or whose volume is below its training volumes by more than the z
+        limit, when every other one is present; none otherwise."""
+        n = len(self.structures)
+        optional = np.zeros(n, bool) if self.optional is None else self.optional
+        absent = self.absent(measure)
+        small = self.log_volume.z(np.log(np.maximum(measure.volume_ml, 1e-9))) < -self.z_limit
+        missing = (absent | small) & ~optional
+        if n < CUT_MIN_STRUCTURES or missing.sum() != 1 or (absent & ~missing).any():
+            return np.zeros(n, bool)
+        return missing
+
+    def z_scores(
+        self, measure: AnatomyMeasure, present: np.ndarray | None = None
+    ) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per feature group, the names and z-scores of the present structures' features
+        (``present``: [n] bool, default: those not :meth:`absent`)."""
         names = self.structures
-        present = ~self.absent(measure)
+        present = ~self.absent(measure) if present is None else present
         pairs = list(combinations(range(len(names)), 2))
         kept = np.array([present[i] and present[j] for i, j in pairs], dtype=bool)
         volume = np.maximum(measure.volume_ml, 1e-9)
@@ -238,10 +261,12 @@ class AnatomyReference:
         reasons = []
         absent = self.absent(measure)
         optional = np.zeros(len(names), bool) if self.optional is None else self.optional
+        cut = self.cut(measure)
         if absent.all():
             reasons.append("no structure found")
         else:
-            reasons += [f"{names[i]} absent" for i in np.flatnonzero(absent & ~optional)]
+            reasons += [f"{names[i]} absent" for i in np.flatnonzero(absent & ~optional & ~cut)]
+        absent = absent | cut  # left out of every check below
         many = (measure.components > self.max_components + EXTRA_COMPONENTS) & ~absent
         reasons += [f"{names[i]} in {measure.components[i]} pieces" for i in np.flatnonzero(many)]
         scattered = (measure.stray > self.max_stray + STRAY_ALLOWANCE) & ~absent
@@ -249,7 +274,7 @@ class AnatomyReference:
             f"{names[i]} scattered ({measure.stray[i]:.0%} outside its largest piece)"
             for i in np.flatnonzero(scattered)
         ]
-        groups = self.z_scores(measure)
+        groups = self.z_scores(measure, ~absent)
         for group, (labels, z) in groups.items():
             for label, value in zip(labels, z, strict=True):
                 if abs(value) > self.z_limit:
