@@ -37,7 +37,7 @@ from jointseg.recognition.decision import (
     refusal_message,
 )
 from jointseg.recognition.fitting import fit_anatomy
-from jointseg.runs import load_run_info, save_run_info
+from jointseg.runs import RunError, load_run_info, save_run_info
 from jointseg.synth.nonjoint import abdomen_like, brain_like
 from jointseg.workflows.anatomy import fit_run_anatomy_from_study
 from tests.tiny_model import DOMAINS, PREPROCESSING, SHAPE, SPACING, make_scan, noise_scan
@@ -335,6 +335,18 @@ def test_anatomy_statistics_measured_after_training(anatomy_run: Path) -> None:
         measure = measure_anatomy(lut[case.label], case.inverse.slice_spacing, 2)
         volumes.append(np.log(measure.volume_ml))
     np.testing.assert_allclose(anatomy["knee"].log_volume.mean, np.mean(volumes, axis=0))
+
+
+def test_anatomy_from_a_study_that_lacks_the_runs_cases(anatomy_run: Path, tmp_path) -> None:
+    run = shutil.copytree(anatomy_run, tmp_path / "run")
+    info = load_run_info(run)
+    extra = {**info.training_cases, "knee": [*info.training_cases["knee"], "s999"]}
+    save_run_info(run, info.model_copy(update={"training_cases": extra}))
+    with pytest.raises(RunError, match=r"Dataset001_knee: the run's training cases \['s999'\]"):
+        fit_run_anatomy_from_study(run)
+    save_run_info(run, info.model_copy(update={"training_cases": {}}))
+    with pytest.raises(RunError, match="lists no training cases"):
+        fit_run_anatomy_from_study(run)
 
 
 @pytest.fixture(scope="module")
