@@ -323,6 +323,7 @@ def anatomy_run(trained_run: Path, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.trains
 def test_anatomy_statistics_measured_after_training(anatomy_run: Path) -> None:
     anatomy = load_anatomy(anatomy_run)
     assert {d: (a.scans, a.calibrated_on) for d, a in anatomy.items()} == {
@@ -354,6 +355,7 @@ def anatomy_predictor(anatomy_run: Path) -> Predictor:
     return Predictor.from_run(anatomy_run, batch_size=8)
 
 
+@pytest.mark.trains
 def test_joint_scans_are_recognized_with_the_anatomy_rule(anatomy_predictor) -> None:
     recognizer = anatomy_predictor.recognizer
     assert recognizer.uses_anatomy
@@ -365,6 +367,7 @@ def test_joint_scans_are_recognized_with_the_anatomy_rule(anatomy_predictor) -> 
         assert decision.anatomy[domain].plausible
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     "make",
     [noise_scan, lambda: brain_like(SHAPE, SPACING), lambda: abdomen_like(SHAPE, SPACING)],
