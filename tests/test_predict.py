@@ -175,6 +175,7 @@ def test_dicom_folder_input_and_cli(trained_run, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "[predict] series: shoulder (confidence " in result.output  # the CLI shows the log
+    assert result.output.count("[predict] series:") == 1  # once
     seg = sitk.ReadImage(str(out / "series_seg.nii.gz"))
     source = read_image(folder)
     assert seg.GetSize() == source.GetSize()

@@ -25,10 +25,20 @@ class _CurrentStdout(logging.StreamHandler):
 
 def configure_logging(level: int = logging.INFO) -> None:
     """Send the package's records at ``level`` and above to standard output, message only
-    (idempotent)."""
+    (idempotent: nothing is added while a console handler is there, ours or the one
+    ``tqdm.contrib.logging.logging_redirect_tqdm`` puts in its place)."""
     logger = logging.getLogger(PACKAGE_LOGGER)
     logger.setLevel(level)
-    if not any(isinstance(h, _CurrentStdout) for h in logger.handlers):
+    if not any(_is_console(h) for h in logger.handlers):
         handler = _CurrentStdout()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    """A handler that writes to the console: ours, or any stream handler on stdout or stderr
+    (tqdm's redirect handler among them)."""
+    if isinstance(handler, _CurrentStdout):
+        return True
+    stream = getattr(handler, "stream", None)
+    return isinstance(handler, logging.StreamHandler) and stream in (sys.stdout, sys.stderr)
