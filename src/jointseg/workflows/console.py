@@ -36,9 +36,5 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def _is_console(handler: logging.Handler) -> bool:
-    """A handler that writes to the console: ours, or any stream handler on stdout or stderr
-    (tqdm's redirect handler among them)."""
-    if isinstance(handler, _CurrentStdout):
-        return True
-    stream = getattr(handler, "stream", None)
-    return isinstance(handler, logging.StreamHandler) and stream in (sys.stdout, sys.stderr)
+    """A stream handler on stdout or stderr: ours, or tqdm's redirect handler."""
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
