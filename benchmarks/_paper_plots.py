@@ -71,17 +71,23 @@ def scarce_curve(frame: pd.DataFrame, schemes: list[str], target: Path) -> Path:
 
 
 def steps_curve(curves: pd.DataFrame, target: Path, cap: float | None = None) -> Path:
-    """Validation Dice against optimizer steps per dataset, one line per network; a cross marks
-    where the plateau rule would have stopped it, a dashed line the cap."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for name, part in curves.groupby("network", sort=False):
-        line = ax.plot(part["steps_per_dataset"], part["val_dice"], marker=".", label=name)[0]
-        stop = part[part["plateau_stop"]]
-        if len(stop):
-            ax.plot(stop["steps_per_dataset"], stop["val_dice"], "x", ms=10, color=line.get_color())
-    if cap is not None:
-        ax.axvline(cap, ls="--", color="grey", lw=1, label="cap")
-    ax.set(xlabel="optimizer steps per dataset", ylabel="validation Dice (3D, mean)", ylim=(0, 1))
-    ax.set_title("Dice against steps (fold 0; x: where the plateau rule stops)", fontsize=9)
-    ax.legend(fontsize=7)
+    """Validation Dice against optimizer steps per dataset, one panel per scheme and one line
+    per network of it; a cross marks where the plateau rule would have stopped a network, a
+    dashed line the profile's cap."""
+    scheme_of = curves["network"].str.split("/").str[0]
+    schemes = list(dict.fromkeys(scheme_of))
+    fig, axes = _grid(len(schemes))
+    for ax, scheme in zip(axes, schemes, strict=False):
+        for name, part in curves[scheme_of == scheme].groupby("network", sort=False):
+            line = ax.plot(part["steps_per_dataset"], part["val_dice"], marker=".", label=name)[0]
+            stop = part[part["plateau_stop"]]
+            if len(stop):
+                ax.plot(
+                    stop["steps_per_dataset"], stop["val_dice"], "x", ms=10, color=line.get_color()
+                )
+        if cap is not None:
+            ax.axvline(cap, ls="--", color="grey", lw=1, label="profile cap")
+        ax.set(xlabel="optimizer steps per dataset", ylabel="validation Dice", ylim=(0, 1))
+        ax.set_title(f"{scheme} (fold 0; x: plateau rule stops)", fontsize=9)
+        ax.legend(fontsize=7)
     return save_figure(fig, target)

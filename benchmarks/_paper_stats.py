@@ -203,3 +203,94 @@ def scarce_table(frame: pd.DataFrame, schemes: list[str]) -> str:
             cells = [f"{means.get((d, s), math.nan):.3f}" for d, s in columns]
             lines.append(f"| {n} | {scheme} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _paired_over_bones(
+    short: pd.DataFrame, long: pd.DataFrame, scheme: str, metric: str
+) -> tuple[list[float], list[float]]:
+    """A scheme's metric at two caps, paired by (dataset, case, structure)."""
+    keys = ["dataset", "case", "structure"]
+    a = short[short["scheme"] == scheme][[*keys, metric]]
+    b = long[long["scheme"] == scheme][[*keys, metric]]
+    both = a.merge(b, on=keys, suffixes=("_short", "_long")).dropna()
+    return both[f"{metric}_short"].tolist(), both[f"{metric}_long"].tolist()
+
+
+def cap_comparison(
+    short: pd.DataFrame,
+    long: pd.DataFrame,
+    schemes: list[str],
+    labels: tuple[str, str],
+    metric: str = "dice",
+) -> pd.DataFrame:
+    """Per scheme: the mean of ``metric`` over bones and subjects at each cap, its rank among
+    the schemes (1 = best) and the paired change (long − short) over every (subject, bone):
+    median, two-sided Wilcoxon p, rank-biserial r. The pooled test treats the bones of a
+    subject as independent pairs: a summary, not the per-bone test of the cross-validation."""
+    rows = []
+    for scheme in schemes:
+        before, after = _paired_over_bones(short, long, scheme, metric)
+        if not before:
+            continue
+        test = paired_test(after, before)
+        rows.append(
+            {
+                "scheme": scheme,
+                labels[0]: sum(before) / len(before),
+                labels[1]: sum(after) / len(after),
+                "pairs": len(before),
+                "median_difference": test.median_difference,
+                "p_value": test.p_value,
+                "rank_biserial": test.rank_biserial,
+            }
+        )
+    table = pd.DataFrame(rows)
+    if len(table):
+        higher = HIGHER_IS_BETTER[metric]
+        for label in labels:
+            table[f"rank {label}"] = table[label].rank(ascending=not higher, method="min")
+    return table
+
+
+def cap_comparison_table(table: pd.DataFrame, labels: tuple[str, str]) -> str:
+    """The markdown of :func:`cap_comparison`, with the rank correlation of the two orders."""
+    from scipy.stats import kendalltau
+
+    lines = [
+        f"| scheme | mean Dice at {labels[0]} (rank) | at {labels[1]} (rank) | median Δ "
+        "(long − short), p, r over subject × bone |",
+        "|---|---|---|---|",
+    ]
+    for row in table.to_dict("records"):
+        rb = "–" if pd.isna(row["rank_biserial"]) else f"{row['rank_biserial']:+.2f}"
+        lines.append(
+            f"| {row['scheme']} | {row[labels[0]]:.3f} ({row[f'rank {labels[0]}']:.0f}) | "
+            f"{row[labels[1]]:.3f} ({row[f'rank {labels[1]}']:.0f}) | "
+            f"{row['median_difference']:+.3f}, p {_fmt_p(row['p_value'])}, r {rb} "
+            f"({row['pairs']} pairs) |"
+        )
+    if len(table) > 2:
+        tau = kendalltau(table[f"rank {labels[0]}"], table[f"rank {labels[1]}"]).statistic
+        lines.append(f"\nKendall's tau between the two orders: {tau:+.2f}")
+    return "\n".join(lines)
+
+
+def ranking_shift_table(short: pd.DataFrame, long: pd.DataFrame, labels: tuple[str, str]) -> str:
+    """Each step of the paper's ranking: the mean paired Dice difference (claimed better −
+    worse) over the subjects and bones both were tested on, at each cap."""
+
+    def mean_step(frame: pd.DataFrame, better: str, worse: str) -> float | None:
+        keys = ["dataset", "case", "structure"]
+        a = frame[frame["scheme"] == better][[*keys, "dice"]]
+        b = frame[frame["scheme"] == worse][[*keys, "dice"]]
+        both = a.merge(b, on=keys).dropna()
+        return float((both["dice_x"] - both["dice_y"]).mean()) if len(both) else None
+
+    lines = [f"| step | at {labels[0]} | at {labels[1]} |", "|---|---|---|"]
+    for better, worse in RANKING_STEPS:
+        values = [mean_step(f, better, worse) for f in (short, long)]
+        if all(v is None for v in values):
+            continue
+        cells = ["–" if v is None else f"{v:+.3f}" for v in values]
+        lines.append(f"| {worse} → {better} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)

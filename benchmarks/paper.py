@@ -6,6 +6,8 @@ subjects, trained to their plateau, scored per bone, tested pairwise; a scarce-d
     python benchmarks/paper.py --profile gpu       # configs/paper.yaml, the paper's scale
     python benchmarks/paper.py --profile cpu --estimate       # measured step times -> duration
     python benchmarks/paper.py --profile gpu --update-page    # tables into BENCHMARKS.md
+    python benchmarks/paper.py --profile cpu --workers 2 --only curve --curve-schemes all \
+        --curve-epochs 24                                     # the plateau check (3x the cap)
 
 What it does, for a profile (PROFILES):
 
@@ -21,8 +23,11 @@ What it does, for a profile (PROFILES):
    is tested exactly once, by every scheme.
 3. The scarce-data curve: the first n training subjects per joint (``scarce``), every scheme,
    scored on the fixed ``imagesTs`` subjects.
-4. The Dice-against-steps curve: each of ``curve_schemes`` on fold 0 without the plateau stop,
-   to the cap, validated every epoch; the plot marks where the plateau rule stops.
+4. The Dice-against-steps curve: each of ``curve_schemes`` (``--curve-schemes``) on fold 0
+   without the plateau stop, to the cap, validated every epoch; the plot marks where the plateau
+   rule stops. ``--curve-epochs N`` beyond the profile's cap is the plateau check: those
+   networks (``curve_<N>ep/``) are scored on fold 0's held-out subjects against the fold's cv
+   cells, per scheme and bone, with the ranking at both caps (``plateau_curve_<N>ep.md``).
 5. nnU-Net v2 (if installed: ``benchmarks/nnunet_env.sh``; ``--install-nnunet`` runs it) on the
    same folds: its default 2d plan with the wall-clock of the longest-trained scheme of the fold,
    and a plan matched to jointseg's input trained to its own plateau (``_paper_nnunet.py``);
@@ -395,6 +400,87 @@ def steps_frame(cfg, runs: dict[str, Path], patience: int, min_delta: float) -> 
     return pd.DataFrame(rows)
 
 
+def curve_config(cfg, epochs: int):
+    """The curve's config: no plateau stop, validation every epoch, a cap of ``epochs``
+    (``transfer``'s pre-training scaled with it)."""
+    curve = cfg.model_copy(deep=True)
+    curve.training.plateau_patience = None
+    curve.training.validation_every = 1
+    pre = cfg.training.transfer_pretrain_epochs
+    if epochs != cfg.training.epochs and pre:
+        curve.training.transfer_pretrain_epochs = max(1, round(pre * epochs / cfg.training.epochs))
+    curve.training.epochs = epochs
+    return curve
+
+
+def curve_folder(cfg, epochs: int) -> str:
+    """``curve`` at the profile's cap, ``curve_<N>ep`` for a longer (or shorter) one."""
+    return "curve" if epochs == cfg.training.epochs else f"curve_{epochs}ep"
+
+
+def steps_per_dataset(cfg, epochs: int) -> float:
+    """Optimizer steps per dataset of a network over every dataset after ``epochs``."""
+    datasets = len(cfg.datasets)
+    return epochs * cfg.training.iterations(datasets) / datasets
+
+
+def plateau_check(
+    short: pd.DataFrame,
+    long: pd.DataFrame,
+    schemes: list[str],
+    short_steps: float,
+    long_steps: float,
+    curves: pd.DataFrame,
+) -> str:
+    """The plateau check's report: fold 0's held-out subjects scored by the cv cells (the
+    profile's cap) and by the curve's networks (a longer cap), per scheme and per bone, and
+    each step of the paper's ranking at both caps."""
+    import _paper_stats as stats
+
+    short_label, long_label = f"{short_steps:.0f}", f"{long_steps:.0f}"
+    lines = [
+        f"### Plateau check: fold 0 at {short_label} and at {long_label} steps per dataset\n",
+        f"Fold 0's held-out subjects ({long.groupby('dataset')['case'].nunique().min()} per "
+        f"joint), scored by the cross-validation cells (cap {short_label} steps per dataset, "
+        f"plateau stop) and by the curve's networks (cap {long_label}, no plateau stop, best "
+        "validation checkpoint).\n",
+    ]
+    if not len(short):
+        lines.append("(fold 0's cross-validation cells are not finished: nothing to compare)\n")
+        return "\n".join(lines)
+    labels = (short_label, long_label)
+    table = stats.cap_comparison(short, long, schemes, labels)
+    lines += [stats.cap_comparison_table(table, labels) + "\n"]
+    lines += [
+        "#### Each step of the paper's ranking at both caps: mean Δ Dice (claimed better − "
+        "worse) over fold 0's subjects and bones\n",
+        stats.ranking_shift_table(short, long, labels) + "\n",
+        "#### Dice per bone at both caps (mean ± SD over fold 0's subjects)\n",
+        stats.metric_table(
+            pd.concat(
+                [
+                    short.assign(scheme=short["scheme"] + f" ({short_label})"),
+                    long.assign(scheme=long["scheme"] + f" ({long_label})"),
+                ]
+            ),
+            [f"{s} ({n})" for s in schemes for n in labels],
+            "dice",
+        )
+        + "\n",
+    ]
+    if len(curves):
+        best = curves.loc[curves.groupby("network")["val_dice"].idxmax()]
+        lines.append(
+            "Best validation Dice of each curve network, and where: "
+            + "; ".join(
+                f"{r.network} {r.val_dice:.3f} at {r.steps_per_dataset:.0f}"
+                for r in best.itertuples()
+            )
+            + " steps per dataset.\n"
+        )
+    return "\n".join(lines)
+
+
 # -- the report ------------------------------------------------------------------------------
 def report(
     cv: pd.DataFrame,
@@ -566,6 +652,20 @@ def main(argv: list[str] | None = None) -> dict:
         help="cells trained at once, each in a process of one torch thread (2 on 2 cores: "
         "the profile's small networks train about 1.5x more steps per second in total)",
     )
+    parser.add_argument(
+        "--curve-schemes",
+        default=None,
+        help="schemes of the Dice-against-steps curve, comma-separated or 'all' "
+        "(default: the profile's curve_schemes)",
+    )
+    parser.add_argument(
+        "--curve-epochs",
+        type=int,
+        default=None,
+        help="the curve's cap in epochs (default: the profile's cap); a longer one is the "
+        "plateau check: its networks, scored on fold 0's held-out subjects, against the cv "
+        "cells of fold 0 (plateau_curve_<N>ep.md)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="synthesis worker processes")
@@ -644,13 +744,20 @@ def main(argv: list[str] | None = None) -> dict:
                 run = out / "scarce" / f"n{n}" / _slug(scheme)
                 cell("scarce", f"{n} subjects", scheme, view, run, scarce_frames, subjects=n)
     patience = cfg.training.plateau_patience or 0
+    curve_schemes = (
+        list(profile.curve_schemes)
+        if args.curve_schemes is None
+        else list(SCHEMES)
+        if args.curve_schemes == "all"
+        else [s.strip() for s in args.curve_schemes.split(",") if s.strip()]
+    )
+    curve_epochs = args.curve_epochs or cfg.training.epochs
     if patience:
-        curve_cfg = cfg.model_copy(deep=True)
-        curve_cfg.training.plateau_patience = None
-        curve_cfg.training.validation_every = 1
+        curve_cfg = curve_config(cfg, curve_epochs)
+        folder = curve_folder(cfg, curve_epochs)
         runs = {}
-        for scheme in [s for s in profile.curve_schemes if s in schemes]:
-            run = out / "curve" / _slug(scheme)
+        for scheme in [s for s in curve_schemes if s in schemes]:
+            run = out / folder / _slug(scheme)
             if "curve" not in parts and not (run / CELL_FILE).is_file():
                 continue
             with claimed(run) as mine:
@@ -663,14 +770,16 @@ def main(argv: list[str] | None = None) -> dict:
             runs[scheme] = run
         curves = steps_frame(curve_cfg, runs, patience, cfg.training.plateau_min_delta)
         if len(curves):
-            curves.to_csv(out / "steps_curve.csv", index=False)
+            stem = "steps_curve" if folder == "curve" else f"steps_{folder}"
+            curves.to_csv(out / f"{stem}.csv", index=False)
             cap = cfg.training.epochs * cfg.training.iterations_per_epoch
             cap = cap if cfg.training.iterations_per_dataset else None
-            plots.steps_curve(curves, out / "steps_curve.png", cap)
+            plots.steps_curve(curves, out / f"{stem}.png", cap)
             stops = curves[curves["plateau_stop"]]
             notes.append(
-                "Dice against steps (fold 0, to the cap, validated every epoch): the plateau "
-                f"rule (patience {patience}, min_delta {cfg.training.plateau_min_delta}) stops "
+                f"Dice against steps (fold 0, to {curve_epochs} epochs, validated every epoch): "
+                f"the plateau rule (patience {patience}, min_delta "
+                f"{cfg.training.plateau_min_delta}) stops "
                 + (
                     ", ".join(
                         f"{r.network} at {r.steps_per_dataset:.0f} steps per dataset "
@@ -679,8 +788,27 @@ def main(argv: list[str] | None = None) -> dict:
                     )
                     or "no network before the cap"
                 )
-                + "; `steps_curve.png`, `steps_curve.csv`"
+                + f"; `{stem}.png`, `{stem}.csv`"
             )
+        if folder != "curve" and runs:
+            long_rows = pd.concat([held_out_rows(r, s) for s, r in runs.items()])
+            short_rows = pd.concat(cv_frames) if cv_frames else pd.DataFrame({"fold": []})
+            plateau_text = plateau_check(
+                short_rows[short_rows["fold"] == 0],
+                long_rows,
+                [s for s in schemes if s in runs],
+                steps_per_dataset(cfg, cfg.training.epochs),
+                steps_per_dataset(cfg, curve_epochs),
+                curves,
+            )
+            atomic_write_text(out / f"plateau_{folder}.md", plateau_text)
+            plots.box_plots(
+                long_rows.assign(scheme=long_rows["scheme"] + f" @{curve_epochs}ep"),
+                [f"{s} @{curve_epochs}ep" for s in schemes if s in runs],
+                "dice",
+                out / f"dice_boxes_{folder}.png",
+            )
+            notes.append(f"plateau check: `plateau_{folder}.md`, `dice_boxes_{folder}.png`")
     if args.worker:  # the cells are done: share nnU-Net's networks; the parent reports
         if nn is not None:
             run_nnunet_part(nn, cfg, profile, views, schemes, out, device, threads, worker=True)

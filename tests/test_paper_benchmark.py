@@ -108,6 +108,64 @@ def test_plateau_stop_index() -> None:
     assert paper.plateau_stop_index(values, 1, 0.0) == 5
 
 
+def _caps() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two subjects x two bones of the knee at a short and a long cap: `full` gains 0.1, 0.2,
+    0.05, 0.29 (distinct, all positive), `mtmd+con` loses 0.2 everywhere, `mtmd` is unchanged."""
+    values = {
+        "full": ([0.5, 0.6, 0.7, 0.7], [0.6, 0.8, 0.75, 0.99]),
+        "mtmd+con": ([0.9] * 4, [0.7] * 4),
+        "mtmd": ([0.8] * 4, [0.8] * 4),
+    }
+    keys = [(c, b) for c in ("knee_000", "knee_001") for b in ("femur", "tibia")]
+    frames = []
+    for index in (0, 1):
+        rows = [
+            {"scheme": s, "dataset": "knee", "case": c, "structure": b, "dice": v[index][i]}
+            for s, v in values.items()
+            for i, (c, b) in enumerate(keys)
+        ]
+        frames.append(pd.DataFrame(rows))
+    return frames[0], frames[1]
+
+
+def test_cap_comparison_ranks_and_paired_changes() -> None:
+    short, long = _caps()
+    labels = ("200", "600")
+    table = stats.cap_comparison(short, long, ["full", "mtmd+con", "mtmd"], labels).set_index(
+        "scheme"
+    )
+    assert table.loc["full", "200"] == pytest.approx(0.625)
+    assert table.loc["full", "600"] == pytest.approx(0.785)
+    assert table.loc["full", "median_difference"] == pytest.approx(0.15)
+    assert table.loc["full", "p_value"] == pytest.approx(2 / 16)  # exact: 4 positive ranks
+    assert table.loc["full", "rank_biserial"] == pytest.approx(1.0)
+    assert table.loc["mtmd", "p_value"] == 1.0  # no change at all
+    # short: mtmd+con .9, mtmd .8, full .625; long: mtmd .8, full .785, mtmd+con .7
+    assert table["rank 200"].tolist() == [3, 1, 2]
+    assert table["rank 600"].tolist() == [2, 3, 1]
+    text = stats.cap_comparison_table(table.reset_index(), labels)
+    assert "| full | 0.625 (3) | 0.785 (2) | +0.150, p 0.12, r +1.00 (4 pairs) |" in text
+    assert "Kendall's tau between the two orders: -0.33" in text
+    shift = stats.ranking_shift_table(short, long, labels)
+    assert "| mtmd → mtmd+con | +0.100 | -0.100 |" in shift
+    assert "| mtmd+con → full | -0.275 | +0.085 |" in shift
+    assert "individual" not in shift  # steps with a missing scheme are left out
+
+
+def test_curve_config_scales_the_cap_and_transfer_pretraining() -> None:
+    from jointseg.config import load_config
+
+    profile = paper.PROFILES["cpu"]
+    cfg = load_config(profile.config, profile.overrides)
+    long = paper.curve_config(cfg, 24)
+    assert (long.training.epochs, long.training.transfer_pretrain_epochs) == (24, 12)
+    assert long.training.plateau_patience is None and long.training.validation_every == 1
+    assert cfg.training.epochs == 8 and cfg.training.plateau_patience == 3  # left alone
+    assert paper.curve_config(cfg, 8).training.transfer_pretrain_epochs == 4
+    assert (paper.curve_folder(cfg, 8), paper.curve_folder(cfg, 24)) == ("curve", "curve_24ep")
+    assert paper.steps_per_dataset(cfg, 8) == 200.0
+
+
 def test_matched_plans_cut_stages_to_the_patch() -> None:
     import _paper_nnunet as pn
 
@@ -207,3 +265,16 @@ def test_smoke_profile_end_to_end_and_resumable(tmp_path: Path) -> None:
     assert second["trained"] == []  # every cell finished: nothing trains again
     assert (tmp_path / "cv" / "fold_0" / "full" / "cell.json").stat().st_mtime_ns == stamp
     assert (tmp_path / "paper.md").read_text(encoding="utf-8") == text
+    # the plateau check: the curve to a longer cap, against fold 0's cv cells
+    longer = paper.main(
+        [*args, "--only", "curve", "--curve-epochs", "3", "--curve-schemes", "full"]
+    )
+    assert longer["trained"] == [str(tmp_path / "curve_3ep" / "full")]
+    record = json.loads((tmp_path / "curve_3ep" / "full" / "cell.json").read_text())
+    assert record["networks"]["main"]["epochs"] == 3
+    check = (tmp_path / "plateau_curve_3ep.md").read_text(encoding="utf-8")
+    assert "### Plateau check: fold 0 at 1 and at 2 steps per dataset" in check
+    assert "| full | " in check and "(18 pairs) |" in check  # 2 subjects per joint x 9 bones
+    assert "| mtmd+con → full |" in check
+    for png in ("steps_curve_3ep.png", "dice_boxes_curve_3ep.png"):
+        assert (tmp_path / png).stat().st_size > 1000
