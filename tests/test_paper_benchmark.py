@@ -157,13 +157,14 @@ def test_curve_config_scales_the_cap_and_transfer_pretraining() -> None:
 
     profile = paper.PROFILES["cpu"]
     cfg = load_config(profile.config, profile.overrides)
-    long = paper.curve_config(cfg, 24)
-    assert (long.training.epochs, long.training.transfer_pretrain_epochs) == (24, 12)
+    long = paper.curve_config(cfg, 72)
+    assert (long.training.epochs, long.training.transfer_pretrain_epochs) == (72, 36)
     assert long.training.plateau_patience is None and long.training.validation_every == 1
-    assert cfg.training.epochs == 8 and cfg.training.plateau_patience == 3  # left alone
+    assert cfg.training.epochs == 24 and cfg.training.plateau_patience == 3  # left alone
+    assert paper.curve_config(cfg, 24).training.transfer_pretrain_epochs == 12
     assert paper.curve_config(cfg, 8).training.transfer_pretrain_epochs == 4
-    assert (paper.curve_folder(cfg, 8), paper.curve_folder(cfg, 24)) == ("curve", "curve_24ep")
-    assert paper.steps_per_dataset(cfg, 8) == 200.0
+    assert (paper.curve_folder(cfg, 24), paper.curve_folder(cfg, 72)) == ("curve", "curve_72ep")
+    assert paper.steps_per_dataset(cfg, 24) == 600.0
 
 
 def test_matched_plans_cut_stages_to_the_patch() -> None:
@@ -226,9 +227,9 @@ def test_cpu_profile_step_counts_at_the_cap() -> None:
     profile = paper.PROFILES["cpu"]
     cfg = load_config(profile.config, profile.overrides)
     counts = paper.step_counts(profile, cfg, list(paper.SCHEMES))
-    # individual 3 x 8 x 25; transfer 3 x 4 x 50 pre-training + 3 x 8 x 25; four 3-joint
-    # networks of 8 x 75; full's prior 150
-    assert counts == {"single": 1200.0, "multi": 600.0 + 4 * 600.0, "prior": 150.0}
+    # individual 3 x 24 x 25; transfer 3 x 12 x 50 pre-training + 3 x 24 x 25; four 3-joint
+    # networks of 24 x 75; full's prior 150
+    assert counts == {"single": 3600.0, "multi": 1800.0 + 4 * 1800.0, "prior": 150.0}
 
 
 @pytest.mark.slow
