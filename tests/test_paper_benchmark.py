@@ -167,6 +167,22 @@ def test_curve_config_scales_the_cap_and_transfer_pretraining() -> None:
     assert paper.steps_per_dataset(cfg, 24) == 600.0
 
 
+def test_cell_records_the_shape_priors_reconstruction_dice(tmp_path: Path) -> None:
+    from jointseg.models.shape_autoencoder import ShapeAutoencoder, save_autoencoder
+
+    ae = ShapeAutoencoder(3, base_channels=2, code_channels=2, depth=1)
+    run = tmp_path / "full"
+    assert paper.shape_prior_dice(run) is None  # no prior: a scheme without it
+    save_autoencoder(
+        ae, run / "models" / "shape_prior", {"train_dice": 0.5, "validation_dice": None}
+    )
+    assert paper.shape_prior_dice(run) == 0.5  # no validation masks: the training masks' Dice
+    save_autoencoder(
+        ae, run / "models" / "shape_prior", {"train_dice": 0.5, "validation_dice": 0.34}
+    )
+    assert paper.shape_prior_dice(run) == 0.34
+
+
 def test_matched_plans_cut_stages_to_the_patch() -> None:
     import _paper_nnunet as pn
 
@@ -228,8 +244,8 @@ def test_cpu_profile_step_counts_at_the_cap() -> None:
     cfg = load_config(profile.config, profile.overrides)
     counts = paper.step_counts(profile, cfg, list(paper.SCHEMES))
     # individual 3 x 24 x 25; transfer 3 x 12 x 50 pre-training + 3 x 24 x 25; four 3-joint
-    # networks of 24 x 75; full's prior 150
-    assert counts == {"single": 3600.0, "multi": 1800.0 + 4 * 1800.0, "prior": 150.0}
+    # networks of 24 x 75; full's prior 600
+    assert counts == {"single": 3600.0, "multi": 1800.0 + 4 * 1800.0, "prior": 600.0}
 
 
 @pytest.mark.slow
@@ -261,6 +277,10 @@ def test_smoke_profile_end_to_end_and_resumable(tmp_path: Path) -> None:
         assert (tmp_path / png).stat().st_size > 1000
     record = json.loads((tmp_path / "cv" / "fold_0" / "full" / "cell.json").read_text())
     assert record["networks"]["main"]["cap_epochs"] == 2
+    assert 0.0 <= record["shape_prior_dice"] <= 1.0  # the prior's quality is on record
+    other = json.loads((tmp_path / "cv" / "fold_0" / "mtmd_con" / "cell.json").read_text())
+    assert other["shape_prior_dice"] is None
+    assert "; shape prior: reconstruction Dice " in text
     stamp = (tmp_path / "cv" / "fold_0" / "full" / "cell.json").stat().st_mtime_ns
     second = paper.main(args)
     assert second["trained"] == []  # every cell finished: nothing trains again
