@@ -2,7 +2,7 @@
 subjects, trained to their plateau, scored per bone, tested pairwise; a scarce-data curve.
 
     python benchmarks/paper.py --profile smoke     # minutes: the pipeline end to end
-    python benchmarks/paper.py --profile cpu --workers 2   # about 2 h on 2 cores (PROFILES)
+    python benchmarks/paper.py --profile cpu --workers 2   # 2 h 20 min on 2 cores, no nnU-Net
     python benchmarks/paper.py --profile gpu       # configs/paper.yaml, the paper's scale
     python benchmarks/paper.py --profile cpu --estimate       # measured step times -> duration
     python benchmarks/paper.py --profile gpu --update-page    # tables into BENCHMARKS.md
