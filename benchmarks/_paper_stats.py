@@ -206,14 +206,15 @@ def scarce_table(frame: pd.DataFrame, schemes: list[str]) -> str:
 
 
 def _paired_over_bones(
-    short: pd.DataFrame, long: pd.DataFrame, scheme: str, metric: str
+    a: pd.DataFrame, scheme_a: str, b: pd.DataFrame, scheme_b: str, metric: str
 ) -> tuple[list[float], list[float]]:
-    """A scheme's metric at two caps, paired by (dataset, case, structure)."""
+    """``metric`` of ``scheme_a`` in ``a`` and of ``scheme_b`` in ``b``, paired by (dataset,
+    case, structure): every subject and bone both were tested on."""
     keys = ["dataset", "case", "structure"]
-    a = short[short["scheme"] == scheme][[*keys, metric]]
-    b = long[long["scheme"] == scheme][[*keys, metric]]
-    both = a.merge(b, on=keys, suffixes=("_short", "_long")).dropna()
-    return both[f"{metric}_short"].tolist(), both[f"{metric}_long"].tolist()
+    left = a[a["scheme"] == scheme_a][[*keys, metric]]
+    right = b[b["scheme"] == scheme_b][[*keys, metric]]
+    both = left.merge(right, on=keys, suffixes=("_a", "_b")).dropna()
+    return both[f"{metric}_a"].tolist(), both[f"{metric}_b"].tolist()
 
 
 def cap_comparison(
@@ -229,7 +230,7 @@ def cap_comparison(
     subject as independent pairs: a summary, not the per-bone test of the cross-validation."""
     rows = []
     for scheme in schemes:
-        before, after = _paired_over_bones(short, long, scheme, metric)
+        before, after = _paired_over_bones(short, scheme, long, scheme, metric)
         if not before:
             continue
         test = paired_test(after, before)
@@ -280,11 +281,8 @@ def ranking_shift_table(short: pd.DataFrame, long: pd.DataFrame, labels: tuple[s
     worse) over the subjects and bones both were tested on, at each cap."""
 
     def mean_step(frame: pd.DataFrame, better: str, worse: str) -> float | None:
-        keys = ["dataset", "case", "structure"]
-        a = frame[frame["scheme"] == better][[*keys, "dice"]]
-        b = frame[frame["scheme"] == worse][[*keys, "dice"]]
-        both = a.merge(b, on=keys).dropna()
-        return float((both["dice_x"] - both["dice_y"]).mean()) if len(both) else None
+        a, b = _paired_over_bones(frame, better, frame, worse, "dice")
+        return sum(x - y for x, y in zip(a, b, strict=True)) / len(a) if a else None
 
     lines = [f"| step | at {labels[0]} | at {labels[1]} |", "|---|---|---|"]
     for better, worse in RANKING_STEPS:

@@ -166,6 +166,13 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def parse_schemes(text: str) -> list[str]:
+    """Comma-separated scheme names, or ``all`` for :data:`SCHEMES`."""
+    if text.strip() == "all":
+        return list(SCHEMES)
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
 def step_counts(profile, cfg, schemes: list[str]) -> dict[str, float]:
     """Optimizer steps of one setting at the cap: one-dataset, multi-dataset, prior."""
     t = cfg.training
@@ -710,7 +717,7 @@ def main(argv: list[str] | None = None) -> dict:
     if profile.config == "paper":
         overrides.setdefault("model.encoder_weights", "none")
     cfg = load_config(profile.config, overrides)
-    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
+    schemes = parse_schemes(args.schemes)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     out = args.out or HERE / "out" / "paper" / args.profile
     out.mkdir(parents=True, exist_ok=True)
@@ -769,9 +776,7 @@ def main(argv: list[str] | None = None) -> dict:
     curve_schemes = (
         list(profile.curve_schemes)
         if args.curve_schemes is None
-        else list(SCHEMES)
-        if args.curve_schemes == "all"
-        else [s.strip() for s in args.curve_schemes.split(",") if s.strip()]
+        else parse_schemes(args.curve_schemes)
     )
     curve_epochs = args.curve_epochs or cfg.training.epochs
     if patience:

@@ -165,6 +165,8 @@ def test_curve_config_scales_the_cap_and_transfer_pretraining() -> None:
     assert paper.curve_config(cfg, 8).training.transfer_pretrain_epochs == 4
     assert (paper.curve_folder(cfg, 24), paper.curve_folder(cfg, 72)) == ("curve", "curve_72ep")
     assert paper.steps_per_dataset(cfg, 24) == 600.0
+    assert paper.parse_schemes("all") == list(paper.SCHEMES)
+    assert paper.parse_schemes(" full, mtmd+con ,") == ["full", "mtmd+con"]
 
 
 def test_cell_records_the_shape_priors_reconstruction_dice(tmp_path: Path) -> None:
