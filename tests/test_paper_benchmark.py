@@ -106,6 +106,39 @@ def test_plateau_stop_index() -> None:
     assert paper.plateau_stop_index(values, 2, 0.0) == 6  # 0.69, 0.695 below the best 0.7
     assert paper.plateau_stop_index(values, 2, 0.01) == 3  # 0.605, 0.61: no gain above 0.01
     assert paper.plateau_stop_index(values, 1, 0.0) == 5
+    assert paper.plateau_stop_index(values, 2, 0.01, min_epochs=4) == 3
+    # not before the 5th value: 0.7 then counts as a gain, and 0.69, 0.695 run patience out
+    assert paper.plateau_stop_index(values, 2, 0.01, min_epochs=5) == 6
+    assert paper.plateau_stop_index(values, 2, 0.0, min_epochs=8) is None
+
+
+@pytest.mark.parametrize("min_epochs", [0, 4, 5, 8])
+def test_plateau_stop_index_is_the_training_rule(min_epochs: int) -> None:
+    """The curve's simulated stop is where training's callback stops the same series."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from jointseg.training.runner import PlateauStop
+
+    values = [0.5, 0.6, 0.605, 0.61, 0.7, 0.69, 0.695]
+    rule = PlateauStop(
+        min_epochs=min_epochs, monitor="val/dice", mode="max", patience=2, min_delta=0.01
+    )
+    trainer = SimpleNamespace(
+        fast_dev_run=False,
+        should_stop=False,
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
+    )
+    stopped = None
+    for epoch, value in enumerate(values):
+        trainer.current_epoch = epoch
+        trainer.callback_metrics = {"val/dice": torch.tensor(value)}
+        rule._run_early_stopping_check(trainer)
+        if trainer.should_stop:
+            stopped = epoch
+            break
+    assert stopped == paper.plateau_stop_index(values, 2, 0.01, min_epochs)
 
 
 def _caps() -> tuple[pd.DataFrame, pd.DataFrame]:

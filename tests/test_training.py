@@ -210,6 +210,17 @@ def test_training_stops_on_a_validation_plateau(study: Path, tmp_path: Path) -> 
         config_from_dict({**config, "scheme": "mtmd"}), study, tmp_path / "cap", progress=False
     )
     assert len(_validated_epochs(tmp_path / "cap")) == 3  # patience never runs out: the cap
+    config = tiny_config(
+        epochs=6,
+        iterations_per_epoch=2,
+        plateau_patience=2,
+        plateau_min_delta=1.0,
+        plateau_min_epochs=4,
+    )
+    train_run(
+        config_from_dict({**config, "scheme": "mtmd"}), study, tmp_path / "min", progress=False
+    )
+    assert len(_validated_epochs(tmp_path / "min")) == 4  # patience ran out at 3: not before 4
 
 
 class Interrupt(RuntimeError):

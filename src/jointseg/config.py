@@ -239,6 +239,12 @@ class TrainingConfig(Section):
     plateau_min_delta: float = Field(
         0.0, ge=0, description="Smallest val/dice gain that counts as an improvement."
     )
+    plateau_min_epochs: int = Field(
+        0,
+        ge=0,
+        description="The plateau rule may stop a network only from this epoch on (capped at "
+        "the network's own epochs); val/dice is tracked from the start.",
+    )
     validation_fraction: float = Field(
         0.2, ge=0, lt=1, description="Share of training subjects held out for validation."
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from jointseg.config import SCHEMES, ExperimentConfig, save_config
@@ -235,7 +236,7 @@ def _train_plan(
             RandomStates(),
             FlushLogs(),
             *_target_stop(cfg, has_validation),
-            *_plateau_stop(cfg, has_validation),
+            *_plateau_stop(cfg, has_validation, epochs),
             *(extra_callbacks or []),
         ]
         + ([TQDMProgressBar(refresh_rate=5)] if progress else []),
@@ -286,8 +287,9 @@ def _target_stop(cfg: ExperimentConfig, has_validation: bool) -> list[L.Callback
     return [StopAtTarget(target)]
 
 
-def _plateau_stop(cfg: ExperimentConfig, has_validation: bool) -> list[L.Callback]:
-    """``training.plateau_patience`` as Lightning's early stopping on ``val/dice``.
+def _plateau_stop(cfg: ExperimentConfig, has_validation: bool, epochs: int) -> list[L.Callback]:
+    """``training.plateau_patience`` as Lightning's early stopping on ``val/dice``, allowed to
+    stop from epoch ``training.plateau_min_epochs`` on (at most ``epochs``, the network's cap).
 
     Patience counts validations (every ``training.validation_every`` epochs), not epochs; the
     callback's state travels in the checkpoints, so a resumed run keeps its count.
@@ -299,7 +301,8 @@ def _plateau_stop(cfg: ExperimentConfig, has_validation: bool) -> list[L.Callbac
         logger.warning("training.plateau_patience needs validation subjects: training all epochs")
         return []
     return [
-        EarlyStopping(
+        PlateauStop(
+            min_epochs=min(cfg.training.plateau_min_epochs, epochs),
             monitor="val/dice",
             mode="max",
             patience=patience,
@@ -308,6 +311,33 @@ def _plateau_stop(cfg: ExperimentConfig, has_validation: bool) -> list[L.Callbac
             strict=True,
         )
     ]
+
+
+class PlateauStop(EarlyStopping):
+    """Lightning's early stopping that may stop only once ``min_epochs`` epochs have run.
+
+    The best value and the count of validations without improvement are kept from the first
+    validation on, so a network that plateaued early stops at the first validation from
+    ``min_epochs`` on that still finds no improvement for ``patience`` validations; one that
+    improves again trains on. (Lightning's ``Trainer(min_epochs=...)`` instead stops at
+    ``min_epochs`` once the rule has fired, whatever happens in between.)
+    """
+
+    def __init__(self, *, min_epochs: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.min_epochs = min_epochs
+        self._epochs_run = 0
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        self._epochs_run = trainer.current_epoch + 1
+        super()._run_early_stopping_check(trainer)
+
+    def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
+        should_stop, reason = super()._evaluate_stopping_criteria(current)
+        if should_stop and torch.isfinite(current) and self._epochs_run < self.min_epochs:
+            self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+            return False, None
+        return should_stop, reason
 
 
 def _device_arguments(devices: int) -> dict:
