@@ -343,18 +343,61 @@ def shape_prior_dice(run: Path) -> float | None:
     return float(dice) if dice is not None else None
 
 
-def run_cell(cfg, scheme: str, view: Path, run: Path, trained: list[str]) -> dict:
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_changes(saved, current) -> dict[str, tuple]:
+    """Dotted config keys whose values differ between the config a cell was trained with and
+    the one a rerun would train it with: ``{key: (saved, current)}``. The shape prior's
+    settings are left out for schemes that train no prior."""
+    from jointseg.training.schemes import plan_scheme
+
+    old = _flat(saved.model_dump(mode="json"))
+    new = _flat(current.model_dump(mode="json"))
+    prior = any(p.shape_prior for p in plan_scheme(current.scheme, current.domain_names))
+    return {
+        key: (old.get(key), new.get(key))
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+        and (prior or not key.startswith("regularization.shape_prior."))
+    }
+
+
+def describe_changes(changes: dict[str, tuple]) -> str:
+    return ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+
+
+def run_cell(
+    cfg, scheme: str, view: Path, run: Path, trained: list[str], keep_changed: bool = False
+) -> dict:
     """Train (resuming an interrupted run) and evaluate one scheme on one view; the cell's
-    record is written last, so a cell with ``cell.json`` is finished."""
+    record is written last, so a cell with ``cell.json`` is finished. A finished cell trained
+    with another config than ``cfg`` stops the benchmark, unless ``keep_changed``: then its
+    record carries the changes (``config_changes``) for the report."""
+    from jointseg.config import load_config
     from jointseg.evaluation.evaluate import evaluate_run
     from jointseg.workflows.train import train_run
 
+    cell_cfg = cfg.model_copy(update={"scheme": scheme})
     record_path = run / CELL_FILE
     if record_path.is_file():
-        return json.loads(record_path.read_text(encoding="utf-8"))
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        changes = config_changes(load_config(run / "config.yaml"), cell_cfg)
+        if changes and not keep_changed:
+            raise SystemExit(
+                f"[paper] {run} was trained with another config ({describe_changes(changes)}): "
+                "delete it to train it again, or pass --keep-changed-cells to report it as it is"
+            )
+        return {**record, "config_changes": changes} if changes else record
     from jointseg.utils.atomic import atomic_write_json
 
-    cell_cfg = cfg.model_copy(update={"scheme": scheme})
     resumed = run.exists()
     print(f"[paper] training {scheme} -> {run}{' (resuming)' if resumed else ''}", flush=True)
     started, cpu = time.perf_counter(), _cpu_seconds()
@@ -717,6 +760,12 @@ def main(argv: list[str] | None = None) -> dict:
         "plateau check: its networks, scored on fold 0's held-out subjects, against the cv "
         "cells of fold 0 (plateau_curve_<N>ep.md)",
     )
+    parser.add_argument(
+        "--keep-changed-cells",
+        action="store_true",
+        help="report finished cells trained with another config (paper.md lists the changes) "
+        "instead of stopping",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="synthesis worker processes")
@@ -780,7 +829,7 @@ def main(argv: list[str] | None = None) -> dict:
                 return
             if not (run / CELL_FILE).is_file():  # the slice cache, outside the cell's timing
                 preprocess_study(cfg, view)
-            record = run_cell(cfg, scheme, view, run, trained)
+            record = run_cell(cfg, scheme, view, run, trained, args.keep_changed_cells)
         cells.append({"part": part, "setting": setting, **record})
         frames.append(held_out_rows(run, scheme).assign(**extra))
 
@@ -814,7 +863,9 @@ def main(argv: list[str] | None = None) -> dict:
                     continue
                 if not (run / CELL_FILE).is_file():
                     preprocess_study(curve_cfg, views[0])
-                record = run_cell(curve_cfg, scheme, views[0], run, trained)
+                record = run_cell(
+                    curve_cfg, scheme, views[0], run, trained, args.keep_changed_cells
+                )
             cells.append({"part": "curve", "setting": "fold 0, no plateau stop", **record})
             runs[scheme] = run
         curves = steps_frame(curve_cfg, runs, cfg.training)
@@ -890,6 +941,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"per joint (synth scale {profile.synth_scale}, seed {args.seed}), {profile.folds} folds; "
         f"device {device}"
     )
+    for row in cells:
+        if row.get("config_changes"):
+            notes.append(
+                f"{row['part']} {row['setting']} {row['scheme']} was trained with another "
+                f"config, kept (--keep-changed-cells): {describe_changes(row['config_changes'])}"
+            )
     text = report(cv, scarce, pd.DataFrame(cells), notes, order)
     atomic_write_text(out / "paper.md", text)
     if args.update_page:

@@ -334,3 +334,35 @@ def test_smoke_profile_end_to_end_and_resumable(tmp_path: Path) -> None:
     assert "| mtmd+con → full |" in check
     for png in ("steps_curve_3ep.png", "dice_boxes_curve_3ep.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_a_finished_cell_trained_with_another_config_is_not_reused_silently(
+    tmp_path: Path,
+) -> None:
+    from jointseg.config import load_config, save_config
+
+    profile = paper.PROFILES["cpu"]
+    cfg = load_config(profile.config, profile.overrides)
+    saved = cfg.model_copy(deep=True)
+    saved.training.plateau_min_epochs = 0
+    saved.regularization.shape_prior.steps = 150
+    mtmd = saved.model_copy(update={"scheme": "mtmd"})
+    full = saved.model_copy(update={"scheme": "full"})
+    # mtmd trains no prior: its settings are not a change there
+    assert paper.config_changes(mtmd, cfg.model_copy(update={"scheme": "mtmd"})) == {
+        "training.plateau_min_epochs": (0, 12)
+    }
+    assert paper.config_changes(full, cfg.model_copy(update={"scheme": "full"})) == {
+        "regularization.shape_prior.steps": (150, 600),
+        "training.plateau_min_epochs": (0, 12),
+    }
+    run = tmp_path / "full"
+    run.mkdir()
+    save_config(full, run / "config.yaml")
+    (run / paper.CELL_FILE).write_text(json.dumps({"scheme": "full", "networks": {}}))
+    with pytest.raises(SystemExit, match="training.plateau_min_epochs 0 -> 12"):
+        paper.run_cell(cfg, "full", tmp_path, run, [])
+    record = paper.run_cell(cfg, "full", tmp_path, run, [], keep_changed=True)
+    assert record["config_changes"]["regularization.shape_prior.steps"] == (150, 600)
+    save_config(cfg.model_copy(update={"scheme": "full"}), run / "config.yaml")
+    assert "config_changes" not in paper.run_cell(cfg, "full", tmp_path, run, [])
