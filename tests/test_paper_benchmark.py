@@ -139,6 +139,10 @@ def test_plateau_stop_index_is_the_training_rule(min_epochs: int) -> None:
             stopped = epoch
             break
     assert stopped == paper.plateau_stop_index(values, 2, 0.01, min_epochs)
+    if stopped is None:  # a held-back stop leaves no stopping reason behind
+        assert getattr(getattr(rule, "stopping_reason", None), "name", "NOT_STOPPED") == (
+            "NOT_STOPPED"
+        )
 
 
 def _caps() -> tuple[pd.DataFrame, pd.DataFrame]:

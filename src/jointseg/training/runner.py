@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from jointseg.config import SCHEMES, ExperimentConfig, save_config
@@ -333,9 +332,11 @@ class PlateauStop(EarlyStopping):
         super()._run_early_stopping_check(trainer)
 
     def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
+        before = getattr(self, "stopping_reason", None)  # Lightning >= 2.5 records a reason
         should_stop, reason = super()._evaluate_stopping_criteria(current)
         if should_stop and torch.isfinite(current) and self._epochs_run < self.min_epochs:
-            self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+            if before is not None:
+                self.stopping_reason = before
             return False, None
         return should_stop, reason
 
