@@ -941,12 +941,17 @@ def main(argv: list[str] | None = None) -> dict:
         f"per joint (synth scale {profile.synth_scale}, seed {args.seed}), {profile.folds} folds; "
         f"device {device}"
     )
+    changed: dict[str, list[str]] = {}
     for row in cells:
         if row.get("config_changes"):
-            notes.append(
-                f"{row['part']} {row['setting']} {row['scheme']} was trained with another "
-                f"config, kept (--keep-changed-cells): {describe_changes(row['config_changes'])}"
+            changed.setdefault(describe_changes(row["config_changes"]), []).append(
+                f"{row['part']} {row['setting']} {row['scheme']}"
             )
+    for change, names in changed.items():
+        notes.append(
+            f"trained with another config and kept (--keep-changed-cells; {change}): "
+            + ", ".join(names)
+        )
     text = report(cv, scarce, pd.DataFrame(cells), notes, order)
     atomic_write_text(out / "paper.md", text)
     if args.update_page:
