@@ -2,7 +2,7 @@
 subjects, trained to their plateau, scored per bone, tested pairwise; a scarce-data curve.
 
     python benchmarks/paper.py --profile smoke     # minutes: the pipeline end to end
-    python benchmarks/paper.py --profile cpu --workers 2   # 2 h 20 min on 2 cores, no nnU-Net
+    python benchmarks/paper.py --profile cpu --workers 2   # about 2 h 10 min on 2 cores, no nnU-Net
     python benchmarks/paper.py --profile gpu       # configs/paper.yaml, the paper's scale
     python benchmarks/paper.py --profile cpu --estimate       # measured step times -> duration
     python benchmarks/paper.py --profile gpu --update-page    # tables into BENCHMARKS.md
@@ -304,16 +304,14 @@ def network_progress(cfg, run: Path) -> dict[str, dict]:
     """Per trained network: epochs run, optimizer steps, steps per dataset, best val Dice, and
     whether it stopped before the cap."""
     from jointseg.training.curves import read_metrics
-    from jointseg.training.schemes import plan_scheme
+    from jointseg.training.schemes import plan_epochs, plan_scheme
 
     result = {}
     for plan in plan_scheme(cfg.scheme, cfg.domain_names):
         frame = read_metrics(run, plan.name)
         if frame is None or "epoch" not in frame:
             continue
-        cap = cfg.training.epochs
-        if plan.epochs_key == "transfer_pretrain_epochs" and cfg.training.transfer_pretrain_epochs:
-            cap = cfg.training.transfer_pretrain_epochs
+        cap = plan_epochs(cfg.training, plan)
         epochs = int(frame["epoch"].max()) + 1
         per_epoch = cfg.training.iterations(len(plan.domains))
         dice = frame["val/dice"].dropna() if "val/dice" in frame else pd.Series(dtype=float)
@@ -452,7 +450,7 @@ def steps_frame(cfg, runs: dict[str, Path], rule) -> pd.DataFrame:
     steps per dataset, and the epoch where the plateau rule of ``rule`` (the profile's
     ``training`` settings: patience, min delta, minimum epochs, caps) would stop it."""
     from jointseg.training.curves import read_metrics
-    from jointseg.training.schemes import deliverable_plans, plan_scheme
+    from jointseg.training.schemes import deliverable_plans, plan_epochs, plan_scheme
 
     rows = []
     for scheme, run in runs.items():
@@ -462,16 +460,11 @@ def steps_frame(cfg, runs: dict[str, Path], rule) -> pd.DataFrame:
                 continue
             series = frame[["epoch", "val/dice"]].dropna()
             per_epoch = cfg.training.iterations(len(plan.domains)) / len(plan.domains)
-            cap = (
-                rule.transfer_pretrain_epochs
-                if plan.epochs_key == "transfer_pretrain_epochs" and rule.transfer_pretrain_epochs
-                else rule.epochs
-            )
             stop = plateau_stop_index(
                 series["val/dice"].tolist(),
                 rule.plateau_patience,
                 rule.plateau_min_delta,
-                min(rule.plateau_min_epochs, cap),
+                min(rule.plateau_min_epochs, plan_epochs(rule, plan)),
             )
             for index, (epoch, dice) in enumerate(series.itertuples(index=False)):
                 name = (

@@ -34,7 +34,7 @@ from jointseg.training.resume import (
     checkpoint_epoch,
     clean_run_folder,
 )
-from jointseg.training.schemes import ModelPlan, deliverable_plans, plan_scheme
+from jointseg.training.schemes import ModelPlan, deliverable_plans, plan_epochs, plan_scheme
 from jointseg.utils.distributed import is_global_zero
 
 logger = logging.getLogger(__name__)
@@ -186,9 +186,7 @@ def _train_plan(
         for d in plan.domains
     ]
     autoencoder, discriminator = shape_prior_for(cfg, plan, label_space, splits, out, progress)
-    epochs = cfg.training.epochs
-    if plan.epochs_key == "transfer_pretrain_epochs" and cfg.training.transfer_pretrain_epochs:
-        epochs = cfg.training.transfer_pretrain_epochs
+    epochs = plan_epochs(cfg.training, plan)
     module = SegmentationModule(
         net,
         cfg,

@@ -36,6 +36,14 @@ class ModelPlan:
     extra: dict = field(default_factory=dict)
 
 
+def plan_epochs(training, plan: ModelPlan) -> int:
+    """The epoch cap of ``plan`` under ``training`` (a ``TrainingConfig``): ``epochs``, or
+    ``transfer_pretrain_epochs`` for a transfer pre-training where it is set."""
+    if plan.epochs_key == "transfer_pretrain_epochs" and training.transfer_pretrain_epochs:
+        return training.transfer_pretrain_epochs
+    return training.epochs
+
+
 def plan_scheme(scheme: str, domains: list[str]) -> list[ModelPlan]:
     """Expand ``scheme`` over ``domains`` into the ordered list of networks to train."""
     if scheme not in SCHEMES:
