@@ -26,7 +26,7 @@ from _nnunet import NnUNet
 
 from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.evaluation.metrics import score_case
-from jointseg.utils.atomic import atomic_write_json
+from jointseg.utils.atomic import atomic_write_json, atomic_write_text
 
 DEFAULT_PLANS = "nnUNetPlans"
 MATCHED_PLANS = "nnUNetPlansMatched"
@@ -190,18 +190,30 @@ def train_fold(
                     plans=plans,
                 )
                 atomic_write_json(done, stats)
+            dataset_scores(view, variant, d, folder)
+
+
+def dataset_scores(view: Path, variant: str, dataset, folder: Path) -> pd.DataFrame:
+    """One dataset's scored rows of a predicted variant, kept in ``scores_<variant>_<dataset>.csv``
+    (scored from the predictions once; a records folder keeps the file without them)."""
+    path = folder / f"scores_{variant}_{dataset.name}.csv"
+    if path.is_file():
+        return pd.read_csv(path)
+    predictions = folder / f"predictions_{variant}" / dataset.name
+    rows = _score(VARIANTS[variant], view, dataset.folder, predictions)
+    frame = pd.DataFrame([{**row, "dataset": dataset.name} for row in rows])
+    atomic_write_text(path, frame.to_csv(index=False))
+    return frame
 
 
 def score_fold(cfg, view: Path, variant: str, folder: Path) -> tuple[pd.DataFrame, dict] | None:
     """Scored rows (all metrics) and the training records of a fold's finished variant, or
     None while a dataset is not done."""
-    rows, records = [], {}
+    frames, records = [], {}
     for d in cfg.datasets:
         record_path = folder / f"train_{variant}_{d.name}.json"
         if not (record_path.is_file() and (folder / f"predict_{variant}_{d.name}.json").is_file()):
             return None
         records[d.name] = json.loads(record_path.read_text(encoding="utf-8"))
-        predictions = folder / f"predictions_{variant}" / d.name
-        for row in _score(VARIANTS[variant], view, d.folder, predictions):
-            rows.append({**row, "dataset": d.name})
-    return pd.DataFrame(rows), records
+        frames.append(dataset_scores(view, variant, d, folder))
+    return pd.concat(frames, ignore_index=True), records

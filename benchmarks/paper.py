@@ -37,7 +37,11 @@ What it does, for a profile (PROFILES):
 Every cell (scheme x fold, scheme x training subjects, curve scheme, nnU-Net variant x fold)
 keeps its run folder and ``cell.json`` (timings, epochs and steps per network) on disk; a
 rerun skips finished cells and resumes an interrupted one from its last checkpoint, so the
-benchmark can run in pieces (``--only cv|scarce|curve|nnunet`` runs one part).
+benchmark can run in pieces (``--only cv|scarce|curve|nnunet`` runs one part). With
+``--records DIR`` (``_paper_records.py``) each finished cell's few text files (record, config,
+index, scores, training curves; no checkpoint) are copied into DIR as it finishes and restored
+from it into an output folder that lacks them: kept in git (``results/paper/cells/<profile>``),
+they let the pieces run on different machines.
 Output: ``benchmarks/out/paper/<profile>/`` (``--out``).
 """
 
@@ -61,10 +65,10 @@ sys.path.insert(0, str(HERE))
 
 from _locks import claimed  # noqa: E402 (benchmarks/_locks.py)
 from _page import markers, update_section  # noqa: E402
+from _paper_records import CELL_FILE  # noqa: E402
 
 SCHEMES = ("individual", "transfer", "shared", "mtmd", "mtmd+con", "full")
 JOINTS = ("ankle", "knee", "shoulder")
-CELL_FILE = "cell.json"
 PAGE_BEGIN, PAGE_END = markers("paper")
 PARTS = ("cv", "scarce", "curve", "nnunet")
 #: Figures of the run that updates BENCHMARKS.md (``--update-page``), kept in git.
@@ -650,13 +654,15 @@ def update_page(page: Path, text: str) -> None:
 # -- nnU-Net ---------------------------------------------------------------------------------
 def run_nnunet_part(
     nn, cfg, profile: Profile, views, schemes, out: Path, device: str, threads: int,
-    worker: bool = False,
+    worker: bool = False, records: Path | None = None,
 ):  # fmt: skip
     """Both nnU-Net variants on every fold whose cv cells are finished, each network trained
     with ``threads`` torch threads (those of a jointseg cell); returns scored rows and cell
     records. Worker processes share the networks (``_paper_nnunet.train_fold``) and score
-    nothing; the parent trains what is left and scores."""
+    nothing; the parent trains what is left and scores. Finished networks are copied into
+    ``records`` (``_paper_records.save_nnunet``) when given."""
     import _paper_nnunet as pn
+    import _paper_records
     from _nnunet import NnUNet
 
     frames, cells = [], []
@@ -678,6 +684,8 @@ def run_nnunet_part(
         mirroring = bool(cfg.evaluation.tta)
         for variant, budget in budgets.items():
             pn.train_fold(setting_nn, cfg, view, info, variant, budget, device, mirroring, folder)
+            if records is not None:
+                _paper_records.save_nnunet(out, folder, records)
             scored = None if worker else pn.score_fold(cfg, view, variant, folder)
             if scored is None:
                 continue
@@ -759,6 +767,14 @@ def main(argv: list[str] | None = None) -> dict:
         help="report finished cells trained with another config (paper.md lists the changes) "
         "instead of stopping",
     )
+    parser.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        help="a folder of finished cells' records (small text files, e.g. "
+        "benchmarks/results/paper/cells/cpu): restored into --out before the run, each cell "
+        "and nnU-Net network added as it finishes (_paper_records.py)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="synthesis worker processes")
@@ -766,6 +782,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     import _paper_plots as plots
+    import _paper_records as records
     import torch
     import yaml
 
@@ -793,6 +810,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.worker:
         torch.set_num_threads(1)
+    if args.records is not None and not args.worker:
+        restored = records.restore(args.records, out)
+        print(f"[paper] {len(restored)} finished cells restored from {args.records}", flush=True)
     study = make_study(out / "study", profile, args.seed, args.jobs)
     views = fold_views(study, out / "cv", profile.folds, args.seed)
     nn, nn_why = None, "--no-nnunet given"
@@ -823,6 +843,8 @@ def main(argv: list[str] | None = None) -> dict:
             if not (run / CELL_FILE).is_file():  # the slice cache, outside the cell's timing
                 preprocess_study(cfg, view)
             record = run_cell(cfg, scheme, view, run, trained, args.keep_changed_cells)
+            if args.records is not None:
+                records.save_cell(out, run, args.records)
         cells.append({"part": part, "setting": setting, **record})
         frames.append(held_out_rows(run, scheme).assign(**extra))
 
@@ -859,6 +881,8 @@ def main(argv: list[str] | None = None) -> dict:
                 record = run_cell(
                     curve_cfg, scheme, views[0], run, trained, args.keep_changed_cells
                 )
+                if args.records is not None:
+                    records.save_cell(out, run, args.records)
             cells.append({"part": "curve", "setting": "fold 0, no plateau stop", **record})
             runs[scheme] = run
         curves = steps_frame(curve_cfg, runs, cfg.training)
@@ -904,7 +928,9 @@ def main(argv: list[str] | None = None) -> dict:
             notes.append(f"plateau check: `plateau_{folder}.md`, `dice_boxes_{folder}.png`")
     if args.worker:  # the cells are done: share nnU-Net's networks; the parent reports
         if nn is not None:
-            run_nnunet_part(nn, cfg, profile, views, schemes, out, device, threads, worker=True)
+            run_nnunet_part(
+                nn, cfg, profile, views, schemes, out, device, threads, True, args.records
+            )
         return {"trained": trained, "out": str(out), "cells": len(cells)}
     nn_schemes: list[str] = []
     if "nnunet" in parts:  # on the finished cv cells of the folds
@@ -912,11 +938,15 @@ def main(argv: list[str] | None = None) -> dict:
             notes.append(f"**nnU-Net was not run**: {nn_why}")
             print(f"[paper] nnU-Net NOT RUN: {nn_why}", flush=True)
         else:
-            rows, nn_cells = run_nnunet_part(nn, cfg, profile, views, schemes, out, device, threads)
+            rows, nn_cells = run_nnunet_part(
+                nn, cfg, profile, views, schemes, out, device, threads, records=args.records
+            )
             if len(rows):
                 cv_frames.append(rows)
                 nn_schemes = list(dict.fromkeys(rows["scheme"]))
             cells += nn_cells
+    if args.records is not None:  # cells finished by an earlier run without --records too
+        records.save_all(out, args.records)
     cv = pd.concat(cv_frames, ignore_index=True) if cv_frames else pd.DataFrame()
     scarce = pd.concat(scarce_frames, ignore_index=True) if scarce_frames else pd.DataFrame()
     order = [*schemes, *nn_schemes]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
@@ -135,7 +136,7 @@ def test_fold_networks_are_shared_resumed_and_scored(tmp_path: Path) -> None:
         "training_cases": {"toy": ["toy_000"], "other": ["toy_000"]},
         "validation_cases": {"toy": ["toy_001"], "other": ["toy_001"]},
     }
-    folder = tmp_path / "nnunet"
+    folder = tmp_path / "cv" / "fold_0" / "nnunet"  # as in the benchmark's output
     nn = FakeNnUNet(tmp_path / "venv", folder, "2.8.1")
     nn.calls = []
 
@@ -156,6 +157,21 @@ def test_fold_networks_are_shared_resumed_and_scored(tmp_path: Path) -> None:
     calls = len(nn.calls)
     train()
     assert len(nn.calls) == calls  # everything done: nothing runs
+    # the records of the finished networks score them elsewhere, without their predictions
+    import _paper_records as records
+
+    kept, elsewhere = tmp_path / "records", tmp_path / "elsewhere"
+    assert records.save_nnunet(tmp_path, folder, kept) == ["default_other", "default_toy"]
+    assert sorted(p.name for p in (kept / "cv" / "fold_0" / "nnunet").iterdir())[:2] == [
+        "predict_default_other.json",
+        "predict_default_toy.json",
+    ]
+    moved = elsewhere / "cv" / "fold_0" / "nnunet"
+    assert records.restore(kept, elsewhere) == [moved / "default_other", moved / "default_toy"]
+    assert records.restore(kept, elsewhere) == []  # finished there now
+    again, _ = pn.score_fold(cfg, view, "default", moved)
+    assert not (moved / "predictions_default").exists()
+    pd.testing.assert_frame_equal(again, rows)
 
 
 def test_claimed_is_exclusive_and_locked_waits(tmp_path: Path) -> None:

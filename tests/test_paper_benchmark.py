@@ -370,3 +370,52 @@ def test_a_finished_cell_trained_with_another_config_is_not_reused_silently(
     assert record["config_changes"]["regularization.shape_prior.steps"] == (150, 600)
     save_config(cfg.model_copy(update={"scheme": "full"}), run / "config.yaml")
     assert "config_changes" not in paper.run_cell(cfg, "full", tmp_path, run, [])
+
+
+def test_records_keep_finished_cells_for_a_rerun_elsewhere(tmp_path: Path) -> None:
+    import _paper_records as records
+
+    from jointseg.config import load_config, save_config
+
+    cfg = load_config(paper.PROFILES["cpu"].config, paper.PROFILES["cpu"].overrides)
+    out, kept, elsewhere = tmp_path / "out", tmp_path / "records", tmp_path / "elsewhere"
+    run = out / "cv" / "fold_0" / "full"
+    (run / "evaluation").mkdir(parents=True)
+    (run / "logs" / "main").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    save_config(cfg.model_copy(update={"scheme": "full"}), run / "config.yaml")
+    (run / "run.json").write_text(json.dumps({"data_dir": str(out.resolve() / "cv" / "data")}))
+    (run / "evaluation" / "metrics.csv").write_text("subset,structure,dice\ntest,talus,0.5\n")
+    (run / "logs" / "main" / "metrics.csv").write_text("epoch,val/dice\n0,0.4\n")
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"\0" * 64)
+    unfinished = out / "cv" / "fold_0" / "mtmd"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text("scheme: mtmd\n")
+    assert not records.save_cell(out, unfinished, kept)  # no cell.json: not finished
+    cell = {"scheme": "full", "view": str(out.resolve() / "cv" / "fold_0" / "data")}
+    (run / paper.CELL_FILE).write_text(json.dumps(cell))
+    assert records.save_all(out, kept) == 1
+    saved = sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file())
+    assert saved == [
+        "cv/fold_0/full/cell.json",
+        "cv/fold_0/full/config.yaml",
+        "cv/fold_0/full/evaluation/metrics.csv",
+        "cv/fold_0/full/logs/main/metrics.csv",
+        "cv/fold_0/full/run.json",
+    ]  # no checkpoint, no unfinished cell
+    assert json.loads((kept / "cv/fold_0/full/cell.json").read_text())["view"] == (
+        "${OUT}/cv/fold_0/data"
+    )
+    assert str(tmp_path) not in (kept / "cv/fold_0/full/run.json").read_text()
+    assert records.restore(kept, elsewhere) == [elsewhere / "cv" / "fold_0" / "full"]
+    moved = elsewhere / "cv" / "fold_0" / "full"
+    assert json.loads((moved / "cell.json").read_text())["view"] == (
+        f"{elsewhere.resolve()}/cv/fold_0/data"
+    )
+    assert paper.held_out_rows(moved, "full")["dice"].tolist() == [0.5]
+    trained: list[str] = []
+    assert paper.run_cell(cfg, "full", elsewhere, moved, trained)["scheme"] == "full"
+    assert trained == []  # finished: reported, not trained again
+    (moved / paper.CELL_FILE).write_text(json.dumps({"scheme": "full", "view": "here"}))
+    assert records.restore(kept, elsewhere) == []  # a finished cell is never overwritten
+    assert json.loads((moved / "cell.json").read_text())["view"] == "here"
