@@ -654,13 +654,13 @@ def update_page(page: Path, text: str) -> None:
 # -- nnU-Net ---------------------------------------------------------------------------------
 def run_nnunet_part(
     nn, cfg, profile: Profile, views, schemes, out: Path, device: str, threads: int,
-    worker: bool = False, records: Path | None = None,
+    worker: bool = False, records_dir: Path | None = None,
 ):  # fmt: skip
     """Both nnU-Net variants on every fold whose cv cells are finished, each network trained
     with ``threads`` torch threads (those of a jointseg cell); returns scored rows and cell
     records. Worker processes share the networks (``_paper_nnunet.train_fold``) and score
     nothing; the parent trains what is left and scores. Finished networks are copied into
-    ``records`` (``_paper_records.save_nnunet``) when given."""
+    ``records_dir`` (``_paper_records.save_nnunet``) when given."""
     import _paper_nnunet as pn
     import _paper_records
     from _nnunet import NnUNet
@@ -684,8 +684,8 @@ def run_nnunet_part(
         mirroring = bool(cfg.evaluation.tta)
         for variant, budget in budgets.items():
             pn.train_fold(setting_nn, cfg, view, info, variant, budget, device, mirroring, folder)
-            if records is not None:
-                _paper_records.save_nnunet(out, folder, records)
+            if records_dir is not None:
+                _paper_records.save_nnunet(out, folder, records_dir)
             scored = None if worker else pn.score_fold(cfg, view, variant, folder)
             if scored is None:
                 continue
@@ -939,7 +939,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[paper] nnU-Net NOT RUN: {nn_why}", flush=True)
         else:
             rows, nn_cells = run_nnunet_part(
-                nn, cfg, profile, views, schemes, out, device, threads, records=args.records
+                nn, cfg, profile, views, schemes, out, device, threads, records_dir=args.records
             )
             if len(rows):
                 cv_frames.append(rows)

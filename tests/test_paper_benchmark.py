@@ -419,3 +419,32 @@ def test_records_keep_finished_cells_for_a_rerun_elsewhere(tmp_path: Path) -> No
     (moved / paper.CELL_FILE).write_text(json.dumps({"scheme": "full", "view": "here"}))
     assert records.restore(kept, elsewhere) == []  # a finished cell is never overwritten
     assert json.loads((moved / "cell.json").read_text())["view"] == "here"
+
+
+def test_the_cpu_profiles_committed_records_test_every_subject_once(tmp_path: Path) -> None:
+    """The records kept in git (benchmarks/results/paper/cells/cpu) restore into an empty
+    output folder, carry no path of the machine that ran them, and hold for every scheme of
+    every fold its held-out scores: each cross-validated subject tested once per scheme."""
+    import _paper_records as records
+
+    kept = paper.PAGE_FIGURES / "cells" / "cpu"
+    profile = paper.PROFILES["cpu"]
+    for path in kept.rglob("*"):
+        if path.is_file():
+            assert str(paper.ROOT) not in path.read_text(encoding="utf-8"), path
+    for cell in kept.rglob(paper.CELL_FILE):  # paths of the output folder are stored as ${OUT}
+        assert json.loads(cell.read_text())["view"].startswith(records.OUT_TOKEN + "/"), cell
+        data_dir = json.loads((cell.parent / "run.json").read_text())["data_dir"]
+        assert data_dir.startswith(records.OUT_TOKEN + "/"), cell
+    restored = records.restore(kept, tmp_path)
+    runs = [r for r in restored if r.parent.parent.name == "cv"]
+    assert len(runs) == profile.folds * len(paper.SCHEMES)
+    rows = pd.concat(
+        [
+            paper.held_out_rows(run, json.loads((run / "cell.json").read_text())["scheme"])
+            for run in runs
+        ]  # fmt: skip
+    )
+    per_scheme = rows.groupby(["scheme", "dataset"])["case"].nunique()
+    assert set(per_scheme) == {profile.subjects}
+    assert not rows.duplicated(["scheme", "case", "structure"]).any()
