@@ -63,6 +63,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import _paper_records  # noqa: E402
 from _locks import claimed  # noqa: E402 (benchmarks/_locks.py)
 from _page import markers, update_section  # noqa: E402
 from _paper_records import CELL_FILE  # noqa: E402
@@ -662,7 +663,6 @@ def run_nnunet_part(
     nothing; the parent trains what is left and scores. Finished networks are copied into
     ``records_dir`` (``_paper_records.save_nnunet``) when given."""
     import _paper_nnunet as pn
-    import _paper_records
     from _nnunet import NnUNet
 
     frames, cells = [], []
@@ -782,7 +782,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     import _paper_plots as plots
-    import _paper_records as records
     import torch
     import yaml
 
@@ -811,7 +810,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.worker:
         torch.set_num_threads(1)
     if args.records is not None and not args.worker:
-        restored = records.restore(args.records, out)
+        restored = _paper_records.restore(args.records, out)
         print(f"[paper] {len(restored)} finished cells restored from {args.records}", flush=True)
     study = make_study(out / "study", profile, args.seed, args.jobs)
     views = fold_views(study, out / "cv", profile.folds, args.seed)
@@ -844,7 +843,7 @@ def main(argv: list[str] | None = None) -> dict:
                 preprocess_study(cfg, view)
             record = run_cell(cfg, scheme, view, run, trained, args.keep_changed_cells)
             if args.records is not None:
-                records.save_cell(out, run, args.records)
+                _paper_records.save_cell(out, run, args.records)
         cells.append({"part": part, "setting": setting, **record})
         frames.append(held_out_rows(run, scheme).assign(**extra))
 
@@ -882,7 +881,7 @@ def main(argv: list[str] | None = None) -> dict:
                     curve_cfg, scheme, views[0], run, trained, args.keep_changed_cells
                 )
                 if args.records is not None:
-                    records.save_cell(out, run, args.records)
+                    _paper_records.save_cell(out, run, args.records)
             cells.append({"part": "curve", "setting": "fold 0, no plateau stop", **record})
             runs[scheme] = run
         curves = steps_frame(curve_cfg, runs, cfg.training)
@@ -946,7 +945,7 @@ def main(argv: list[str] | None = None) -> dict:
                 nn_schemes = list(dict.fromkeys(rows["scheme"]))
             cells += nn_cells
     if args.records is not None:  # cells finished by an earlier run without --records too
-        records.save_all(out, args.records)
+        _paper_records.save_all(out, args.records)
     cv = pd.concat(cv_frames, ignore_index=True) if cv_frames else pd.DataFrame()
     scarce = pd.concat(scarce_frames, ignore_index=True) if scarce_frames else pd.DataFrame()
     order = [*schemes, *nn_schemes]
