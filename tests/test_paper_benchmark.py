@@ -100,6 +100,42 @@ def test_ablation_compares_the_same_subjects_before_and_after(tmp_path: Path) ->
         paper_ablation.main([str(tmp_path / "before"), str(tmp_path / "after")])
 
 
+def test_repeats_measure_run_to_run_differences_and_average_the_runs(tmp_path: Path) -> None:
+    import paper_repeats
+
+    first = _frame()
+    second = first.copy()
+    moved = (second["scheme"] == "full") & (second["structure"] == "tibia")
+    second.loc[moved, "dice"] -= 0.3  # full's tibia 0.3 lower in the second run
+    first.to_csv(tmp_path / "a.csv", index=False)
+    second.to_csv(tmp_path / "b.csv", index=False)
+    runs = {"a": first, "b": second}
+    spread = paper_repeats.run_to_run(runs, ["individual", "full"]).set_index("scheme")
+    assert spread.loc["individual", "median_abs_difference"] == 0
+    # full: 6 talus pairs equal, 6 tibia pairs 0.3 apart
+    assert spread.loc["full", "median_abs_difference"] == pytest.approx(0.15)
+    assert spread.loc["full", "share_above_0.1"] == pytest.approx(0.5)
+    assert spread.loc["full", "pairs"] == 12
+    assert spread.loc["full", "a"] - spread.loc["full", "b"] == pytest.approx(0.15)
+    # the step mtmd+con -> full: talus 0, tibia 0.10..0.15 in run a; 0.3 less in run b
+    steps = paper_repeats.step_means(runs).set_index("step")
+    assert steps.loc["mtmd+con → full", "a"] == pytest.approx(0.75 / 12)
+    assert steps.loc["mtmd+con → full", "b"] == pytest.approx((0.75 - 1.8) / 12)
+    assert not steps.loc["mtmd+con → full", "same_sign"]
+    mean = paper_repeats.averaged(runs, ["full"]).set_index(["case", "structure"])
+    assert mean.loc[("ankle_000", "tibia"), "dice"] == pytest.approx(0.2 + 0.1 - 0.15)
+    text = paper_repeats.main(
+        [str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path / "r.md")]
+    )
+    assert (tmp_path / "r.md").read_text(encoding="utf-8") == text
+    # full in run a: base 0.225 + (talus 0.35 + tibia 1.7 / 6) / 2 = 0.5417; run b 0.15 less
+    assert "| full | 0.542 | 0.392 | 0.150 | 50% | 12 |" in text
+    assert "| mtmd+con → full | +0.06" in text and "| -0.08" in text and "| no |" in text
+    second.assign(case=second["case"] + "_other").to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(SystemExit, match="different subjects"):
+        paper_repeats.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+
+
 def test_plateau_stop_index() -> None:
     values = [0.5, 0.6, 0.605, 0.61, 0.7, 0.69, 0.695]
     assert paper.plateau_stop_index(values, 3, 0.0) is None
