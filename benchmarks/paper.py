@@ -435,18 +435,25 @@ def _slug(scheme: str) -> str:
 
 # -- the steps curve -------------------------------------------------------------------------
 def plateau_stop_index(
-    values: list[float], patience: int, min_delta: float, min_epochs: int = 0
+    values: list[float] | list[dict[str, float]],
+    patience: int,
+    min_delta: float,
+    min_epochs: int = 0,
 ) -> int | None:
     """Where the plateau rule (``training.plateau_patience``, allowed to stop from the
-    ``min_epochs``-th value on) stops a series of one validation per epoch."""
-    best, wait = float("-inf"), 0
+    ``min_epochs``-th value on) stops a series of one validation per epoch. Each value is the
+    mean validation Dice, or with ``training.plateau_per_dataset`` a dict of every dataset's:
+    a validation then gains when any dataset beats its own best."""
+    best: dict[str, float] = {}
+    wait = 0
     for index, value in enumerate(values):
-        if value - min_delta > best:
-            best, wait = value, 0
-        else:
-            wait += 1
-            if wait >= patience and index + 1 >= min_epochs:
-                return index
+        gained = False
+        for name, dice in (value if isinstance(value, dict) else {"": value}).items():
+            if dice - min_delta > best.get(name, float("-inf")):
+                best[name], gained = dice, True
+        wait = 0 if gained else wait + 1
+        if wait >= patience and index + 1 >= min_epochs:
+            return index
     return None
 
 
@@ -465,8 +472,12 @@ def steps_frame(cfg, runs: dict[str, Path], rule) -> pd.DataFrame:
                 continue
             series = frame[["epoch", "val/dice"]].dropna()
             per_epoch = cfg.training.iterations(len(plan.domains)) / len(plan.domains)
+            columns = [f"val/dice_{d}" for d in plan.domains if f"val/dice_{d}" in frame]
+            per_dataset = frame.loc[series.index, columns].rename(columns=lambda c: c[9:])
             stop = plateau_stop_index(
-                series["val/dice"].tolist(),
+                per_dataset.to_dict("records")
+                if rule.plateau_per_dataset and columns
+                else series["val/dice"].tolist(),
                 rule.plateau_patience,
                 rule.plateau_min_delta,
                 min(rule.plateau_min_epochs, plan_epochs(rule, plan)),

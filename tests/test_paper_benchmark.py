@@ -181,6 +181,58 @@ def test_plateau_stop_index_is_the_training_rule(min_epochs: int) -> None:
         )
 
 
+def test_plateau_per_dataset_waits_for_every_dataset() -> None:
+    """With training.plateau_per_dataset the rule stops once no dataset has gained for
+    ``patience`` validations; the training callback stops the same series at the same epoch,
+    also when resumed from its saved state."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from jointseg.training.runner import PlateauStop
+
+    # the knee keeps gaining (by 0.02) while the ankle falls as much: the mean stays at 0.6
+    ankle = [0.5, 0.6, 0.58, 0.56, 0.54, 0.52, 0.50, 0.48]
+    knee = [0.5, 0.6, 0.62, 0.64, 0.66, 0.68, 0.68, 0.68]
+    series = [{"ankle": a, "knee": k} for a, k in zip(ankle, knee, strict=True)]
+    means = [(a + k) / 2 for a, k in zip(ankle, knee, strict=True)]
+    # the mean: 0.5, 0.6, 0.6, 0.6, ...: no gain above 0.01 after the 2nd value
+    assert paper.plateau_stop_index(means, 2, 0.01) == 3
+    # every dataset: the knee's last gain is the 6th value (0.68), then two without one
+    assert paper.plateau_stop_index(series, 2, 0.01) == 7
+
+    def run(rule, values, start=0):
+        trainer = SimpleNamespace(
+            fast_dev_run=False,
+            should_stop=False,
+            strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
+        )
+        for epoch in range(start, len(values)):
+            trainer.current_epoch = epoch
+            trainer.callback_metrics = {
+                "val/dice": torch.tensor(means[epoch]),
+                **{f"val/dice_{k}": torch.tensor(v) for k, v in values[epoch].items()},
+            }
+            rule._run_early_stopping_check(trainer)
+            if trainer.should_stop:
+                return epoch
+        return None
+
+    def rule(datasets):
+        return PlateauStop(
+            datasets=datasets, monitor="val/dice", mode="max", patience=2, min_delta=0.01
+        )
+
+    assert run(rule(()), series) == 3
+    assert run(rule(("ankle", "knee")), series) == 7
+    first = rule(("ankle", "knee"))
+    assert run(first, series[:5]) is None
+    resumed = rule(("ankle", "knee"))
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.dataset_best == pytest.approx({"ankle": 0.6, "knee": 0.66})
+    assert run(resumed, series, start=5) == 7
+
+
 def _caps() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Two subjects x two bones of the knee at a short and a long cap: `full` gains 0.1, 0.2,
     0.05, 0.29 (distinct, all positive), `mtmd+con` loses 0.2 everywhere, `mtmd` is unchanged."""

@@ -245,6 +245,12 @@ class TrainingConfig(Section):
         description="The plateau rule may stop a network only from this epoch on (capped at "
         "the network's own epochs); val/dice is tracked from the start.",
     )
+    plateau_per_dataset: bool = Field(
+        False,
+        description="The plateau rule counts a validation as a gain when any dataset's "
+        "val/dice_<name> gains more than plateau_min_delta, so that a network of several "
+        "datasets stops once every dataset has plateaued (off: the mean val/dice).",
+    )
     validation_fraction: float = Field(
         0.2, ge=0, lt=1, description="Share of training subjects held out for validation."
     )

@@ -233,7 +233,7 @@ def _train_plan(
             RandomStates(),
             FlushLogs(),
             *_target_stop(cfg, has_validation),
-            *_plateau_stop(cfg, has_validation, epochs),
+            *_plateau_stop(cfg, has_validation, epochs, tuple(plan.domains)),
             *(extra_callbacks or []),
         ]
         + ([TQDMProgressBar(refresh_rate=5)] if progress else []),
@@ -284,9 +284,13 @@ def _target_stop(cfg: ExperimentConfig, has_validation: bool) -> list[L.Callback
     return [StopAtTarget(target)]
 
 
-def _plateau_stop(cfg: ExperimentConfig, has_validation: bool, epochs: int) -> list[L.Callback]:
-    """``training.plateau_patience`` as Lightning's early stopping on ``val/dice``, allowed to
-    stop from epoch ``training.plateau_min_epochs`` on (at most ``epochs``, the network's cap).
+def _plateau_stop(
+    cfg: ExperimentConfig, has_validation: bool, epochs: int, datasets: tuple[str, ...]
+) -> list[L.Callback]:
+    """``training.plateau_patience`` as Lightning's early stopping on ``val/dice`` (or, with
+    ``training.plateau_per_dataset``, on every one of ``datasets``' ``val/dice_<name>``),
+    allowed to stop from epoch ``training.plateau_min_epochs`` on (at most ``epochs``, the
+    network's cap).
 
     Patience counts validations (every ``training.validation_every`` epochs), not epochs; the
     callback's state travels in the checkpoints, so a resumed run keeps its count.
@@ -300,6 +304,7 @@ def _plateau_stop(cfg: ExperimentConfig, has_validation: bool, epochs: int) -> l
     return [
         PlateauStop(
             min_epochs=min(cfg.training.plateau_min_epochs, epochs),
+            datasets=datasets if cfg.training.plateau_per_dataset else (),
             monitor="val/dice",
             mode="max",
             patience=patience,
@@ -318,18 +323,40 @@ class PlateauStop(EarlyStopping):
     ``min_epochs`` on that still finds no improvement for ``patience`` validations; one that
     improves again trains on. (Lightning's ``Trainer(min_epochs=...)`` instead stops at
     ``min_epochs`` once the rule has fired, whatever happens in between.)
+
+    With ``datasets``, a validation improves when any dataset's ``val/dice_<name>`` beats its
+    own best by more than ``min_delta``: the rule then monitors the count of such validations,
+    and the network stops once every dataset has plateaued.
     """
 
-    def __init__(self, *, min_epochs: int = 0, **kwargs):
+    def __init__(self, *, min_epochs: int = 0, datasets: tuple[str, ...] = (), **kwargs):
         super().__init__(**kwargs)
         self.min_epochs = min_epochs
+        self.datasets = tuple(datasets)
         self._epochs_run = 0
+        self._dataset_values: dict[str, float] = {}
+        self.dataset_best: dict[str, float] = {}
+        self.gains = 0
 
     def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
         self._epochs_run = trainer.current_epoch + 1
+        metrics = trainer.callback_metrics
+        self._dataset_values = {
+            name: float(metrics[f"val/dice_{name}"])
+            for name in self.datasets
+            if f"val/dice_{name}" in metrics
+        }
         super()._run_early_stopping_check(trainer)
 
     def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
+        if self.datasets and torch.isfinite(current):
+            gained = False
+            for name, value in self._dataset_values.items():
+                if value - abs(self.min_delta) > self.dataset_best.get(name, float("-inf")):
+                    self.dataset_best[name] = value
+                    gained = True
+            self.gains += int(gained)
+            current = torch.tensor(float(self.gains))  # rises by 1 exactly when one gained
         before = getattr(self, "stopping_reason", None)  # Lightning >= 2.5 records a reason
         should_stop, reason = super()._evaluate_stopping_criteria(current)
         if should_stop and torch.isfinite(current) and self._epochs_run < self.min_epochs:
@@ -337,6 +364,14 @@ class PlateauStop(EarlyStopping):
                 self.stopping_reason = before
             return False, None
         return should_stop, reason
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "dataset_best": self.dataset_best, "gains": self.gains}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.dataset_best = dict(state_dict.get("dataset_best", {}))
+        self.gains = int(state_dict.get("gains", 0))
 
 
 def _device_arguments(devices: int) -> dict:
