@@ -167,6 +167,21 @@ def test_plateau_counts_only_after_the_minimum_epochs(
     assert record["epochs"] == 3  # counted from the first epoch: 0.27, 0.243 below 0.3
 
 
+def test_an_ema_that_never_left_zero_is_no_plateau(trainer_module, tmp_path, monkeypatch) -> None:
+    _budget(monkeypatch, iterations=1, epochs=12, val_iterations=1, plateau_patience=2)
+    # only the background for 8 epochs, then the foreground: EMA 0 x 8, 0.05, 0.095, ...
+    dice = [0.0] * 8 + [0.5] * 4
+    monkeypatch.setattr(FakeBaseTrainer, "dice_per_epoch", dice)
+    monkeypatch.setattr(FakeBaseTrainer, "clock_source", None)
+    trainer, record = _train(trainer_module, tmp_path)
+    assert record["epochs"] == 12 and record["stopped_on_plateau"] is False
+    assert trainer.ema[7] == 0 and trainer.ema[8] == pytest.approx(0.05)
+    plateau = trainer_module.Plateau(2)
+    assert [plateau.update(v) for v in (0.0, 0.0, 0.0, 0.2, 0.1, 0.1)] == [
+        False, False, False, False, False, True
+    ]  # fmt: skip
+
+
 def test_time_budget_stretches_the_schedule_over_the_epochs_that_fit(
     trainer_module, tmp_path, monkeypatch
 ) -> None:
