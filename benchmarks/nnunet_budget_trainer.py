@@ -19,9 +19,11 @@ Environment variables (all optional):
   many epochs in a row (default 0: never).
 - ``NNUNET_BUDGET_PLATEAU_MIN_EPOCHS``: the plateau rule counts only the epochs after this many
   (default 0). nnU-Net's pseudo-Dice often falls to 0 in its first epochs, while the network
-  first learns the background, so an EMA that has not yet risen is no plateau. Nor is an EMA
-  that has never left 0, at any epoch: a network that has learnt only the background trains on
-  to the cap instead of stopping on a "plateau" at Dice 0.
+  first learns the background, so an EMA that has not yet risen is no plateau.
+- ``NNUNET_BUDGET_PLATEAU_FLOOR``: nor is an EMA whose best is below this (default 0.05), at
+  any epoch: a network that has learnt only the background (an EMA at 0, or decaying from the
+  chance overlap of its first epochs) trains on to the cap instead of stopping on a "plateau"
+  at Dice 0.
 - ``NNUNET_BUDGET_THREADS``: torch's intra-op threads (default: nnU-Net's, every core).
 - ``NNUNET_BUDGET_FINAL_VALIDATION``: 1 to run nnU-Net's validation of the held-out fold at
   the end (default 0: the benchmarks predict their test images themselves).
@@ -55,11 +57,12 @@ def epochs_that_fit(budget, elapsed, epochs_run, epoch, cap):
 class Plateau:
     """The plateau rule of jointseg's training: stop after ``patience`` values in a row that
     do not exceed the best so far by more than ``min_delta`` (patience 0: never), counted only
-    once a value above 0 has been seen."""
+    once the best has reached ``floor``."""
 
-    def __init__(self, patience, min_delta=0.0):
+    def __init__(self, patience, min_delta=0.0, floor=0.05):
         self.patience = patience
         self.min_delta = min_delta
+        self.floor = floor
         self.best = float("-inf")
         self.wait = 0
 
@@ -69,7 +72,7 @@ class Plateau:
             return False
         if value > self.best + self.min_delta:
             self.best, self.wait = value, 0
-        elif self.best > 0:  # a network whose EMA never left 0 has not started: no plateau
+        elif self.best >= self.floor:  # below the floor the network has not started
             self.wait += 1
         return self.wait >= self.patience
 
@@ -90,6 +93,7 @@ class nnUNetTrainerBudget(nnUNetTrainer):  # noqa: N801 (nnU-Net's lookup needs 
         self.plateau = Plateau(
             _env("NNUNET_BUDGET_PLATEAU_PATIENCE", 0),
             _env("NNUNET_BUDGET_PLATEAU_MIN_DELTA", 0.0, float),
+            _env("NNUNET_BUDGET_PLATEAU_FLOOR", 0.05, float),
         )
         self.plateau_min_epochs = _env("NNUNET_BUDGET_PLATEAU_MIN_EPOCHS", 0)
         threads = _env("NNUNET_BUDGET_THREADS", 0)

@@ -180,6 +180,12 @@ def test_an_ema_that_never_left_zero_is_no_plateau(trainer_module, tmp_path, mon
     assert [plateau.update(v) for v in (0.0, 0.0, 0.0, 0.2, 0.1, 0.1)] == [
         False, False, False, False, False, True
     ]  # fmt: skip
+    # an EMA decaying from its first epochs' chance overlap (0.03) is below the floor 0.05
+    decaying = trainer_module.Plateau(2)
+    assert not any(decaying.update(0.03 * 0.9**k) for k in range(20))
+    assert trainer_module.Plateau(2, floor=0.0).update(0.03) is False
+    low = trainer_module.Plateau(2, floor=0.0)
+    assert [low.update(v) for v in (0.03, 0.027, 0.024)] == [False, False, True]
 
 
 def test_time_budget_stretches_the_schedule_over_the_epochs_that_fit(
