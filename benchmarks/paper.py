@@ -358,18 +358,24 @@ def _flat(data: dict, prefix: str = "") -> dict:
 
 def config_changes(saved, current) -> dict[str, tuple]:
     """Dotted config keys whose values differ between the config a cell was trained with and
-    the one a rerun would train it with: ``{key: (saved, current)}``. The shape prior's
-    settings are left out for schemes that train no prior."""
+    the one a rerun would train it with: ``{key: (saved, current)}``. Settings that cannot
+    change the scheme are left out: the shape prior's for schemes that train no prior, the
+    per-dataset plateau rule for schemes whose every network trains one dataset (there both
+    rules watch the same validation Dice)."""
     from jointseg.training.schemes import plan_scheme
 
     old = _flat(saved.model_dump(mode="json"))
     new = _flat(current.model_dump(mode="json"))
-    prior = any(p.shape_prior for p in plan_scheme(current.scheme, current.domain_names))
+    plans = plan_scheme(current.scheme, current.domain_names)
+    inert = set()
+    if not any(p.shape_prior for p in plans):
+        inert |= {k for k in old.keys() | new.keys() if k.startswith("regularization.shape_prior.")}
+    if all(len(p.domains) == 1 for p in plans):
+        inert.add("training.plateau_per_dataset")
     return {
         key: (old.get(key), new.get(key))
         for key in sorted(old.keys() | new.keys())
-        if old.get(key) != new.get(key)
-        and (prior or not key.startswith("regularization.shape_prior."))
+        if old.get(key) != new.get(key) and key not in inert
     }
 
 

@@ -448,6 +448,14 @@ def test_a_finished_cell_trained_with_another_config_is_not_reused_silently(
         "regularization.shape_prior.steps": (150, 600),
         "training.plateau_min_epochs": (0, 12),
     }
+    # one dataset per network: the per-dataset plateau rule watches the same Dice
+    flipped = saved.model_copy(deep=True)
+    flipped.training.plateau_per_dataset = not cfg.training.plateau_per_dataset
+    for scheme, changed in (("individual", False), ("transfer", True), ("mtmd", True)):
+        changes = paper.config_changes(
+            flipped.model_copy(update={"scheme": scheme}), cfg.model_copy(update={"scheme": scheme})
+        )
+        assert ("training.plateau_per_dataset" in changes) is changed, scheme
     run = tmp_path / "full"
     run.mkdir()
     save_config(full, run / "config.yaml")
