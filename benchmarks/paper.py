@@ -360,8 +360,8 @@ def config_changes(saved, current) -> dict[str, tuple]:
     """Dotted config keys whose values differ between the config a cell was trained with and
     the one a rerun would train it with: ``{key: (saved, current)}``. Settings that cannot
     change the scheme are left out: the shape prior's for schemes that train no prior, the
-    per-dataset plateau rule for schemes whose every network trains one dataset (there both
-    rules watch the same validation Dice)."""
+    per-dataset plateau rule without a plateau rule or for schemes whose every network trains
+    one dataset (there both rules watch the same validation Dice)."""
     from jointseg.training.schemes import plan_scheme
 
     old = _flat(saved.model_dump(mode="json"))
@@ -370,7 +370,8 @@ def config_changes(saved, current) -> dict[str, tuple]:
     inert = set()
     if not any(p.shape_prior for p in plans):
         inert |= {k for k in old.keys() | new.keys() if k.startswith("regularization.shape_prior.")}
-    if all(len(p.domains) == 1 for p in plans):
+    no_rule = all(c.get("training.plateau_patience") is None for c in (old, new))
+    if no_rule or all(len(p.domains) == 1 for p in plans):
         inert.add("training.plateau_per_dataset")
     return {
         key: (old.get(key), new.get(key))

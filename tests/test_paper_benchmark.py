@@ -456,6 +456,11 @@ def test_a_finished_cell_trained_with_another_config_is_not_reused_silently(
             flipped.model_copy(update={"scheme": scheme}), cfg.model_copy(update={"scheme": scheme})
         )
         assert ("training.plateau_per_dataset" in changes) is changed, scheme
+    ruleless = cfg.model_copy(update={"scheme": "mtmd"}, deep=True)
+    ruleless.training.plateau_patience = None
+    unruled = flipped.model_copy(update={"scheme": "mtmd"}, deep=True)
+    unruled.training.plateau_patience = None
+    assert "training.plateau_per_dataset" not in paper.config_changes(unruled, ruleless)
     run = tmp_path / "full"
     run.mkdir()
     save_config(full, run / "config.yaml")
