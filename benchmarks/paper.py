@@ -91,7 +91,14 @@ class Profile:
     nnunet: dict = field(default_factory=dict)
 
 
-PLATEAU = {"training.plateau_patience": 3, "training.plateau_min_delta": 0.002}
+# a network of several datasets stops once every dataset's validation Dice has plateaued: on the
+# mean of the three joints (about 2 validation subjects each) the rule stopped networks whose knee
+# was still learning (cpu profile, Dec 3 2026: mtmd+con 0.819 -> 0.846 mean Dice; BENCHMARKS.md)
+PLATEAU = {
+    "training.plateau_patience": 3,
+    "training.plateau_min_delta": 0.002,
+    "training.plateau_per_dataset": True,
+}
 PROFILES: dict[str, Profile] = {
     # the pipeline end to end in minutes: 4 small subjects per joint in 2 folds (each fold
     # trains on 1 subject and validates on 1), 2 steps an epoch
