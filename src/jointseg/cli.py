@@ -322,6 +322,13 @@ def predict(
     onnx: Annotated[
         Path | None, typer.Option(help="ONNX export folder (default RUN/onnx).")
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto (bfloat16 where the CPU/GPU computes it natively, else float32), 32, "
+            "or bf16."
+        ),
+    ] = "auto",
 ) -> None:
     """Predict label maps, per-bone meshes, measurements and previews."""
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -347,6 +354,7 @@ def predict(
             formats=format,
             backend=backend,
             onnx=onnx,
+            precision=precision,
         )
 
 

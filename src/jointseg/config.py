@@ -221,7 +221,15 @@ class TrainingConfig(Section):
     )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     gradient_clip: float | None = Field(12.0, gt=0)
-    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
+        "auto",
+        description="auto: bfloat16 autocast where the device computes it natively (a CPU "
+        "with AVX512-BF16 or AMX, a CUDA GPU with bfloat16), else float32 "
+        "(jointseg.utils.compute). Weights, optimizer state and BN statistics stay float32.",
+    )
+    channels_last: bool = Field(
+        True, description="Weights and activations in the channels-last (NHWC) memory format."
+    )
     validation_every: int = Field(1, ge=1, description="Validate every N epochs.")
     target_dice: float | None = Field(
         None,

@@ -21,6 +21,7 @@ from jointseg.inference.onnx_manifest import check_manifest, default_export_fold
 from jointseg.models.network import Route
 from jointseg.models.onnx_export import INPUT_NAME, OUTPUT_NAME
 from jointseg.runs import RunError, RunInfo
+from jointseg.utils.compute import as_memory_format, computing_in
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,26 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The PyTorch network: softmax of the domain's head (its union channels, if any)."""
+    """The PyTorch network: softmax of the domain's head (its union channels, if any).
+
+    ``precision``: a resolved precision ("32", "bf16" or "16", :mod:`jointseg.utils.compute`)
+    the network computes in on ``device``; the softmax is always float32. ``channels_last``:
+    batches enter in that memory format (the network's weights are converted by the caller).
+    """
 
     name = "torch"
 
+    def __init__(
+        self, precision: str = "32", device: str | torch.device = "cpu", channels_last: bool = False
+    ) -> None:
+        self.precision = precision
+        self.device = device
+        self.channels_last = channels_last
+
     def __call__(self, x: Tensor, route: Route) -> Tensor:
-        return torch.softmax(route.logits(x).float(), dim=1)
+        with computing_in(self.precision, self.device):
+            logits = route.logits(as_memory_format(x, self.channels_last))
+        return torch.softmax(logits.float(), dim=1)
 
 
 class OnnxRuntimeBackend:
@@ -110,6 +125,8 @@ class RoutedRun(Protocol):
     run_dir: Path
     info: RunInfo
     routes: dict[str, Route]
+    precision: str
+    channels_last: bool
 
 
 def load_backend(
@@ -121,7 +138,7 @@ def load_backend(
 ) -> Backend:
     """The backend called ``name`` for ``run``; ``folder``: the ONNX export (default RUN/onnx)."""
     if name == "torch":
-        return TorchBackend()
+        return TorchBackend(run.precision, device, run.channels_last)
     if name == "onnxruntime":
         folder = Path(folder) if folder is not None else default_export_folder(run.run_dir)
         return OnnxRuntimeBackend.load(folder, run.run_dir, run.info, run.routes, threads, device)

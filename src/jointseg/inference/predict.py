@@ -134,6 +134,7 @@ def predict_path(
     formats: list[str] | None = None,  # output formats: inference/formats.py
     backend: str = "torch",  # or "onnxruntime": inference/backends.py
     onnx: Path | None = None,  # the ONNX export folder (default RUN/onnx)
+    precision: str = "auto",  # auto | 32 | bf16: utils/compute.py (the torch backend)
 ) -> list[CaseResult]:
     """Predict every scan of ``input`` into ``out``; see the module docstring for the outputs.
 
@@ -153,7 +154,9 @@ def predict_path(
     scans = find_scans(input)
     _check_unique_cases(scans)
     chosen = check_formats(formats, scans)
-    predictor = Predictor.from_run(run, device=device, batch_size=batch_size, tta=tta)
+    predictor = Predictor.from_run(
+        run, device=device, batch_size=batch_size, tta=tta, precision=precision
+    )
     predictor.backend = load_backend(backend, predictor, onnx, threads, device)
     algorithm = run_algorithm(predictor.run_dir, predictor.info)  # named in DICOM-SEG
     postprocessing = Postprocessing.load(run) if postprocess else None
@@ -165,6 +168,8 @@ def predict_path(
     remove_temporaries(out, recursive=True)  # left by a killed run
     settings = {"run": str(Path(run).resolve()), "domain": domain, "tta": tta, "meshes": meshes}
     settings |= {"formats": list(chosen) if chosen is not None else "default", "backend": backend}
+    if backend == "torch":
+        settings["precision"] = predictor.precision
     if postprocessing is not None:
         settings["postprocessing"] = {d: postprocessing.describe(d) for d in postprocessing.steps}
     results: list[CaseResult] = []

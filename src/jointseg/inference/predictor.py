@@ -48,6 +48,7 @@ from jointseg.recognition.decision import Candidate, DomainDecision
 from jointseg.recognition.recognizer import DomainRecognizer
 from jointseg.recognition.references import DomainReference
 from jointseg.runs import RunError, RunInfo, load_run_info
+from jointseg.utils.compute import resolve_precision, to_memory_format
 
 __all__ = ["InputError", "Prediction", "Predictor", "check_scan"]
 
@@ -87,6 +88,8 @@ class Predictor:
         batch_size: int = 16,
         tta: bool = False,
         calibration: Calibration | None = None,
+        precision: str = "auto",
+        channels_last: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -97,10 +100,16 @@ class Predictor:
         self.device = device
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
+        # the network's computing precision (resolved: "32", "bf16" or "16") and memory format
+        self.precision = resolve_precision(precision, device)
+        self.channels_last = bool(channels_last)
+        for net in networks.values():
+            to_memory_format(net, self.channels_last)
         self.label_space: LabelSpace = info.label_space()
         self.routes = {d.name: self._route(d.name) for d in info.domains}
         self.inferer = WholeViewInferer.from_config(config.inference)
-        self.backend: Backend = TorchBackend()  # or OnnxRuntimeBackend (inference/backends.py)
+        # the network call, or OnnxRuntimeBackend (inference/backends.py)
+        self.backend: Backend = TorchBackend(self.precision, device, self.channels_last)
         self.recognizer = DomainRecognizer(
             self.routes, self.label_space.num_classes, device, self.batch_size,
             calibration=calibration or Calibration(), segment=self.segment_slices,
@@ -114,12 +123,14 @@ class Predictor:
         batch_size: int = 16,
         tta: bool = False,
         calibrate: bool = True,
+        precision: str = "auto",
     ) -> Predictor:
         """Load a run folder's config, index and every model it ships.
 
         With ``calibrate``, a run without ``domain_calibration.json`` whose study folder is
         reachable is calibrated on a few of its held-out cases (once; the file is stored).
-        ``run`` may be the word ``pretrained``: the model the package ships.
+        ``run`` may be the word ``pretrained``: the model the package ships. ``precision``:
+        auto, 32 or bf16 (:func:`~jointseg.utils.compute.resolve_precision`).
         """
         from jointseg.models import load_model
         from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE
@@ -145,7 +156,10 @@ class Predictor:
                 )
             net, _ = load_model(folder, map_location=where)
             networks[entry.name] = net.eval()
-        predictor = cls(run, config, info, networks, where, batch_size, tta)
+        predictor = cls(
+            run, config, info, networks, where, batch_size, tta, precision=precision,
+            channels_last=config.training.channels_last,
+        )  # fmt: skip
         predictor.recognizer.load_run(run)
         if calibrate and not predictor.recognizer.calibrated:
             predictor.recognizer.calibrate_from_study(info, run, predictor._scan_volume)

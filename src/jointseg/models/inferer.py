@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
 from torch import Tensor
 
 from jointseg.config import PATCH_MULTIPLE, InferenceConfig
@@ -73,6 +72,8 @@ class WholeViewInferer:
         if not self.windowed(height, width):
             out = network(padded)
         else:
+            from monai.inferers import SlidingWindowInferer  # MONAI loads only when windowed
+
             roi = tuple(min(side, self.max_side) for side in padded.shape[-2:])
             inferer = SlidingWindowInferer(
                 roi, sw_batch_size=x.shape[0], overlap=self.overlap, mode="gaussian"

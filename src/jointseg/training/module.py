@@ -28,6 +28,7 @@ from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import context_slices, domain_labels, head_logits
 from jointseg.training.schemes import ModelPlan
 from jointseg.utils.atomic import atomic_write_json
+from jointseg.utils.compute import as_memory_format, to_memory_format
 from jointseg.utils.faults import fault_point
 
 VALIDATION_CHUNK = 32
@@ -53,7 +54,8 @@ class SegmentationModule(L.LightningModule):
         discriminator: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.net = net
+        self.channels_last = cfg.training.channels_last
+        self.net = to_memory_format(net, self.channels_last)
         self.cfg = cfg
         self.plan = plan
         self.total_steps = max(1, total_steps)
@@ -80,6 +82,7 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         fault_point("train.step")
         image, target, domains = batch["image"], batch["label"], batch["domain"]
+        image = as_memory_format(image, self.channels_last)
         if batch_idx == 0 and self.current_epoch == 0 and self.trainer.world_size > 1:
             self._record_first_batches(batch)
         if self.union:
@@ -172,7 +175,7 @@ class SegmentationModule(L.LightningModule):
         predictions = []
         for start in range(0, volume.shape[0], VALIDATION_CHUNK):
             rows = np.arange(start, min(start + VALIDATION_CHUNK, volume.shape[0]))
-            chunk = context_stack(volume, rows, k)
+            chunk = as_memory_format(context_stack(volume, rows, k), self.channels_last)
             logits = inferer(chunk, lambda x: head_logits(self.net, x, domain))
             predictions.append(domain_labels(logits, channels))
         prediction = torch.cat(predictions)

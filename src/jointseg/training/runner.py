@@ -35,6 +35,7 @@ from jointseg.training.resume import (
     clean_run_folder,
 )
 from jointseg.training.schemes import ModelPlan, deliverable_plans, plan_epochs, plan_scheme
+from jointseg.utils.compute import LIGHTNING_PRECISION, describe, resolve_precision
 from jointseg.utils.distributed import is_global_zero
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,14 @@ def _train_plan(
         discriminator=discriminator,
     )
     datamodule = PlanDataModule(cfg, splits, plan.contrastive)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(cfg.training.precision, device)
+    logger.info(
+        "[train] %s: precision %s, %s memory format",
+        plan.name,
+        describe(cfg.training.precision, device),
+        "channels-last" if cfg.training.channels_last else "NCHW",
+    )
     has_validation = any(s.validation_cases for s in splits)
     checkpoint_dir = out / "checkpoints" / plan.name
     last = checkpoint_dir / "last.ckpt"
@@ -221,7 +230,7 @@ def _train_plan(
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, cfg.training.iterations(len(plan.domains)) // 2)),
         gradient_clip_val=cfg.training.gradient_clip,
-        precision=cfg.training.precision if torch.cuda.is_available() else "32-true",
+        precision=LIGHTNING_PRECISION[precision],
         **_device_arguments(devices),
         deterministic=not torch.cuda.is_available(),
         use_distributed_sampler=False,

@@ -13,6 +13,7 @@ def environment_report() -> str:
     import torch
 
     from jointseg._version import __version__
+    from jointseg.utils.compute import describe
 
     lines = [
         f"jointseg   {__version__}",
@@ -21,6 +22,8 @@ def environment_report() -> str:
         f"monai      {monai.__version__}",
         f"SimpleITK  {sitk.Version_VersionString()}",
         f"threads    torch {torch.get_num_threads()}, cpus {os.cpu_count()}",
+        f"cpu        {torch.backends.cpu.get_cpu_capability()} kernels, "
+        f"precision auto -> {describe('auto', 'cpu')}",
     ]
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
