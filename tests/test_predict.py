@@ -30,6 +30,9 @@ from tests.tiny_model import (
 # Bounds on a trained model: CI runs these tests under a second CPU-kernel setting too.
 pytestmark = pytest.mark.trains
 
+# share of voxels whose label may differ between bfloat16 and float32 inference of one model
+AGREEMENT_BOUND = 0.01
+
 # ------------------------------------------------------------------------------------- tests
 
 
@@ -448,3 +451,22 @@ def test_context_slices_run_predicts_in_the_input_geometry(tmp_path):
         got, want = sitk.GetArrayFromImage(prediction.label_map), sitk.GetArrayFromImage(truth)
         for value in DOMAINS[domain].values():
             assert dice(got, want, value) > DICE_BOUND, (domain, value)
+
+
+def test_bfloat16_and_float32_label_maps_of_the_same_weights_agree(trained_run, predictor):
+    from jointseg.inference.predictor import Predictor
+
+    bf16 = Predictor.from_run(trained_run, batch_size=8, precision="bf16")
+    f32 = Predictor.from_run(trained_run, batch_size=8, precision="32")
+    assert (bf16.precision, f32.precision) == ("bf16", "32")
+    for domain in DOMAINS:
+        for seed in (0, 1):
+            image, truth = make_scan(domain, seed, direction=OBLIQUE)
+            a = sitk.GetArrayFromImage(bf16.predict(image, domain=domain).label_map)
+            b = sitk.GetArrayFromImage(f32.predict(image, domain=domain).label_map)
+            want = sitk.GetArrayFromImage(truth)
+            # voxels that change label: only at boundaries, where two classes tie within
+            # bfloat16's 8 bits of mantissa
+            assert (a != b).mean() < AGREEMENT_BOUND, (domain, seed, (a != b).mean())
+            for value in DOMAINS[domain].values():
+                assert abs(dice(a, want, value) - dice(b, want, value)) < 0.01, (domain, value)

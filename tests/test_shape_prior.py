@@ -27,6 +27,9 @@ from jointseg.models.shape_autoencoder import (
     save_autoencoder,
 )
 from jointseg.training.shape_prior import (
+    MAX_ROTATION,
+    MAX_SCALE,
+    MAX_SHIFT,
     _random_affine,
     adversarial_losses,
     obtain_shape_autoencoder,
@@ -257,6 +260,26 @@ def test_random_affine_keeps_one_hot_and_roughly_the_area():
     # scale within 0.85-1.15 per axis, shift may push a little outside the patch
     assert 0.6 * area < moved_area < 1.4 * area
     assert not torch.equal(moved, x)
+
+
+def test_random_affine_is_the_argmax_of_the_moved_one_hot_channels():
+    # the plain formulation: every channel moved with background fill, then the argmax
+    x = onehot(shapes(6, seed=5))
+    theta_generator = torch.Generator().manual_seed(3)
+    n = x.shape[0]
+    angle = (2 * torch.rand(n, generator=theta_generator) - 1) * MAX_ROTATION
+    scale = 1 + (2 * torch.rand(n, generator=theta_generator) - 1) * MAX_SCALE
+    shift = (2 * torch.rand(n, 2, generator=theta_generator) - 1) * MAX_SHIFT
+    cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    background = torch.zeros_like(x)
+    background[:, 0] = 1
+    expected = (F.grid_sample(x - background, grid, align_corners=False) + background).argmax(1)
+    moved = _random_affine(x, torch.Generator().manual_seed(3))
+    assert torch.equal(moved.argmax(1), expected)
 
 
 def test_pooled_autoencoder_geometry():

@@ -165,10 +165,13 @@ def _validated_epochs(run: Path, plan: str = "main") -> list[float]:
 
 
 @pytest.mark.trains
-def test_learns_the_toy_task(study: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_learns_the_toy_task(study: Path, tmp_path: Path, precision: str) -> None:
     # Trained to a target above the bound (at most 12 x 25 steps), not for a fixed step count:
     # the steps a model needs to get there follow the CPU's floating-point kernels.
-    config = tiny_config(epochs=12, iterations_per_epoch=25, validation_every=1, target_dice=0.9)
+    config = tiny_config(
+        epochs=12, iterations_per_epoch=25, validation_every=1, target_dice=0.9, precision=precision
+    )
     config["model"]["width"] = 0.25
     cfg = config_from_dict({**config, "scheme": "mtmd"})
     train_run(cfg, study, tmp_path / "run", progress=False)
@@ -249,8 +252,9 @@ def test_resume_continues_exactly(study: Path, tmp_path: Path) -> None:
         assert torch.equal(straight[key], resumed[key]), key
 
 
-def test_same_seed_same_weights_and_metrics(study: Path, tmp_path: Path) -> None:
-    cfg = config_from_dict({**tiny_config(epochs=1), "scheme": "mtmd"})
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_same_seed_same_weights_and_metrics(study: Path, tmp_path: Path, precision: str) -> None:
+    cfg = config_from_dict({**tiny_config(epochs=1, precision=precision), "scheme": "mtmd"})
     train_run(cfg, study, tmp_path / "a", progress=False)
     train_run(cfg, study, tmp_path / "b", progress=False)
     a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
@@ -259,6 +263,27 @@ def test_same_seed_same_weights_and_metrics(study: Path, tmp_path: Path) -> None
     meta_b = load_model(tmp_path / "b" / "models" / "main")[1]
     assert meta_a["best_validation_dice"] == meta_b["best_validation_dice"]
     assert np.isfinite(meta_a["best_validation_dice"])
+
+
+def test_bfloat16_training_keeps_float32_state(study: Path, tmp_path: Path) -> None:
+    """Autocast computes in bfloat16; weights, optimizer state and BN statistics stay float32."""
+    cfg = config_from_dict({**tiny_config(epochs=1, precision="bf16-mixed"), "scheme": "mtmd+con"})
+    train_run(cfg, study, tmp_path / "run", progress=False)
+    weights = _final_weights(tmp_path / "run")
+    assert {v.dtype for k, v in weights.items() if "num_batches" not in k} == {torch.float32}
+    assert any("running_mean" in k for k in weights)
+    checkpoint = torch.load(
+        tmp_path / "run" / "checkpoints" / "main" / "last.ckpt", weights_only=True
+    )
+    moments = [
+        t
+        for state in checkpoint["optimizer_states"][0]["state"].values()
+        for name, t in state.items()
+        if name in ("exp_avg", "exp_avg_sq")
+    ]
+    assert moments and {t.dtype for t in moments} == {torch.float32}
+    for name, value in checkpoint["state_dict"].items():
+        assert value.dtype != torch.bfloat16, name
 
 
 def test_bad_config_values_fail_before_training(study: Path, tmp_path: Path) -> None:

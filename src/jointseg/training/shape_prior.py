@@ -83,7 +83,17 @@ MAX_SHIFT = 0.2  # in affine_grid's [-1, 1] coordinates: 10% of the patch
 
 
 def _random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One-hot maps [B, K, H, W], each rotated, scaled and shifted at random (background fill)."""
+    """One-hot maps [B, K, H, W], each rotated, scaled and shifted at random (background fill):
+    the bilinearly moved one-hot channels, their argmax one-hot again."""
+    return F.one_hot(_random_affine_labels(x, generator), x.shape[1]).permute(0, 3, 1, 2).float()
+
+
+def _random_affine_labels(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The class indices [B, H, W] of :func:`_random_affine`'s maps.
+
+    The background channel is moved as ``x - 1`` (zero padding then fills with background) and
+    the argmax runs over the channels-last layout, where a pixel's classes lie side by side.
+    """
     n = x.shape[0]
     opts = {"generator": generator, "device": x.device}
     angle = (2 * torch.rand(n, **opts) - 1) * MAX_ROTATION
@@ -94,10 +104,11 @@ def _random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    background = torch.zeros_like(x)
-    background[:, 0] = 1
-    moved = F.grid_sample(x - background, grid, align_corners=False) + background
-    return F.one_hot(moved.argmax(1), x.shape[1]).permute(0, 3, 1, 2).float()
+    shifted = x.clone()
+    shifted[:, 0] -= 1
+    moved = F.grid_sample(shifted, grid, align_corners=False)
+    moved[:, 0] += 1
+    return moved.permute(0, 2, 3, 1).contiguous().argmax(-1)
 
 
 def _corrupt(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
@@ -106,9 +117,10 @@ def _corrupt(x: torch.Tensor, strength: float, generator: torch.Generator) -> to
         return x
     n = x.shape[0]
     opts = {"generator": generator, "device": x.device}
-    blur = torch.rand(n, 1, 1, 1, **opts) < 0.5
-    smooth = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-    x = torch.where(blur, smooth, x)
+    blur = torch.rand(n, **opts) < 0.5
+    if blur.any():  # only the maps drawn for blurring
+        x = x.clone()
+        x[blur] = F.avg_pool2d(x[blur], 3, stride=1, padding=1, count_include_pad=False)
     noise = torch.softmax(3.0 * torch.randn(x.shape, **opts), dim=1)
     alpha = strength * torch.rand(n, 1, 1, 1, **opts)
     return (1 - alpha) * x + alpha * noise
@@ -200,10 +212,13 @@ def train_shape_autoencoder(
                 pass_losses = []
             order = order_rng.permutation(n)
         picked, order = np.sort(order[:batch_size]), order[batch_size:]
-        clean = _onehot(masks[picked], num_classes, device)
         if cfg.augment:
-            clean = _random_affine(clean, generator)
-        labels = clean.argmax(1, keepdim=True)
+            moved = _random_affine_labels(_onehot(masks[picked], num_classes, device), generator)
+            labels = moved[:, None]
+        else:
+            labels = torch.from_numpy(np.asarray(masks[picked], dtype=np.int64))[:, None]
+            labels = labels.to(device)
+        clean = F.one_hot(labels[:, 0], num_classes).permute(0, 3, 1, 2).float()
         loss = criterion(ae(_corrupt(clean, corruption, generator)), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
