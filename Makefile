@@ -49,7 +49,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	for b in preprocess synth model train predict; do $(BIN)/python benchmarks/$$b.py --quick; done
+	for b in preprocess synth model train predict compute; do $(BIN)/python benchmarks/$$b.py --quick; done
 
 # The packaged model (docs/pretrained.md): synthesize, train, evaluate, pack into
 # src/jointseg/pretrained/model. PRETRAINED_MINUTES=M trains in pieces of at most M minutes

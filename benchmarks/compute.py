@@ -12,8 +12,9 @@ and ``channels_last``), channels-last, bfloat16 autocast, and both. The variants
 round-robin in ``--rounds`` rounds, each variant in its own fresh process, so that a change in
 the machine's load falls on all of them alike; the median step of each is reported with its
 speed-up over float32. Where the CPU computes bfloat16 only by emulation (no AVX512-BF16 or
-AMX), the bfloat16 variants run for the first scheme alone (at 7-14x slower they would take
-most of the run): they show why ``precision: auto`` chooses float32 there.
+AMX), the bfloat16 variants run for the first scheme alone, for one round of 3 timed steps (at
+7-14x slower they would take most of the run): they show why ``precision: auto`` chooses
+float32 there.
 
 Prediction: the command ``jointseg predict pretrained SCAN --domain knee`` on a 256x256x100
 knee scan (the shipped model's reference scan resampled), each in a new process (imports,
@@ -22,6 +23,11 @@ model load, reading, prediction, postprocessing, writing), with and without mesh
 folder with ``training.channels_last: false``) against ``--precision auto`` with channels-last.
 The import time of the prediction module and the heavy libraries it loads are measured in a
 fresh process too.
+
+``--compile``: torch.compile (inductor) against eager PyTorch on the demo network, in a fresh
+process each: the seconds the first call takes (compilation), then seconds per call, for a
+training step (forward, Dice+CE, backward, AdamW; batch 12 of 128x128) and an inference batch
+(16 slices of 224x224, no gradient), and the calls after which compiling has paid for itself.
 
 Every figure is printed with the CPU's name, its kernels (``ATEN_CPU_CAPABILITY``) and whether
 it computes bfloat16 natively.
@@ -55,6 +61,7 @@ VARIANTS = {
     "bf16": ("bf16-mixed", False),
     "bf16+channels-last": ("bf16-mixed", True),
 }
+EMULATED_STEPS = 3  # timed steps of an emulated bfloat16 variant (single-threaded, slow)
 SIZE = (256, 256, 100)
 HEAVY = ("monai", "lightning", "pandas", "matplotlib", "trimesh", "skimage", "tensorboard")
 
@@ -128,9 +135,14 @@ def training_speed(
             for round_ in range(rounds):
                 for variant in variants:
                     precision, channels_last = VARIANTS[variant]
+                    emulated = precision.startswith("bf16") and not native_bf16
+                    if emulated and round_ > 0:
+                        continue  # one short round shows the emulation's cost
                     cfg = base.model_copy(deep=True, update={"scheme": scheme})
                     cfg.training.precision = precision
                     cfg.training.channels_last = channels_last
+                    if emulated:
+                        cfg.training.iterations_per_epoch = EMULATED_STEPS + warmup
                     out = Path(tmp) / f"{scheme}-{variant}-{round_}"
                     spec = {"config": cfg.model_dump(mode="json"), "warmup": warmup,
                             "data": str(data), "out": str(out)}  # fmt: skip
@@ -237,6 +249,83 @@ def prediction_speed(repeats: int) -> dict:
     return results
 
 
+def compile_child(spec: dict) -> dict:
+    """Seconds of the first call and median seconds per call, eager or compiled."""
+    import torch
+
+    from jointseg.config import load_config
+    from jointseg.models import build_model
+
+    torch.manual_seed(0)
+    cfg = load_config("demo")
+    net = build_model(cfg.model, [4, 5, 3], True, pretrained=False)
+    net.to(memory_format=torch.channels_last)
+    training = spec["mode"] == "training"
+    batch, side = (12, 128) if training else (16, 224)
+    x = torch.randn(batch, cfg.model.context_slices, side, side).contiguous(
+        memory_format=torch.channels_last
+    )
+    domains = torch.arange(batch) % 3 if training else torch.zeros(batch, dtype=torch.long)
+    target = torch.randint(0, 3, (batch, side, side))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net.train(training)
+
+    def forward(inputs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        out = net(inputs, ids)
+        return torch.cat([out.logits[d][:, :3] for d in sorted(out.logits)])
+
+    call = torch.compile(forward) if spec["compiled"] else forward
+
+    def once() -> None:
+        if training:
+            logits = call(x, domains)
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        else:
+            with torch.no_grad():
+                call(x, domains)
+
+    started = time.perf_counter()
+    once()
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(spec["calls"]):
+        started = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - started)
+    return {"first": first, "per_call": statistics.median(times)}
+
+
+def compile_cost(calls: int) -> dict:
+    """Eager against torch.compile for a training step and an inference batch."""
+    results = {}
+    for mode in ("training", "inference"):
+        row = {}
+        for compiled in (False, True):
+            spec = {"mode": mode, "compiled": compiled, "calls": calls, "child": "compile"}
+            name = "compiled" if compiled else "eager"
+            row[name] = run_json_child(__file__, spec, f"{mode}, {name}")
+        eager, compiled_ = row["eager"], row["compiled"]
+        gain = eager["per_call"] - compiled_["per_call"]
+        extra = compiled_["first"] - eager["first"]
+        row["break_even_calls"] = extra / gain if gain > 0 else None
+        results[mode] = row
+        print(
+            f"{mode:<10} eager {eager['per_call']:.3f} s/call; compiled "
+            f"{compiled_['per_call']:.3f} s/call ({eager['per_call'] / compiled_['per_call']:.2f}x)"
+            f", first call {compiled_['first']:.0f} s against {eager['first']:.1f} s; "
+            + (
+                f"pays after {row['break_even_calls']:.0f} calls"
+                if row["break_even_calls"] is not None
+                else "never pays"
+            ),
+            flush=True,
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 timed steps, 1 repeat")
@@ -246,11 +335,14 @@ def main() -> None:
     parser.add_argument("--schemes", default=",".join(SCHEMES))
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--no-prediction", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile vs eager")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(train_child(json.loads(args.child))))
+        spec = json.loads(args.child)
+        child = compile_child if spec.get("child") == "compile" else train_child
+        print(json.dumps(child(spec)))
         return
     machine = cpu_description()
     print(
@@ -277,6 +369,9 @@ def main() -> None:
         )
         print(f"\ncold `jointseg predict pretrained` of a 256x256x100 knee, best of {repeats}")
         results["prediction"] = prediction_speed(repeats)
+    if args.compile:
+        print("\ntorch.compile (inductor) against eager, demo network, channels-last, float32")
+        results["compile"] = compile_cost(calls=3 if args.quick else 8)
     if args.json:
         from jointseg.utils.atomic import atomic_write_json
 

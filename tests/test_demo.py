@@ -31,3 +31,19 @@ def test_demo_runs_every_step(tmp_path: Path) -> None:
     assert len(list(prediction.glob("*_preview.png"))) == 1
     for scheme in ("full", "individual"):
         assert (tmp_path / "out" / "runs" / scheme / "evaluation" / "metrics.csv").is_file()
+
+
+def test_a_refused_scan_is_predicted_with_its_known_joint(monkeypatch, tmp_path: Path) -> None:
+    from jointseg.recognition.decision import DomainRecognitionError
+    from jointseg.workflows import demo
+
+    calls = []
+
+    def predict_path(run, scan, out, domain):
+        calls.append(domain)
+        if domain == "auto":  # a single scan's refusal raises its own error
+            raise DomainRecognitionError(f"{scan}: the scan shows none of this run's joints")
+
+    monkeypatch.setattr(demo, "predict_path", predict_path)
+    demo.predict_known_joint(tmp_path / "run", tmp_path / "knee.nii.gz", tmp_path / "out", "knee")
+    assert calls == ["auto", "knee"]

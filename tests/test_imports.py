@@ -46,3 +46,21 @@ def test_every_room_imports_only_rooms_below_it():
         and LAYERS[package_of(target)] >= LAYERS[package_of(module)]
     )
     assert upward == []
+
+
+def test_prediction_loads_no_training_framework():
+    """`jointseg predict` imports what it uses: no MONAI (its sliding windows load it only for
+    views wider than inference.max_in_plane), no Lightning, pandas, TensorBoard or the
+    generator's physics engine."""
+    import subprocess
+    import sys
+
+    heavy = ("monai", "lightning", "pandas", "tensorboard", "mujoco", "scipy.stats")
+    code = (
+        "import sys, jointseg.inference.predict; "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""

@@ -191,6 +191,10 @@ def test_dicom_folder_input_and_cli(trained_run, tmp_path):
         app, ["predict", str(trained_run), str(folder), "--out", str(out), "--domain", "hip"]
     )
     assert bad.exit_code == 2 and "unknown domain 'hip'" in bad.output
+    bad = CliRunner().invoke(
+        app, ["predict", str(trained_run), str(folder), "--out", str(out), "--precision", "int8"]
+    )
+    assert bad.exit_code == 2 and "unknown precision 'int8'" in bad.output
 
 
 def test_bad_inputs_fail_clearly_without_outputs(trained_run, tmp_path):

@@ -270,6 +270,8 @@ def test_bfloat16_training_keeps_float32_state(study: Path, tmp_path: Path) -> N
     cfg = config_from_dict({**tiny_config(epochs=1, precision="bf16-mixed"), "scheme": "mtmd+con"})
     train_run(cfg, study, tmp_path / "run", progress=False)
     weights = _final_weights(tmp_path / "run")
+    meta = load_model(tmp_path / "run" / "models" / "main")[1]
+    assert (meta["precision"], meta["channels_last"]) == ("bf16", True)
     assert {v.dtype for k, v in weights.items() if "num_batches" not in k} == {torch.float32}
     assert any("running_mean" in k for k in weights)
     checkpoint = torch.load(

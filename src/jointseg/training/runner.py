@@ -260,7 +260,7 @@ def _train_plan(
         logger.info("[train] %s: resuming from %s", plan.name, last)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
-        _export(module, plan, checkpoint, out, label_space)
+        _export(module, plan, checkpoint, out, label_space, precision)
 
 
 class StopAtTarget(L.Callback):
@@ -397,8 +397,10 @@ def _export(
     checkpoint: ModelCheckpoint,
     out: Path,
     label_space: LabelSpace,
+    precision: str,
 ) -> None:
-    """Write the best (or last) weights as the plan's model, with its metadata."""
+    """Write the best (or last) weights as the plan's model, with its metadata (``precision``:
+    the resolved training precision, "32", "bf16" or "16")."""
     best = checkpoint.best_model_path
     score = checkpoint.best_model_score
     if best and Path(best).is_file():
@@ -414,6 +416,8 @@ def _export(
         },
         "union_structures": label_space.structure_names,
         "best_validation_dice": float(score) if score is not None else None,
+        "precision": precision,  # what the network computed in while it trained
+        "channels_last": module.channels_last,
     }
     save_model(module.net.cpu(), out / "models" / plan.name, metadata=metadata)
 

@@ -19,6 +19,7 @@ from jointseg.evaluation.compare import compare_runs
 from jointseg.evaluation.evaluate import EVALUATION_DIR, SUMMARY_FILE, evaluate_run
 from jointseg.evaluation.report import postprocessing_section
 from jointseg.inference.predict import PredictionError, predict_path
+from jointseg.recognition.decision import DomainRecognitionError
 from jointseg.runs import load_run_info
 from jointseg.synth.generate import synthesize_study
 from jointseg.utils.atomic import atomic_write_text
@@ -65,16 +66,22 @@ def run_demo(
     _step("predict a held-out scan: label map, meshes, measurements, preview")
     scan = list_cases(data / cfg.datasets[1].folder, "test")[0].image
     prediction_dir = out / "prediction"
-    try:
-        predict_path(runs["full"], scan, prediction_dir, domain="auto")
-    except PredictionError as error:  # an under-trained demo model may not recognize the joint
-        logger.info("[demo] automatic joint recognition failed (%s); using the known joint", error)
-        predict_path(runs["full"], scan, prediction_dir, domain=cfg.datasets[1].name)
+    predict_known_joint(runs["full"], scan, prediction_dir, cfg.datasets[1].name)
     report_path = _write_report(
         out, compare_md, prediction_dir, runs, time.perf_counter() - started
     )
     logger.info("\n[demo] done in %.0f s. Report: %s", time.perf_counter() - started, report_path)
     return report_path
+
+
+def predict_known_joint(run: Path, scan: Path, out: Path, joint: str) -> None:
+    """Predict ``scan`` with ``--domain auto``; where recognition refuses it (an under-trained
+    demo model may not recognize the joint), again with its known ``joint``."""
+    try:
+        predict_path(run, scan, out, domain="auto")
+    except (PredictionError, DomainRecognitionError) as error:  # one scan: its own error
+        logger.info("[demo] automatic joint recognition failed (%s); using the known joint", error)
+        predict_path(run, scan, out, domain=joint)
 
 
 def _step(text: str) -> None:
