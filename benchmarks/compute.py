@@ -13,7 +13,7 @@ round-robin in ``--rounds`` rounds, each variant in its own fresh process, so th
 the machine's load falls on all of them alike; the median step of each is reported with its
 speed-up over float32. Where the CPU computes bfloat16 only by emulation (no AVX512-BF16 or
 AMX), the bfloat16 variants run for the first scheme alone, for one round of 3 timed steps (at
-7-14x slower they would take most of the run): they show why ``precision: auto`` chooses
+8-20x slower they would take most of the run): they show why ``precision: auto`` chooses
 float32 there.
 
 Prediction: the command ``jointseg predict pretrained SCAN --domain knee`` on a 256x256x100

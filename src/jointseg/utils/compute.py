@@ -5,7 +5,7 @@ device computes bfloat16 natively, else in float32:
 
 - a CPU whose kernels reach AVX512-BF16 or AMX (a bfloat16 matrix unit): measured faster
   there than float32 (BENCHMARKS.md, "Fast on a CPU"); a CPU without them emulates bfloat16
-  at a 7-14x slowdown, so ``auto`` never picks it there;
+  at an 8-20x slowdown, so ``auto`` never picks it there;
 - a CUDA device that supports bfloat16 (float16 autocast on one that does not).
 
 Master weights, optimizer state, BatchNorm statistics and saved weights stay float32: autocast
