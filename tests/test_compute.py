@@ -45,7 +45,8 @@ def test_automatic_precision_follows_the_cpu(monkeypatch, bf16, amx, kernels, na
     fake_cpu(monkeypatch, bf16=bf16, amx=amx, kernels=kernels)
     assert cpu_computes_bf16() is native
     assert resolve_precision("auto", "cpu") == ("bf16" if native else "32")
-    assert describe("auto", "cpu").startswith("bf16" if native else "32")
+    resolved = resolve_precision("auto", "cpu")
+    assert describe("auto", resolved, "cpu").startswith("bf16" if native else "32")
 
 
 def test_onednn_capped_below_bf16_is_not_native(monkeypatch) -> None:

@@ -203,7 +203,7 @@ def _train_plan(
     logger.info(
         "[train] %s: precision %s, %s memory format",
         plan.name,
-        describe(cfg.training.precision, device),
+        describe(cfg.training.precision, precision, device),
         "channels-last" if cfg.training.channels_last else "NCHW",
     )
     has_validation = any(s.validation_cases for s in splits)

@@ -72,9 +72,18 @@ def _check_masks(masks: np.ndarray, num_classes: int, factor: int, what: str) ->
         raise ValueError(f"{what}: classes must lie in 0..{num_classes - 1}, found {low}..{high}")
 
 
-def _onehot(batch: np.ndarray, num_classes: int, device: torch.device) -> torch.Tensor:
-    labels = torch.from_numpy(np.asarray(batch, dtype=np.int64)).to(device)
+def _labels(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Integer masks [B, H, W] as class indices (int64) on ``device``."""
+    return torch.from_numpy(np.asarray(batch, dtype=np.int64)).to(device)
+
+
+def _one_hot_maps(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class indices [B, H, W] as float one-hot maps [B, K, H, W]."""
     return F.one_hot(labels, num_classes).permute(0, 3, 1, 2).float()
+
+
+def _onehot(batch: np.ndarray, num_classes: int, device: torch.device) -> torch.Tensor:
+    return _one_hot_maps(_labels(batch, device), num_classes)
 
 
 MAX_ROTATION = 0.26  # radians, about 15 degrees
@@ -85,7 +94,7 @@ MAX_SHIFT = 0.2  # in affine_grid's [-1, 1] coordinates: 10% of the patch
 def _random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One-hot maps [B, K, H, W], each rotated, scaled and shifted at random (background fill):
     the bilinearly moved one-hot channels, their argmax one-hot again."""
-    return F.one_hot(_random_affine_labels(x, generator), x.shape[1]).permute(0, 3, 1, 2).float()
+    return _one_hot_maps(_random_affine_labels(x, generator), x.shape[1])
 
 
 def _random_affine_labels(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -142,7 +151,7 @@ def reconstruction_dice(
     predicted = torch.zeros(k, dtype=torch.float64)
     for start in range(0, len(masks), batch_size):
         x = _onehot(masks[start : start + batch_size], k, device)
-        pred = F.one_hot(ae(x).argmax(1), k).permute(0, 3, 1, 2).float()
+        pred = _one_hot_maps(ae(x).argmax(1), k)
         intersection += (pred * x).sum(dim=(0, 2, 3)).double().cpu()
         reference += x.sum(dim=(0, 2, 3)).double().cpu()
         predicted += pred.sum(dim=(0, 2, 3)).double().cpu()
@@ -212,14 +221,11 @@ def train_shape_autoencoder(
                 pass_losses = []
             order = order_rng.permutation(n)
         picked, order = np.sort(order[:batch_size]), order[batch_size:]
+        labels = _labels(masks[picked], device)
         if cfg.augment:
-            moved = _random_affine_labels(_onehot(masks[picked], num_classes, device), generator)
-            labels = moved[:, None]
-        else:
-            labels = torch.from_numpy(np.asarray(masks[picked], dtype=np.int64))[:, None]
-            labels = labels.to(device)
-        clean = F.one_hot(labels[:, 0], num_classes).permute(0, 3, 1, 2).float()
-        loss = criterion(ae(_corrupt(clean, corruption, generator)), labels)
+            labels = _random_affine_labels(_one_hot_maps(labels, num_classes), generator)
+        clean = _one_hot_maps(labels, num_classes)
+        loss = criterion(ae(_corrupt(clean, corruption, generator)), labels[:, None])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

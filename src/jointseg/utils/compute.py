@@ -137,9 +137,9 @@ def as_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=memory_format(channels_last))
 
 
-def describe(precision: str, device: str | torch.device = "cpu") -> str:
-    """A one-line account of a precision choice, for logs: "32 (auto; no native bf16)"."""
-    resolved = resolve_precision(precision, device)
+def describe(precision: str, resolved: str, device: str | torch.device = "cpu") -> str:
+    """A one-line account of a setting and what it resolved to (:func:`resolve_precision`),
+    for logs: "32 (auto: no native bf16 on this CPU)"."""
     if canonical(precision) != "auto":
         return resolved
     if device_type(device) == "cuda":

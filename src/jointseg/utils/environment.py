@@ -13,7 +13,7 @@ def environment_report() -> str:
     import torch
 
     from jointseg._version import __version__
-    from jointseg.utils.compute import describe
+    from jointseg.utils.compute import describe, resolve_precision
 
     lines = [
         f"jointseg   {__version__}",
@@ -23,7 +23,7 @@ def environment_report() -> str:
         f"SimpleITK  {sitk.Version_VersionString()}",
         f"threads    torch {torch.get_num_threads()}, cpus {os.cpu_count()}",
         f"cpu        {torch.backends.cpu.get_cpu_capability()} kernels, "
-        f"precision auto -> {describe('auto', 'cpu')}",
+        f"precision auto -> {describe('auto', resolve_precision('auto', 'cpu'), 'cpu')}",
     ]
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
