@@ -5,6 +5,9 @@
                                                        # stop at an epoch end; rerun to go on
     python benchmarks/pretrained.py --smoke --out /tmp/p --package /tmp/p/pkg/model
                                                        # tiny volumes, 2 steps: checks the script
+    python benchmarks/pretrained.py --from pretrained --set training.epochs=8
+                                                       # fine-tune the shipped model on today's
+                                                       # generator (dotted config overrides)
 
 Every call does what is left: the study (``jointseg synth`` realistic and ``--randomize``d, the
 config's joints, one seed) unless ``OUT/data`` already holds it; training of the ``pretrained``
@@ -64,12 +67,39 @@ def make_study(data: Path, joints: list[str], setting: dict, seed: int, jobs: in
     print(f"[pretrained] study: {data} ({time.perf_counter() - started:.0f} s)")
 
 
-def load_recipe(name: str, smoke: bool, seed: int):
+def load_recipe(
+    name: str, smoke: bool, seed: int, initial: str | None = None, sets: list[str] = ()
+):
+    """The config ``name`` with the smoke settings, the seed, the starting weights
+    (``training.initial_weights``) and ``KEY=VALUE`` overrides (values read as YAML)."""
+    import yaml
+
     from jointseg.config import load_config
 
     overrides = dict(SMOKE_CONFIG) if smoke else {}
     overrides["training.seed"] = seed
+    if initial is not None:
+        overrides["training.initial_weights"] = initial
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
     return load_config(name, overrides)
+
+
+def starting_model(initial: str | None) -> dict | None:
+    """What a fine-tuning starts from: the run and, when it has one, its own training record
+    (read before packing replaces it)."""
+    if initial is None:
+        return None
+    from jointseg.inference.packaged import resolve_run
+
+    folder = resolve_run(initial)
+    record = folder / "training.json"
+    previous = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    previous.pop("config", None)
+    return {"run": initial, "training": previous}
 
 
 def commit() -> dict:
@@ -125,17 +155,23 @@ def train(cfg, data: Path, run: Path, max_minutes: float | None) -> tuple[bool, 
     return True, time.perf_counter() - started
 
 
-def training_record(cfg, args, setting: dict, pieces: list[dict], run: Path) -> dict:
+def training_record(
+    cfg, args, setting: dict, pieces: list[dict], run: Path, started_from: dict | None = None
+) -> dict:
     import torch
 
     from jointseg._version import __version__
     from jointseg.config import dump_config
     from jointseg.synth.generate import GENERATOR_VERSION
 
+    command = ["python benchmarks/pretrained.py", *(["--smoke"] if args.smoke else [])]
+    command += [f"--from {args.start}"] if args.start else []
+    command += [f"--set {item}" for item in args.set]
     return {
         "config_name": cfg.name,
         "config": dump_config(cfg),
-        "command": "python benchmarks/pretrained.py" + (" --smoke" if args.smoke else ""),
+        "command": " ".join(command),
+        "started_from": started_from,
         "pieces": pieces,
         "steps": steps_trained(run),
         "training_seconds": round(sum(p["train_seconds"] for p in pieces), 1),
@@ -210,6 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--jobs", type=int, default=2, help="synthesis worker processes")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        metavar="RUN",
+        help="start from this run's weights (or `pretrained`): fine-tuning",
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted config override, e.g. training.epochs=8")  # fmt: skip
     parser.add_argument("--time-steps", type=int, default=0, metavar="N",
                         help="only time N training steps of the config and exit")  # fmt: skip
     args = parser.parse_args(argv)
@@ -223,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging()
     setting = SMOKE if args.smoke else FULL
-    cfg = load_recipe(args.config, args.smoke, args.seed)
+    cfg = load_recipe(args.config, args.smoke, args.seed, args.start, args.set)
     out, data, run = args.out, args.out / "data", args.out / "run"
     out.mkdir(parents=True, exist_ok=True)
+    started_from = out / "started_from.json"  # the starting model's record, kept across pieces
+    if args.start is not None and not started_from.is_file():
+        started_from.write_text(json.dumps(starting_model(args.start), indent=2), encoding="utf-8")
     make_study(data, [d.name for d in cfg.datasets], setting, args.data_seed, args.jobs)  # joints
 
     piece = {"argv": sys.argv[1:] if argv is None else argv,
@@ -240,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return PAUSED
     report = evaluate_run(run, progress=False)
     print(f"[pretrained] evaluation: {report}")
-    record = training_record(cfg, args, setting, pieces, run)
+    origin = json.loads(started_from.read_text(encoding="utf-8")) if args.start else None
+    record = training_record(cfg, args, setting, pieces, run, origin)
     dest = pack_run(run, args.package, record)
     size = sum(p.stat().st_size for p in dest.rglob("*.safetensors"))
     print(f"[pretrained] packed into {dest} ({size / 1e6:.1f} MB of weights, "

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from jointseg.cli import app
 from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.synth.quality import oracle_threshold_dice
+from jointseg.synth.subject import FOV_FACTOR, MAX_MATRIX, WIDE_SLICE_RANGE
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,10 @@ def test_default_volumes_have_the_protocol_sizes(default_study: Path) -> None:
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
         nx, ny, nz = image.GetSize()
         sx, sy, sz = image.GetSpacing()
-        assert 192 <= nx == ny <= 256 and 20 <= nz <= 48
+        # the protocol's pixel over a field of view from tight to long (subject.FOV_FACTOR)
+        assert 160 <= nx == ny <= MAX_MATRIX and WIDE_SLICE_RANGE[0] <= nz <= WIDE_SLICE_RANGE[1]
         assert 0.3 <= sx == sy <= 0.7 and 1.0 <= sz <= 4.0
-        assert 95 <= nx * sx <= 165  # field of view, mm
+        assert 80 <= nx * sx <= 165 * FOV_FACTOR[1]  # field of view, mm
         structures = load_manifest(folder).structures
         counts = np.bincount(label.ravel(), minlength=max(structures.values()) + 1)
         for name, value in structures.items():

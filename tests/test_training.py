@@ -313,3 +313,28 @@ def test_context_slices_train_validate_and_recognize(study: Path, tmp_path: Path
     out = net(torch.zeros(2, 3, 32, 32), torch.tensor([0, 1]))
     assert out.logits[0].shape == (1, 3, 32, 32)
     assert sorted(load_references(tmp_path / "run")) == ["ankle", "knee"]
+
+
+def test_training_starts_from_the_weights_of_another_run(
+    study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = tiny_config(epochs=1)
+    train_run(config_from_dict({**base, "scheme": "mtmd"}), study, tmp_path / "a", progress=False)
+    # A learning rate too small to move the weights: what a run starts from is what it ends with.
+    still = tiny_config(epochs=1, optimizer={"lr": 1e-9, "warmup_epochs": 0, "weight_decay": 0})
+    monkeypatch.setenv("JOINTSEG_PRETRAINED", str(tmp_path / "a"))
+    started = {**still, "scheme": "mtmd"}
+    started["training"]["initial_weights"] = "pretrained"  # the word resolves like a run folder
+    train_run(config_from_dict(started), study, tmp_path / "b", progress=False)
+    fresh = {**tiny_config(epochs=1, optimizer={"lr": 1e-9, "warmup_epochs": 0}), "scheme": "mtmd"}
+    fresh["training"]["seed"] = 1
+    train_run(config_from_dict(fresh), study, tmp_path / "c", progress=False)
+    a, b, c = (load_model(tmp_path / r / "models" / "main")[0] for r in "abc")
+    params_b = dict(b.named_parameters())
+    params_c = dict(c.named_parameters())
+    for name, value in a.named_parameters():
+        assert torch.allclose(value, params_b[name], atol=1e-6), name
+    assert any(not torch.allclose(v, params_c[k], atol=1e-3) for k, v in a.named_parameters())
+    other = {**tiny_config(epochs=1, initial_weights=str(tmp_path / "a")), "scheme": "individual"}
+    with pytest.raises(RunError, match="no trained network"):
+        train_run(config_from_dict(other), study, tmp_path / "d", progress=False)

@@ -269,6 +269,12 @@ class TrainingConfig(Section):
         description="Share of each domain's training patches drawn from its randomized_folder "
         "(all its training cases); domains without one train on their own folder only.",
     )
+    initial_weights: str | None = Field(
+        None,
+        description="A run folder, or `pretrained` (the shipped model), whose trained network "
+        "of the same name (models/<scheme>) initializes each network before training: "
+        "fine-tuning on new data. Its architecture, heads and domains must be this config's.",
+    )
     num_workers: int = Field(0, ge=0)
     transfer_pretrain_epochs: int | None = Field(
         None, ge=1, description="Epochs of the transfer scheme's pre-training (default: epochs)."

@@ -23,7 +23,7 @@ from jointseg.utils.atomic import atomic_write_json, remove_temporaries
 from jointseg.utils.faults import fault_point
 
 #: Bumped whenever the same seed would give different images.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SPLITS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
 FILE_ENDING = ".nii.gz"
 

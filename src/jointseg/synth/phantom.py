@@ -14,7 +14,7 @@ import numpy as np
 from jointseg.synth import growth
 from jointseg.synth.anatomy import JointSpec
 from jointseg.synth.bones import BoneMaps
-from jointseg.synth.noise import smoothstep, upsample
+from jointseg.synth.noise import smooth_noise, smoothstep, upsample
 
 AIR, SKIN, FAT, MUSCLE, SEPTUM, TENDON, ARTERY, VEIN = 0, 1, 2, 3, 4, 5, 6, 7
 FLUID, CARTILAGE, PHYSIS, CORTEX, MARROW, LUNG, MENISCUS = 8, 9, 10, 11, 12, 13, 14
@@ -62,9 +62,13 @@ class BoneTissueParams:
     fat_metaphysis: float
     fluid_gap: float
     meniscus: float  # height of the menisci's wedge (child mm)
+    scar: float = 0.0  # thickness (child mm) of a closed growth plate's scar; 0: none
 
     @classmethod
-    def for_subject(cls, age: float, scale: float, effusion_mm: float) -> BoneTissueParams:
+    def for_subject(
+        cls, age: float, scale: float, effusion_mm: float, scar_mm: float = 0.0
+    ) -> BoneTissueParams:
+        """``age``: the skeletal age."""
         epi, meta = growth.marrow_fat_fraction(age)
         return cls(
             articular=growth.articular_cartilage(age),
@@ -75,6 +79,7 @@ class BoneTissueParams:
             fat_metaphysis=meta,
             fluid_gap=0.6 + effusion_mm,
             meniscus=6.0 * scale,
+            scar=scar_mm,
         )
 
 
@@ -127,6 +132,9 @@ def bone_tissues(
     tissue[cortex] = CORTEX
     physis = (np.abs(maps.plate) < maps.plate_half) & (d1 < 0.0)
     tissue[physis] = PHYSIS
+    if p.scar > 0:  # a closed plate's scar: a thin sclerotic line across the marrow
+        scar = (np.abs(maps.plate) < 0.5 * p.scar) & (maps.plate_half <= 0) & ossified
+        tissue[scar & (tissue == MARROW)] = CORTEX
     # Marrow: yellow (fatty) in the epiphyses, red (cellular) in the metaphyses, turning
     # yellow from the diaphysis with age; patchy.
     epiphysis = (maps.plate < 0) | (maps.plate_half <= 0)
@@ -136,6 +144,24 @@ def bone_tissues(
     fat_fraction[ossified] = np.clip(marrow_fat[ossified], 0.05, 0.95)
     label = np.where(ossified, labels[maps.id1], 0).astype(np.uint8)
     return label, ossified
+
+
+#: Correlation length (acquired voxels: slices, rows, columns) of marrow signal changes.
+MARROW_PATCH_CELLS = (1.5, 7.0, 7.0)
+
+
+def marrow_changes(
+    tissue: np.ndarray, fat_fraction: np.ndarray, depth: float, seed: int, sub: int
+) -> None:
+    """Lower the marrow's fat fraction in smooth patches (bone marrow oedema, red-marrow
+    islands) by up to ``depth``, in place; ``sub``: sub-slices per slice of the fine grid.
+    Drawn from their own stream (``seed``), so that the subject's other textures stay."""
+    rng = np.random.default_rng([seed, 1])
+    acquired = (tissue.shape[0] // sub, *tissue.shape[1:])
+    patches = np.repeat(smooth_noise(rng, acquired, MARROW_PATCH_CELLS), sub, axis=0)
+    marrow = tissue == MARROW
+    loss = depth * smoothstep(patches[marrow] - 0.5)
+    fat_fraction[marrow] = np.clip(fat_fraction[marrow] - loss, 0.05, 0.95)
 
 
 @dataclass

@@ -199,8 +199,9 @@ VESSELS = {
 }
 
 
-def fat_pads(joint: str, pose: Posture, frame: BodyFrame) -> list[Blob]:
-    s = frame.mean_scale
+def fat_pads(joint: str, pose: Posture, frame: BodyFrame, scale: float = 1.0) -> list[Blob]:
+    """The joint's fat pads (child mm), their radii times ``scale`` (the subject's variant)."""
+    s = frame.mean_scale * scale
     return [
         Blob(
             frame.to_child(pose.body_position(body) + np.asarray(off)),

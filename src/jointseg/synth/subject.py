@@ -120,6 +120,29 @@ PROTOCOLS: dict[str, Protocol] = {
 AGE_RANGE = (4.0, 17.99)
 #: Slices of a realistic scan: the protocol's coverage over the slice thickness, kept in range.
 SLICE_RANGE = (20, 40)
+#: Real protocols differ from site to site in how much of the limb they cover. A subject's field
+#: of view is the protocol's times a factor drawn log-uniformly from ``FOV_FACTOR`` (tight
+#: fields to long ones whose shafts run to the field's edge; the pixel stays the protocol's, up
+#: to ``MAX_MATRIX``), its slice coverage times one from ``COVERAGE_FACTOR`` (slices kept in
+#: ``WIDE_SLICE_RANGE``), and the field's centre moves along the limb's long axis (superior)
+#: by up to ``LONG_AXIS_SHIFT`` of the field of view, across it by ``ACROSS_SHIFT`` (SD).
+FOV_FACTOR = (0.85, 1.8)
+COVERAGE_FACTOR = (0.85, 1.3)
+WIDE_SLICE_RANGE = (16, 48)
+MAX_MATRIX = 512
+LONG_AXIS_SHIFT = 0.25
+ACROSS_SHIFT = 0.05
+#: Skeletal (bone) age runs ahead of or behind the calendar age by this SD (years, clipped at
+#: twice it): growth plates, epiphyseal cartilage and marrow follow the bone age.
+BONE_AGE_SD = 1.0
+#: A closed growth plate leaves a thin dark line (the physeal scar) in this share of subjects,
+#: this thick (mm).
+SCAR_SHARE, SCAR_MM = 0.8, (0.4, 1.2)
+#: Fat pads (Hoffa's, Kager's, the elbow's) are this much larger or smaller (radius factor).
+FAT_PAD_SCALE = (0.7, 1.5)
+#: Share of subjects with marrow signal changes (oedema-like or red-marrow islands: patches of
+#: low marrow fat), and how much fat fraction they remove at most.
+MARROW_CHANGE_SHARE, MARROW_CHANGE_DEPTH = 0.3, (0.2, 0.6)
 
 
 @dataclass
@@ -158,9 +181,25 @@ class SubjectParams:
     motion: float  # phase error (rad) between phase-encoding lines; 0: the child kept still
     tissue_jitter: dict[str, float] = field(default_factory=dict)
     texture_seed: int = 0
-    #: Coefficients (standard deviations) of the knee's statistical shape modes; drawn last,
-    #: so that every other parameter is the same as without them.
+    #: Coefficients (standard deviations) of the knee's statistical shape modes.
     shape_modes: list[float] = field(default_factory=list)
+    #: Field of view relative to the protocol's (already in ``fov``; the matrix follows it),
+    #: and the field centre's shift (child mm, LPS) on top of ``center_jitter_mm``.
+    fov_factor: float = 1.0
+    view_shift_mm: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    #: Skeletal age minus calendar age (years).
+    bone_age_offset: float = 0.0
+    #: Thickness (mm) of the dark line a closed growth plate leaves; 0: none.
+    scar_mm: float = 0.0
+    #: Radius factor of the joint's fat pads.
+    fat_pad_scale: float = 1.0
+    #: Most marrow fat fraction removed in patches (oedema, red-marrow islands); 0: none.
+    marrow_change: float = 0.0
+
+    @property
+    def bone_age(self) -> float:
+        """The skeletal age (years) growth plates, cartilage and marrow follow."""
+        return self.age + self.bone_age_offset
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,7 +223,7 @@ def sample_subject(
     scale = growth.body_scale(stature)
     angles = {name: _uniform(rng, bounds) for name, bounds in spec.angles.items()}
     bone_scales = {
-        b.name: [float(v) for v in 1.0 + 0.035 * np.clip(rng.standard_normal(3), -2, 2)]
+        b.name: [float(v) for v in 1.0 + 0.055 * np.clip(rng.standard_normal(3), -2, 2)]
         for b in spec.bones
     }
     thickness = _uniform(rng, protocol.thickness)
@@ -194,7 +233,7 @@ def sample_subject(
     # Children carry less subcutaneous fat than adults; a wide spread between children.
     fat_mm = float(np.clip(rng.lognormal(np.log(3.0 + 0.25 * (age - 4)), 0.35), 1.5, 14.0))
     tissues = ("muscle", "fat", "marrow", "cartilage", "fluid", "tendon", "physis")
-    return SubjectParams(
+    params = SubjectParams(
         joint=joint,
         case_id=case_id,
         split=split,
@@ -205,7 +244,7 @@ def sample_subject(
         scale=round(scale, 5),
         side="right" if rng.random() < 0.5 else "left",
         angles={k: round(v, 5) for k, v in angles.items()},
-        width_ratio=round(float(rng.normal(1.0, 0.04)), 4),
+        width_ratio=round(float(rng.normal(1.0, 0.06)), 4),
         bone_scales={k: [round(x, 4) for x in v] for k, v in bone_scales.items()},
         deformation_mm=round(_uniform(rng, (0.6, 1.8)), 3),
         fat_mm=round(fat_mm, 3),
@@ -231,3 +270,33 @@ def sample_subject(
             shape_modes.sample_coefficients(rng) if shape_modes.has_modes(spec.region) else []
         ),
     )
+    return _vary_view_and_maturity(params, rng)
+
+
+def _vary_view_and_maturity(params: SubjectParams, rng: np.random.Generator) -> SubjectParams:
+    """Draw the field of view, skeletal maturity and soft-tissue variants (after every other
+    parameter, whose draws keep their order)."""
+    factor = float(np.exp(rng.uniform(*np.log(FOV_FACTOR))))
+    fov = params.fov * factor
+    coverage = params.slices * float(rng.uniform(*COVERAGE_FACTOR))
+    along = float(rng.uniform(-LONG_AXIS_SHIFT, LONG_AXIS_SHIFT)) * fov
+    across = rng.normal(0.0, ACROSS_SHIFT, 2) * fov
+    offset = float(np.clip(rng.normal(0.0, BONE_AGE_SD), -2 * BONE_AGE_SD, 2 * BONE_AGE_SD))
+    scar = _uniform(rng, SCAR_MM) if rng.random() < SCAR_SHARE else 0.0
+    pads = _uniform(rng, FAT_PAD_SCALE)
+    change = _uniform(rng, MARROW_CHANGE_DEPTH) if rng.random() < MARROW_CHANGE_SHARE else 0.0
+    params.fov = round(fov, 2)
+    params.fov_factor = round(factor, 4)
+    params.slices = int(np.clip(round(coverage), *WIDE_SLICE_RANGE))
+    params.view_shift_mm = [round(float(across[0]), 3), round(float(across[1]), 3), round(along, 3)]
+    params.bone_age_offset = round(offset, 3)
+    params.scar_mm = round(scar, 3)
+    params.fat_pad_scale = round(pads, 4)
+    params.marrow_change = round(change, 4)
+    return params
+
+
+def subject_matrix(protocol: Protocol, params: SubjectParams) -> int:
+    """The in-plane matrix of a subject's scan: the protocol's pixel over the subject's field
+    (at most :data:`MAX_MATRIX`)."""
+    return min(int(round(protocol.matrix * params.fov_factor)), MAX_MATRIX)

@@ -29,7 +29,7 @@ from jointseg.synth.softtissue import (
     smooth_min,
     vessels,
 )
-from jointseg.synth.subject import PROTOCOLS, Protocol, SubjectParams
+from jointseg.synth.subject import PROTOCOLS, Protocol, SubjectParams, subject_matrix
 
 SKIN_MM = 1.3
 #: Half-width (adult mm) of the knee's intercondylar notch, free of menisci.
@@ -71,11 +71,15 @@ def subject_geometry(
     protocol = protocol or PROTOCOLS[params.joint]
     spec = joint_spec(params.joint)
     centre_model = pose.body_position(spec.center_body) + np.asarray(protocol.center_offset)
-    centre = frame.to_child(centre_model) + np.asarray(params.center_jitter_mm)
+    centre = (
+        frame.to_child(centre_model)
+        + np.asarray(params.center_jitter_mm)
+        + np.asarray(params.view_shift_mm)
+    )
     normal = _scapular_normal(pose, frame) if protocol.plane.endswith("oblique") else None
     plane = plane_direction(protocol.plane, normal)
     direction = rotation_from_degrees(params.obliquity_deg) @ plane
-    matrix = max(32, int(round(protocol.matrix * scale)))
+    matrix = max(32, int(round(subject_matrix(protocol, params) * scale)))
     slices = max(8, int(round(params.slices * scale)))
     thickness = params.thickness * params.slices / slices
     return scan_geometry(
@@ -108,7 +112,7 @@ def build_phantom(
         frame,
         deformation,
         params.bone_scales,
-        params.age,
+        params.bone_age,
         params.sex,
         geometry,
         coarse,
@@ -140,7 +144,7 @@ def build_phantom(
         upsample(limb, fine),
         maps.d1,
         bellies,
-        [b.distance(nodes) for b in fat_pads(spec.region, pose, frame)],
+        [b.distance(nodes) for b in fat_pads(spec.region, pose, frame, params.fat_pad_scale)],
         [b.distance(nodes) for b in pockets],
         [(t.distance(nodes), kind) for t, kind in vessels(spec.region, pose, frame)],
         [b.distance(nodes) for b in lungs(spec.region, pose, frame)],
@@ -149,7 +153,9 @@ def build_phantom(
         texture,
     )
     fat_fraction = np.zeros(fine, np.float32)
-    bone_params = ph.BoneTissueParams.for_subject(params.age, params.scale, params.effusion_mm)
+    bone_params = ph.BoneTissueParams.for_subject(
+        params.bone_age, params.scale, params.effusion_mm, params.scar_mm
+    )
     off_midline = None
     if spec.menisci:
         # Medial-lateral distance (adult mm) from the knee's notch, less the notch half-width.
@@ -159,6 +165,8 @@ def build_phantom(
     label, bone = ph.bone_tissues(
         spec, maps, bone_params, tissue, fat_fraction, texture, off_midline
     )
+    if params.marrow_change > 0:
+        ph.marrow_changes(tissue, fat_fraction, params.marrow_change, params.texture_seed, sub)
     other = tissue != ph.MARROW
     fat_fraction[other] = ph.FAT_FRACTION[tissue[other]]
     # Muscle texture: streaks of intramuscular fat along the fibres (roughly the image rows).

@@ -86,10 +86,17 @@ def train_networks(
     devices: int = 1,
     progress: bool = True,
     callbacks: list[L.Callback] | None = None,
+    initial_weights: Path | None = None,
 ) -> TrainedRun:
     """Train every network of ``cfg.scheme`` into the run folder ``out``, index it (``run.json``)
-    and plot its curves."""
+    and plot its curves.
+
+    ``initial_weights``: the run folder whose networks of the same names start the training
+    (default: ``cfg.training.initial_weights`` as a path; the workflow resolves the word
+    ``pretrained``)."""
     data_dir, out = Path(data_dir), Path(out)
+    if initial_weights is None and cfg.training.initial_weights is not None:
+        initial_weights = Path(cfg.training.initial_weights)
     primary = is_global_zero()  # DDP workers re-enter here: only rank 0 writes shared files
     if primary and out.exists() and any(out.iterdir()) and not resume:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or another --out")
@@ -120,6 +127,7 @@ def train_networks(
             progress,
             callbacks,
             randomized,
+            initial_weights,
         )
     info = RunInfo(
         scheme=cfg.scheme,
@@ -164,6 +172,7 @@ def _train_plan(
     progress: bool,
     extra_callbacks: list[L.Callback] | None,
     randomized: dict[str, SliceCache] | None = None,
+    initial_weights: Path | None = None,
 ) -> None:
     L.seed_everything(cfg.training.seed, verbose=False)
     head_classes = (
@@ -172,7 +181,16 @@ def _train_plan(
         else [label_space.domains[label_space.domain_index(d)].num_classes for d in plan.domains]
     )
     net = build_model(cfg.model, head_classes, plan.domain_specific_bn)
-    if plan.init_from is not None:
+    if initial_weights is not None:
+        source = Path(initial_weights) / "models" / plan.name
+        if not _model_saved(source):
+            raise RunError(
+                f"{initial_weights}: no trained network {plan.name!r} (models/{plan.name}) to "
+                "start from; training.initial_weights needs a run of the same scheme"
+            )
+        load_weights(net, source)
+        logger.info("[train] %s: starts from the weights of %s", plan.name, source)
+    elif plan.init_from is not None:
         load_weights(net, out / "models" / plan.init_from, exclude=("heads.", "projectors."))
     randomized = randomized or {}
     splits = [

@@ -19,6 +19,7 @@ import torch
 
 from jointseg.config import ExperimentConfig, load_config
 from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
+from jointseg.inference.packaged import resolve_run
 from jointseg.models import load_model
 from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import Route
@@ -80,7 +81,11 @@ def train_run(
     """Train every network of ``cfg.scheme`` into ``out``, measure its domain recognition and
     decide its postprocessing; returns the run's index."""
     data_dir, out = Path(data_dir), Path(out)
-    trained = train_networks(cfg, data_dir, out, fold, splits, resume, devices, progress, callbacks)
+    initial = cfg.training.initial_weights
+    trained = train_networks(
+        cfg, data_dir, out, fold, splits, resume, devices, progress, callbacks,
+        resolve_run(initial) if initial is not None else None,
+    )  # fmt: skip
     if trained.primary:
         fit_run_recognition(out, trained, progress)
         fit_run_anatomy(out, trained, cfg)
