@@ -98,7 +98,7 @@ def predict(run: str, volume: Path, out: Path, domain: str) -> dict:
     try:
         result = predict_path(Path(run), volume, out, domain=domain, meshes=False, overwrite=True)
     except DomainRecognitionError as error:
-        return {"domain": None, "refused": str(error)}
+        return {"domain": None, "refused": str(error), "recognition": error.decision.to_dict()}
     return {"domain": result[0].domain, "confidence": result[0].confidence,
             "label_map": str(result[0].outputs[0])}  # fmt: skip
 

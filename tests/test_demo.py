@@ -34,7 +34,7 @@ def test_demo_runs_every_step(tmp_path: Path) -> None:
 
 
 def test_a_refused_scan_is_predicted_with_its_known_joint(monkeypatch, tmp_path: Path) -> None:
-    from jointseg.recognition.decision import DomainRecognitionError
+    from jointseg.recognition.decision import DomainRecognitionError, decide, refusal_message
     from jointseg.workflows import demo
 
     calls = []
@@ -42,7 +42,8 @@ def test_a_refused_scan_is_predicted_with_its_known_joint(monkeypatch, tmp_path:
     def predict_path(run, scan, out, domain):
         calls.append(domain)
         if domain == "auto":  # a single scan's refusal raises its own error
-            raise DomainRecognitionError(f"{scan}: the scan shows none of this run's joints")
+            refused = decide({"knee": 9.0, "shoulder": 12.0})
+            raise DomainRecognitionError(f"{scan}: {refusal_message(refused)}", refused)
 
     monkeypatch.setattr(demo, "predict_path", predict_path)
     demo.predict_known_joint(tmp_path / "run", tmp_path / "knee.nii.gz", tmp_path / "out", "knee")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +31,8 @@ from jointseg.recognition.features import (
     subsample_indices,
 )
 from jointseg.recognition.references import CONTENT_WEIGHT, DomainReference, ReferenceStats
+
+MESSAGE_BOUND = 200  # the most characters of a refusal's message
 
 CFG = ModelConfig(encoder="resnet18", width=0.25, decoder_channels=(32, 32, 16, 16, 16))
 
@@ -136,7 +141,9 @@ def test_recognition_picks_each_domain_and_refuses_noise(fitted_net):
     assert noise.domain is None
     assert noise.scores[0].distance > calibration.threshold
     message = refusal_message(noise)
-    assert "smooth" in message and "striped" in message and "--domain" in message
+    nearest = min(noise.scores, key=lambda s: s.refusal).name
+    assert f"(nearest: {nearest}, appearance distance" in message and "--domain" in message
+    assert "\n" not in message and len(message) < MESSAGE_BOUND
 
 
 def test_reference_distance_is_a_floored_mean_squared_z_score():
@@ -292,3 +299,37 @@ def test_calibration_round_trip(tmp_path):
 
 def test_error_type_is_a_value_error():
     assert issubclass(DomainRecognitionError, ValueError)
+
+
+def test_a_refusal_is_one_short_line_with_its_full_evidence_in_the_error():
+    """The message names the nearest candidate by refusal distance (not the ranking's first)
+    and how to override; the error carries the whole decision, as JSON-able data too."""
+    calibration = Calibration(threshold=2.4, temperature=1.0)
+    names = [f"joint_{i:02d}_with_a_long_name" for i in range(12)]
+    ranking = {name: 5.0 + i for i, name in enumerate(names)}
+    refusal = {name: 9.0 - 0.5 * i for i, name in enumerate(names)}
+    decision = decide(ranking, calibration, refusal, bounds=names[6:])
+    assert decision.domain is None
+    message = refusal_message(decision)
+    assert message == (
+        "refused: the scan fits none of this run's joints (nearest: joint_11_with_a_long_name, "
+        "appearance distance 3.5 > threshold 2.4); pass --domain NAME to segment it anyway"
+    )
+    assert len(message) < MESSAGE_BOUND
+    error = DomainRecognitionError(message, decision)
+    assert str(error) == message and error.decision is decision
+    again = pickle.loads(pickle.dumps(error))  # e.g. from a worker process
+    assert str(again) == message and again.decision == decision
+    evidence = decision.to_dict()
+    assert json.loads(json.dumps(evidence, allow_nan=False)) == evidence
+    assert list(evidence["candidates"]) == names  # every candidate, best first
+    assert evidence["domain"] is None and evidence["decided_by"] == "appearance"
+    assert evidence["refusal_threshold"] == 2.4
+    last = evidence["candidates"][names[-1]]
+    assert last == {
+        "distance": 16.0,
+        "refusal_distance": 3.5,
+        "distance_is_lower_bound": True,
+        "confidence": pytest.approx(decision.scores[-1].confidence, abs=1e-4),
+    }
+    assert len(decision.describe()) > MESSAGE_BOUND  # the evidence a person need not read

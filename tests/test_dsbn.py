@@ -170,3 +170,116 @@ def test_convert_seeds_every_domain_with_the_original() -> None:
 
 def _inner(net: nn.Module) -> set[nn.Module]:
     return {bn for m in net.modules() if isinstance(m, DomainBatchNorm2d) for bn in m.bns}
+
+
+# ------------------------------------------------------------------- test-time adaptation
+def _tiny_net(domain_specific_bn: bool) -> nn.Module:
+    """The prediction tests' tiny architecture, random, every BN layer with its own statistics."""
+    from jointseg.models import build_model
+    from tests.tiny_model import MODEL
+
+    torch.manual_seed(0)
+    net = build_model(MODEL, [3, 3] if domain_specific_bn else [3], domain_specific_bn)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2)
+                module.num_batches_tracked.fill_(11)
+    return net.eval()
+
+
+def _batch_statistics(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and unbiased variance of each batch, averaged over the batches."""
+    means = torch.stack([f.mean(dim=(0, 2, 3)) for f in features])
+    variances = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in features])
+    return means.mean(0), variances.mean(0)
+
+
+def _assert_same_net_state(net: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = net.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+def test_adapted_statistics_are_the_batches_and_only_the_domains() -> None:
+    from jointseg.models.dsbn import adapted_domain_statistics, domain_batchnorm_layers
+
+    net = _tiny_net(domain_specific_bn=True)
+    before = copy.deepcopy(net.state_dict())
+    generator = torch.Generator().manual_seed(3)
+    batches = [torch.randn(6, 1, 64, 64, generator=generator) * s + s for s in (1.0, 2.5)]
+    probe = torch.randn(2, 1, 64, 64, generator=generator)
+    with torch.no_grad():
+        plain = [net(probe, torch.full((2,), d)).logits[d] for d in (0, 1)]
+
+    def estimate() -> None:
+        for x in batches:
+            net(x, torch.full((len(x),), 1))
+
+    with adapted_domain_statistics(net, 1, estimate) as layers:
+        assert layers == domain_batchnorm_layers(net, 1)
+        assert len(layers) == sum(isinstance(m, DomainBatchNorm2d) for m in net.modules())
+        stem = net.encoder.bn1.bns[1]
+        assert stem is layers[0]
+        with torch.no_grad():
+            mean, var = _batch_statistics([net.encoder.conv1(x) for x in batches])
+        torch.testing.assert_close(stem.running_mean, mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stem.running_var, var, rtol=1e-5, atol=1e-5)
+        state = net.state_dict()
+        for key, value in before.items():
+            moved = not torch.equal(state[key], value)
+            assert moved == (".bns.1." in key and not key.endswith(("weight", "bias"))), key
+        assert not any(m.training for m in net.modules())  # the new statistics normalize
+        assert all(bn.momentum is None for bn in layers)
+        with torch.no_grad():
+            inside = [net(probe, torch.full((2,), d)).logits[d] for d in (0, 1)]
+        assert torch.equal(inside[0], plain[0])  # the other domain: as trained
+        assert not torch.allclose(inside[1], plain[1])
+    _assert_same_net_state(net, before)
+    assert all(bn.momentum == 0.1 for bn in layers)
+    with torch.no_grad():
+        assert torch.equal(net(probe, torch.full((2,), 1)).logits[1], plain[1])
+
+
+def test_adaptation_of_a_network_with_plain_batchnorm() -> None:
+    from jointseg.models.dsbn import adapted_domain_statistics
+
+    net = _tiny_net(domain_specific_bn=False)
+    before = copy.deepcopy(net.state_dict())
+    x = torch.randn(5, 1, 64, 64) * 3 - 1
+    with adapted_domain_statistics(net, 0, lambda: net(x)) as layers:
+        assert layers == [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        with torch.no_grad():
+            mean, var = _batch_statistics([net.encoder.conv1(x)])
+        torch.testing.assert_close(net.encoder.bn1.running_mean, mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net.encoder.bn1.running_var, var, rtol=1e-5, atol=1e-5)
+    _assert_same_net_state(net, before)
+
+
+def test_statistics_are_restored_after_an_error() -> None:
+    from jointseg.models.dsbn import adapted_domain_statistics
+
+    net = _tiny_net(domain_specific_bn=True).train()  # a network in training mode stays so
+    before = copy.deepcopy(net.state_dict())
+    x = torch.randn(4, 1, 64, 64)
+
+    def failing() -> None:
+        net(x, torch.zeros(4, dtype=torch.long))
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        with adapted_domain_statistics(net, 0, failing):
+            pass
+    with pytest.raises(KeyError):
+        with adapted_domain_statistics(net, 0, lambda: net(x, torch.zeros(4, dtype=torch.long))):
+            raise KeyError("inside")
+    _assert_same_net_state(net, before)
+    assert all(m.training for m in net.modules())
+    with pytest.raises(ValueError, match="out of range"):
+        with adapted_domain_statistics(net, 2, lambda: None):
+            pass
+    with pytest.raises(ValueError, match="no BatchNorm2d"):
+        with adapted_domain_statistics(nn.Conv2d(1, 1, 1), 0, lambda: None):
+            pass

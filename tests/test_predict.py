@@ -80,7 +80,9 @@ def test_recognition_refuses_noise(predictor):
 
     with pytest.raises(DomainRecognitionError, match="fits none") as refused:
         predictor.predict(noise_scan(), domain="auto")
-    assert "knee: distance" in str(refused.value) and "shoulder: distance" in str(refused.value)
+    message = str(refused.value)
+    assert "(nearest: " in message and "pass --domain NAME" in message and len(message) < 200
+    assert {s.name for s in refused.value.decision.scores} == set(DOMAINS)
     decision = predictor.recognize(noise_scan(1), refuse=False)
     assert decision.domain is None and len(decision.scores) == 2
 
@@ -162,6 +164,56 @@ def test_predict_folder_writes_every_output_and_reports_the_bad_scan(trained_run
         ("s7", "humerus"), ("s7", "scapula"),
     ]  # fmt: skip
     assert not [p for p in out.rglob(".*")]  # no temporary files left
+
+
+def test_a_refused_scan_gets_one_line_and_its_evidence_in_the_outputs_record(
+    trained_run, tmp_path, caplog
+):
+    import json
+    import logging
+
+    from typer.testing import CliRunner
+
+    from jointseg.cli import app
+    from jointseg.inference.predict import PredictionError, predict_path
+    from jointseg.recognition.decision import DomainRecognitionError
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sitk.WriteImage(noise_scan(4), str(scans / "noise.nii.gz"))
+    out = tmp_path / "out"
+    with (
+        caplog.at_level(logging.DEBUG, logger="jointseg"),
+        pytest.raises(DomainRecognitionError) as refused,
+    ):
+        predict_path(trained_run, scans / "noise.nii.gz", out, meshes=False)
+    message = str(refused.value)
+    assert message.startswith(f"{scans / 'noise.nii.gz'}: refused: the scan fits none")
+    assert "\n" not in message and "pass --domain NAME" in message
+    assert refused.value.decision.domain is None
+    assert refused.value.decision.describe() in caplog.text  # the full evidence: DEBUG
+    record = json.loads((out / "noise_outputs.json").read_text(encoding="utf-8"))
+    assert record["domain"] is None and record["outputs"] == []
+    assert record["refused"] == message.split(": ", 1)[1]
+    assert record["recognition"] == refused.value.decision.to_dict()
+    assert list(record["recognition"]["candidates"]) == [
+        s.name for s in refused.value.decision.scores
+    ]
+    assert set(record["recognition"]["candidates"]) == set(DOMAINS)
+    # A refusal's record is no complete case: a rerun tries the scan again, and so does a folder.
+    knee, _ = make_scan("knee", 5)
+    sitk.WriteImage(knee, str(scans / "k5.nii.gz"))
+    with pytest.raises(PredictionError, match=r"1 of 2 scans failed:\n  - .*noise.nii.gz: refused"):
+        predict_path(trained_run, scans, out, meshes=False)
+    assert json.loads((out / "noise_outputs.json").read_text(encoding="utf-8"))["refused"]
+    assert json.loads((out / "k5_outputs.json").read_text(encoding="utf-8"))["domain"] == "knee"
+    # The CLI shows the one line (and where the evidence is), not every candidate's scores.
+    result = CliRunner().invoke(
+        app, ["predict", str(trained_run), str(scans / "noise.nii.gz"), "--out", str(out)]
+    )
+    assert result.exit_code == 1
+    assert f"error: {message}" in result.output
+    assert "noise_outputs.json" in result.output and "confidence" not in result.output
 
 
 def test_dicom_folder_input_and_cli(trained_run, tmp_path):

@@ -140,8 +140,9 @@ def test_predict_pretrained_uses_the_packed_folder(
     # cannot tell its domains apart, so it refuses as any such run would
     auto = CliRunner().invoke(app, [*args, "--domain", "auto", "--overwrite"])
     assert auto.exit_code == 1, auto.output
-    assert "fits none of this run's domains; candidates: knee" in auto.output
-    assert "shoulder: distance" in auto.output
+    assert "refused: the scan fits none of this run's joints (nearest: " in auto.output
+    refusal = json.loads((out / "knee_outputs.json").read_text(encoding="utf-8"))
+    assert set(refusal["recognition"]["candidates"]) == {"knee", "shoulder"}
     assert sorted((str(p), p.stat().st_mtime_ns) for p in dest.rglob("*")) == before
 
 

@@ -3,9 +3,11 @@ predicted anatomy, and the anatomy rule through the predictor on the tiny fixtur
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
+from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 
@@ -17,7 +19,6 @@ from jointseg.data.labels import DomainLabels
 from jointseg.data.manifest import DatasetManifest, write_manifest
 from jointseg.data.preprocess import preprocess_case
 from jointseg.inference.predictor import Predictor
-from jointseg.inference.writer import anatomy_entry
 from jointseg.recognition.anatomy import (
     ANATOMY_FILE,
     LOG_VOLUME_FLOOR,
@@ -142,7 +143,7 @@ def test_a_correct_looking_anatomy_is_plausible(reference: AnatomyReference) -> 
         (np.zeros((12, 40, 40), np.uint8), "no structure found"),
         (np.where(two_bones(8) > 0, 1, 0).astype(np.uint8), "tibia absent"),  # one blob
         (two_bones(8, pieces=3), "tibia in 3 pieces"),
-        (two_bones(8, gap=30, shape=(12, 80, 40)), "femur-tibia position"),
+        (two_bones(8, gap=30, shape=(12, 80, 40)), "femur-tibia too far apart, position z"),
     ],
     ids=["empty", "single blob", "three pieces", "far apart"],
 )
@@ -158,7 +159,7 @@ def test_a_bone_ten_times_too_large_fails(reference: AnatomyReference) -> None:
     labels[0:40, 22:40, 0:40] = 2
     result = score(reference, labels)
     assert not result.plausible
-    assert any("femur volume z" in r for r in result.reasons)
+    assert any("femur too large, volume z" in r for r in result.reasons)
     z = (math.log(32.0) - reference.log_volume.mean[0]) / math.hypot(
         reference.log_volume.std[0], LOG_VOLUME_FLOOR
     )
@@ -196,7 +197,7 @@ def test_one_bone_cut_by_the_field_of_view_is_left_out() -> None:
     large = np.zeros((40, 80, 40), np.uint8)
     large[0:40, 0:30, 0:40], large[2:10, 40:48, 10:30] = 1, 2
     result = reference.score(measure_anatomy(large, STACK_SPACING, 3))
-    assert not result.plausible and any("femur volume z" in r for r in result.reasons)
+    assert not result.plausible and any("femur too large, volume z" in r for r in result.reasons)
     # a two-structure domain may miss none (test_implausible_anatomy_fails: "single blob")
 
 
@@ -231,10 +232,18 @@ def test_calibration_on_held_out_predictions(reference: AnatomyReference, tmp_pa
 
 
 def test_measurements_record_the_anatomy_check(reference: AnatomyReference) -> None:
-    assert anatomy_entry(None) == {}
-    entry = anatomy_entry(score(reference, two_bones(8, pieces=3)))
+    appearance = decide({"knee": 0.5, "shoulder": 3.0}, Calibration(threshold=1.0))
+    assert "anatomy_distance" not in appearance.to_dict()["candidates"]["knee"]  # none ran
+    pieces = score(reference, two_bones(8, pieces=3))
+    empty = score(reference, np.zeros((12, 40, 40), np.uint8))  # no structure: distance inf
+    checked = replace(appearance, domain=None, anatomy={"knee": pieces, "shoulder": empty})
+    evidence = checked.to_dict()
+    assert json.loads(json.dumps(evidence, allow_nan=False)) == evidence
+    assert evidence["decided_by"] == "anatomy"
+    entry = evidence["candidates"]["knee"]
     assert entry["anatomy_plausible"] is False
     assert "tibia in 3 pieces" in entry["anatomy_problems"]
+    assert evidence["candidates"]["shoulder"]["anatomy_distance"] is None
 
 
 def rule(appearance, scores: dict, reliable):
@@ -265,8 +274,13 @@ def test_the_anatomy_rule() -> None:
     assert decision.confidence == pytest.approx(knee / (knee + shoulder))
     refused = rule(appearance, {n: fails for n in every}, every)
     assert refused.domain is None
-    assert "none of this run's joints" in refusal_message(refused)
-    assert "femur absent" in refusal_message(refused)
+    assert refusal_message(refused) == (  # the first candidate the rule tried, its first problem
+        "refused: the scan fits none of this run's joints (nearest: ankle, predicted anatomy "
+        "implausible: femur absent); pass --domain NAME to segment it anyway"
+    )
+    long = AnatomyScore(90.0, False, ("femoral_cartilage-tibial_cartilage " * 4, "femur absent"))
+    message = refusal_message(rule(appearance, {n: long for n in every}, every))
+    assert len(message) < 200 and "femur absent" not in message and " ...);" in message
     tied = decide({"ankle": 2.0, "knee": 2.0}, calibration)
     closer = rule(tied, {"ankle": AnatomyScore(3.0, True), "knee": fits}, every)
     assert closer.domain == "knee"
@@ -376,7 +390,8 @@ def test_joint_scans_are_recognized_with_the_anatomy_rule(anatomy_predictor) -> 
 def test_non_joint_volumes_are_refused_by_anatomy(anatomy_predictor, make) -> None:
     with pytest.raises(DomainRecognitionError, match="none of this run's joints") as error:
         anatomy_predictor.recognize(make())
-    assert "implausible" in str(error.value)
+    assert "implausible" in str(error.value) and len(str(error.value)) < 200
+    assert error.value.decision.domain is None and error.value.decision.anatomy
 
 
 def test_runs_without_anatomy_statistics_decide_by_appearance(trained_run: Path, caplog) -> None:

@@ -329,6 +329,15 @@ def predict(
             "or bf16."
         ),
     ] = "auto",
+    adapt_bn: Annotated[
+        bool,
+        typer.Option(
+            help="Re-estimate the domain's batch-norm statistics on the scan itself before "
+            "segmenting it (AdaBN): meant for a scanner or protocol unlike the training data "
+            "(it lowered the shipped model's Dice: docs/predict.md). Slower by one extra pass; "
+            "the torch backend only.",
+        ),
+    ] = False,
 ) -> None:
     """Predict label maps, per-bone meshes, measurements and previews."""
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -355,6 +364,7 @@ def predict(
             backend=backend,
             onnx=onnx,
             precision=precision,
+            adapt_bn=adapt_bn,
         )
 
 

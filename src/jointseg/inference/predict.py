@@ -13,6 +13,7 @@ Per scan (``case`` = the file name without extension, or the DICOM folder's name
     OUT/<case>_seg.dcm, <case>.seg.nrrd   DICOM-SEG, 3D Slicer segmentation (``--format``;
                                      DICOM-SEG by default for a DICOM series: inference/formats.py)
     OUT/<case>_outputs.json          written last: the case's outputs, their sizes, the settings
+                                     (a refused scan: the refusal and every candidate's scores)
 
 Each scan goes through one pipeline: read and check (``load_scan``), the Predictor
 (preprocess once, recognize with ``--domain auto``, infer, restore), clean (the run's
@@ -23,7 +24,8 @@ A case's files are all computed before the first is written; if writing fails, t
 written so far are removed. Every file is written atomically. A case is complete when its
 ``_outputs.json`` exists, names the same scan and settings (run, domain, TTA, meshes) and every
 output it lists exists with its recorded size; a rerun skips complete cases unless
-``overwrite``.
+``overwrite``. A scan recognition refused gets a record without outputs, holding the refusal's
+evidence (:meth:`~jointseg.recognition.decision.DomainDecision.to_dict`); it is never complete.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from jointseg.inference.backends import load_backend
 from jointseg.inference.formats import case_formats, check_formats, run_algorithm, write_formats
 from jointseg.inference.packaged import resolve_run
 from jointseg.inference.postprocess import Postprocessing
-from jointseg.inference.predictor import InputError, Prediction, Predictor
+from jointseg.inference.predictor import InputError, Prediction, Predictor, check_adapt_bn
 from jointseg.inference.slices import load_scan
 from jointseg.inference.writer import (
     completed_outputs,
@@ -135,6 +137,7 @@ def predict_path(
     backend: str = "torch",  # or "onnxruntime": inference/backends.py
     onnx: Path | None = None,  # the ONNX export folder (default RUN/onnx)
     precision: str = "auto",  # auto | 32 | bf16: utils/compute.py (the torch backend)
+    adapt_bn: bool = False,  # BN statistics re-estimated per scan: Predictor (torch backend)
 ) -> list[CaseResult]:
     """Predict every scan of ``input`` into ``out``; see the module docstring for the outputs.
 
@@ -154,8 +157,9 @@ def predict_path(
     scans = find_scans(input)
     _check_unique_cases(scans)
     chosen = check_formats(formats, scans)
+    check_adapt_bn(adapt_bn, backend)
     predictor = Predictor.from_run(
-        run, device=device, batch_size=batch_size, tta=tta, precision=precision
+        run, device=device, batch_size=batch_size, tta=tta, precision=precision, adapt_bn=adapt_bn
     )
     predictor.backend = load_backend(backend, predictor, onnx, threads, device)
     algorithm = run_algorithm(predictor.run_dir, predictor.info)  # named in DICOM-SEG
@@ -170,6 +174,8 @@ def predict_path(
     settings |= {"formats": list(chosen) if chosen is not None else "default", "backend": backend}
     if backend == "torch":
         settings["precision"] = predictor.precision
+    if adapt_bn:
+        settings["adapt_bn"] = True
     if postprocessing is not None:
         settings["postprocessing"] = {d: postprocessing.describe(d) for d in postprocessing.steps}
     results: list[CaseResult] = []
@@ -205,8 +211,18 @@ def predict_path(
         except (KeyboardInterrupt, SystemExit, DiskFullError):
             raise  # a full disk fails every later scan too
         except Exception as error:  # reported per scan; the others go on
+            if isinstance(error, DomainRecognitionError):  # the full evidence, on disk
+                record = write_outputs_record(
+                    out, case, scan, settings, None, None, [], refusal=error
+                )
+                logger.info(
+                    "[predict] %s: every candidate's recognition scores in %s", case, record
+                )
             if len(scans) == 1:
-                if isinstance(error, (InputError, DomainRecognitionError)):
+                if isinstance(error, DomainRecognitionError):
+                    message = f"{scan}: {_reason(error, scan)}"
+                    raise DomainRecognitionError(message, error.decision) from None
+                if isinstance(error, InputError):
                     raise type(error)(f"{scan}: {_reason(error, scan)}") from None
                 raise
             result.error = _reason(error, scan)

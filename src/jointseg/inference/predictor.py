@@ -8,6 +8,9 @@ It composes the prediction stages and holds no algorithm of its own::
                         references and calibration; calibrated on its study when it has none;
                         with the run's anatomy statistics, every domain's head segments the
                         slices for the anatomy check)
+    adapt (adapt_bn)    models.dsbn.adapted_domain_statistics: the domain's BN statistics
+                        re-estimated on the scan's slices by one pass of the inferer (below),
+                        restored after the scan
     infer               models.inferer.WholeViewInferer.predict_volume: batches, context slices,
                         sliding windows beyond ``inference.max_in_plane``, TTA, float16
                         probabilities kept when restoration_fits (the memory policy)
@@ -21,6 +24,8 @@ channels).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +46,7 @@ from jointseg.inference.slices import (
     restore_prediction,
     torch_device,
 )
+from jointseg.models.dsbn import adapted_domain_statistics
 from jointseg.models.inferer import WholeViewInferer, flip_sets, restoration_fits
 from jointseg.models.network import Route
 from jointseg.recognition.calibration import CALIBRATION_FACTOR, Calibration
@@ -50,7 +56,7 @@ from jointseg.recognition.references import DomainReference
 from jointseg.runs import RunError, RunInfo, load_run_info
 from jointseg.utils.compute import resolve_precision, to_memory_format
 
-__all__ = ["InputError", "Prediction", "Predictor", "check_scan"]
+__all__ = ["InputError", "Prediction", "Predictor", "check_adapt_bn", "check_scan"]
 
 Scan = str | Path | sitk.Image
 
@@ -75,8 +81,23 @@ class Prediction:
     details: dict = field(default_factory=dict)
 
 
+def check_adapt_bn(adapt_bn: bool, backend: str) -> None:
+    """Raise ``ValueError`` when BN adaptation is asked of a backend other than torch (an
+    exported graph's batch-norm statistics are fixed)."""
+    if adapt_bn and backend != "torch":
+        raise ValueError(
+            f"BN adaptation (--adapt-bn) needs the torch backend; the {backend} backend runs "
+            "exported graphs whose batch-norm statistics are fixed"
+        )
+
+
 class Predictor:
-    """Segment scans with a trained run: ``Predictor.from_run(RUN).predict(scan, domain)``."""
+    """Segment scans with a trained run: ``Predictor.from_run(RUN).predict(scan, domain)``.
+
+    ``adapt_bn``: re-estimate the chosen domain's batch-norm statistics on each scan before
+    segmenting it (:meth:`adapted_to`; the torch backend only). Not thread-safe then: the
+    network's statistics change while a scan is predicted.
+    """
 
     def __init__(
         self,
@@ -90,6 +111,7 @@ class Predictor:
         calibration: Calibration | None = None,
         precision: str = "auto",
         channels_last: bool = True,
+        adapt_bn: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -100,6 +122,7 @@ class Predictor:
         self.device = device
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
+        self.adapt_bn = bool(adapt_bn)
         # the network's computing precision (resolved: "32", "bf16" or "16") and memory format
         self.precision = resolve_precision(precision, device)
         self.channels_last = bool(channels_last)
@@ -124,13 +147,15 @@ class Predictor:
         tta: bool = False,
         calibrate: bool = True,
         precision: str = "auto",
+        adapt_bn: bool = False,
     ) -> Predictor:
         """Load a run folder's config, index and every model it ships.
 
         With ``calibrate``, a run without ``domain_calibration.json`` whose study folder is
         reachable is calibrated on a few of its held-out cases (once; the file is stored).
         ``run`` may be the word ``pretrained``: the model the package ships. ``precision``:
-        auto, 32 or bf16 (:func:`~jointseg.utils.compute.resolve_precision`).
+        auto, 32 or bf16 (:func:`~jointseg.utils.compute.resolve_precision`). ``adapt_bn``: see
+        the class.
         """
         from jointseg.models import load_model
         from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE
@@ -158,7 +183,7 @@ class Predictor:
             networks[entry.name] = net.eval()
         predictor = cls(
             run, config, info, networks, where, batch_size, tta, precision=precision,
-            channels_last=config.training.channels_last,
+            channels_last=config.training.channels_last, adapt_bn=adapt_bn,
         )  # fmt: skip
         predictor.recognizer.load_run(run)
         if calibrate and not predictor.recognizer.calibrated:
@@ -188,7 +213,8 @@ class Predictor:
         """Segment one scan (a path to a file or DICOM folder, or an image).
 
         ``domain``: a domain name of the run, or ``"auto"`` to recognize it (refusing a scan
-        that fits none with :class:`DomainRecognitionError`).
+        that fits none with :class:`DomainRecognitionError`; recognition runs on the unadapted
+        network, also with ``adapt_bn``).
         """
         started = time.perf_counter()
         return self.predict_checked(load_scan(scan), domain, return_probabilities, started)
@@ -202,6 +228,7 @@ class Predictor:
     ) -> Prediction:
         """:meth:`predict` of an image :func:`load_scan` has read and checked."""
         started = time.perf_counter() if started is None else started
+        self.check_backend()
         case = self.preprocess(image)
         decision = None
         if domain == "auto":
@@ -215,11 +242,12 @@ class Predictor:
         smooth = return_probabilities or restoration_fits(
             image.GetSize(), inverse.slice_shape, classes
         )
-        labels, probabilities = self.inferer.predict_volume(
-            case.image, lambda x: self.backend(x, route), route.context_slices, self.batch_size,
-            self.device,
-            self.tta_flips() if self.tta else [()], keep_probabilities=smooth,
-        )  # fmt: skip
+        with self.adapted_to(case.image, route):
+            labels, probabilities = self.inferer.predict_volume(
+                case.image, lambda x: self.backend(x, route), route.context_slices,
+                self.batch_size, self.device,
+                self.tta_flips() if self.tta else [()], keep_probabilities=smooth,
+            )  # fmt: skip
         grid = labels.shape[1:]
         del case
         lut = self.info.domain(domain).labels().disk_values()
@@ -236,8 +264,27 @@ class Predictor:
             seconds=time.perf_counter() - started,
             details={"slices": int(labels.shape[0]), "grid": list(self.inferer.grid(*grid)),
                      "sliding_window": self.inferer.windowed(*grid), "tta": self.tta,
-                     "smooth_restore": probabilities is not None},
+                     "smooth_restore": probabilities is not None, "adapt_bn": self.adapt_bn},
         )  # fmt: skip
+
+    def check_backend(self) -> None:
+        """Refuse what the backend cannot do (:func:`check_adapt_bn`)."""
+        check_adapt_bn(self.adapt_bn, self.backend.name)
+
+    @contextmanager
+    def adapted_to(self, volume: np.ndarray, route: Route) -> Iterator[None]:
+        """With ``adapt_bn``: inside the block, ``route``'s BN statistics re-estimated on the
+        preprocessed slices ``volume`` [S, H, W] by one pass of the inferer as prediction runs
+        it (batches, context slices, padding, sliding windows; no TTA, the same precision),
+        restored after it. Without ``adapt_bn``: nothing."""
+        if not self.adapt_bn:
+            yield
+            return
+        self.check_backend()
+        with adapted_domain_statistics(
+            route.net, route.index, lambda: self.segment_slices(volume, route)
+        ):
+            yield
 
     def tta_flips(self) -> list[tuple[int, ...]]:
         """The flips TTA averages over: the in-plane axes training flipped, else both."""

@@ -28,7 +28,7 @@ from jointseg.inference.measurements import (
 from jointseg.inference.meshes import MESH_FORMATS, Geometry, label_meshes, write_mesh
 from jointseg.inference.predictor import Prediction
 from jointseg.inference.preview import render_preview
-from jointseg.recognition.anatomy import AnatomyScore
+from jointseg.recognition.decision import DomainRecognitionError
 from jointseg.utils.atomic import atomic_write_bytes, atomic_write_json
 
 MEASUREMENTS_CSV = "measurements.csv"
@@ -47,8 +47,12 @@ def write_outputs_record(
     domain: str | None,
     confidence: float | None,
     outputs: list[Path],
-) -> None:
-    """Write the case's ``_outputs.json``: scan, settings, domain and every output's size."""
+    refusal: DomainRecognitionError | None = None,
+) -> Path:
+    """Write the case's ``_outputs.json``: scan, settings, domain and every output's size. For a
+    scan recognition refused (``refusal``; no outputs): its one-line reason (``refused``) and
+    the decision's full evidence (``recognition``); such a record never marks the case
+    complete."""
     record = {
         "case": case,
         "source": str(scan.resolve()),
@@ -59,17 +63,24 @@ def write_outputs_record(
             {"path": p.relative_to(out).as_posix(), "bytes": p.stat().st_size} for p in outputs
         ],
     }
-    atomic_write_json(_outputs_record_path(out, case), record)
+    if refusal is not None:
+        record |= {"refused": str(refusal), "recognition": refusal.decision.to_dict()}
+    path = _outputs_record_path(out, case)
+    atomic_write_json(path, record)
+    return path
 
 
 def completed_outputs(
     out: Path, case: str, scan: Path, settings: dict
 ) -> tuple[str | None, float | None, list[Path]] | None:
     """(domain, confidence, outputs) of a case predicted completely with these settings, or
-    None (no record, other scan or settings, an output missing or of another size)."""
+    None (no record, a refusal's record, other scan or settings, an output missing or of another
+    size)."""
     try:
         record = json.loads(_outputs_record_path(out, case).read_text(encoding="utf-8"))
         if record["source"] != str(scan.resolve()) or record["settings"] != settings:
+            return None
+        if "refused" in record:
             return None
         outputs = []
         for item in record["outputs"]:
@@ -100,17 +111,9 @@ def write_case(
     document["seconds"] = round(prediction.seconds, 3)
     document["postprocessing"] = prediction.details.get("postprocessing")
     if prediction.decision is not None:
-        document["domain_scores"] = {
-            s.name: {
-                "distance": round(s.distance, 5),
-                "refusal_distance": round(s.refusal, 5),
-                "distance_is_lower_bound": not s.complete,
-                "confidence": round(s.confidence, 4),
-                **anatomy_entry(prediction.decision.anatomy.get(s.name)),
-            }
-            for s in prediction.decision.scores
-        }
-        document["refusal_threshold"] = round(prediction.decision.threshold, 5)
+        evidence = prediction.decision.to_dict()
+        document["domain_scores"] = evidence["candidates"]
+        document["refusal_threshold"] = evidence["refusal_threshold"]
     title = f"{case}: {prediction.domain}"
     if prediction.confidence is not None:
         title += f" (confidence {prediction.confidence:.2f})"
@@ -142,17 +145,6 @@ def write_case(
         raise
     _remove_stale_meshes(mesh_dir, written)
     return written
-
-
-def anatomy_entry(score: AnatomyScore | None) -> dict:
-    """A candidate's anatomy check in ``domain_scores`` (nothing when it did not run)."""
-    if score is None:
-        return {}
-    return {
-        "anatomy_distance": round(score.distance, 4),
-        "anatomy_plausible": score.plausible,
-        "anatomy_problems": list(score.reasons),
-    }
 
 
 def _safe(name: str) -> str:

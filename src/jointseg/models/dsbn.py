@@ -10,16 +10,26 @@ and the normalized parts concatenated.
 Domain ids travel explicitly: a layer's ``forward(x, domains)`` takes either a LongTensor [B]
 or a :class:`DomainRouting` computed once per network call (no global state, so it is safe
 under threads and DDP).
+
+:func:`adapted_domain_statistics` is test-time adaptation of one domain (AdaBN, Li et al. 2016):
+its BN running statistics re-estimated on unlabelled data, used, then restored.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+#: The buffers of a BatchNorm2d that hold its running statistics.
+STATISTICS_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclass(frozen=True)
@@ -188,3 +198,71 @@ def convert_to_domain_bn(module: nn.Module, num_domains: int) -> nn.Module:
         else:
             convert_to_domain_bn(child, num_domains)
     return module
+
+
+def domain_batchnorm_layers(net: nn.Module, domain: int) -> list[nn.BatchNorm2d]:
+    """The BatchNorm2d layers that normalize domain ``domain`` in ``net``, in module order: the
+    domain's layer of every :class:`DomainBatchNorm2d`, and every plain BatchNorm2d (shared by all
+    domains, as in a network without domain-specific BN)."""
+    layers: list[nn.BatchNorm2d] = []
+    owned: set[int] = set()  # the per-domain layers inside DomainBatchNorm2d modules
+    for module in net.modules():  # a parent comes before its children
+        if isinstance(module, DomainBatchNorm2d):
+            if not 0 <= domain < module.num_domains:
+                raise ValueError(f"domain {domain} out of range ({module.num_domains})")
+            layers.append(module.bns[domain])
+            owned.update(id(bn) for bn in module.bns)
+        elif isinstance(module, nn.BatchNorm2d) and id(module) not in owned:
+            layers.append(module)
+    return layers
+
+
+@contextmanager
+def adapted_domain_statistics(
+    net: nn.Module, domain: int, estimate: Callable[[], object]
+) -> Iterator[list[nn.BatchNorm2d]]:
+    """Domain ``domain``'s BN running statistics re-estimated by ``estimate()``, in use inside the
+    block and restored when it ends (AdaBN, Li et al. 2016); yields the domain's layers.
+
+    ``estimate()`` runs ``net`` forward over the data to adapt to, e.g. every slice of a scan in
+    batches, routed to ``domain``. Meanwhile the domain's BatchNorm2d layers
+    (:func:`domain_batchnorm_layers`) alone are in training mode with ``momentum=None``: each
+    layer's running mean and (unbiased) variance become the cumulative average of the statistics
+    of the batches it normalizes (every batch weighs the same). No gradients are taken; the
+    parameters and the other domains' layers stay as they are; a layer ``estimate`` does not
+    reach keeps its statistics. Inside the block the layers normalize with the new statistics
+    (evaluation mode). On leaving it, also on an error, every layer's statistics, momentum and
+    mode are restored: ``net.state_dict()`` is bit for bit as before. The network is changed
+    while the block runs, so it must not serve other calls meanwhile.
+    """
+    layers = domain_batchnorm_layers(net, domain)
+    if not layers:
+        raise ValueError("the network has no BatchNorm2d layer to adapt")
+    untracked = [bn for bn in layers if not bn.track_running_stats]
+    if untracked:
+        raise ValueError(f"{len(untracked)} BatchNorm2d layer(s) keep no running statistics")
+    saved = [
+        (bn.training, bn.momentum, [getattr(bn, name).clone() for name in STATISTICS_BUFFERS])
+        for bn in layers
+    ]
+    try:
+        for bn in layers:
+            bn.num_batches_tracked.zero_()  # momentum None: the first batch replaces the statistics
+            bn.momentum = None
+            bn.train()
+        with torch.no_grad():
+            estimate()
+        reached = sum(int(bn.num_batches_tracked) > 0 for bn in layers)
+        logger.debug("re-estimated the BN statistics of %d of %d layers", reached, len(layers))
+        for bn, (_, _, buffers) in zip(layers, saved, strict=True):
+            bn.eval()
+            if int(bn.num_batches_tracked) == 0:  # not reached: its statistics, untouched
+                bn.num_batches_tracked.copy_(buffers[2])
+        yield layers
+    finally:
+        with torch.no_grad():
+            for bn, (training, momentum, buffers) in zip(layers, saved, strict=True):
+                for name, value in zip(STATISTICS_BUFFERS, buffers, strict=True):
+                    getattr(bn, name).copy_(value)
+                bn.momentum = momentum
+                bn.train(training)

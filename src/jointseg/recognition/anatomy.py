@@ -72,6 +72,12 @@ LOG_VOLUME_FLOOR = math.log(1.5)
 SHARE_FLOOR = 0.05
 DISTANCE_FLOOR = 0.1
 _CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+# A z-score beyond the limit in plain words: (above, below) the training labels.
+_TOO = {
+    "volume": ("too large", "too small"),
+    "share": ("too large for the others", "too small for the others"),
+    "position": ("too far apart", "too close together"),
+}
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,8 @@ class FeatureStats:
 @dataclass(frozen=True)
 class AnatomyScore:
     """How plausible a prediction is as a domain's anatomy: ``distance`` (mean squared z),
-    ``plausible`` and, when not, ``reasons``."""
+    ``plausible`` and, when not, ``reasons`` (each problem in plain words, absent structures
+    first)."""
 
     distance: float
     plausible: bool
@@ -271,14 +278,15 @@ class AnatomyReference:
         reasons += [f"{names[i]} in {measure.components[i]} pieces" for i in np.flatnonzero(many)]
         scattered = (measure.stray > self.max_stray + STRAY_ALLOWANCE) & ~absent
         reasons += [
-            f"{names[i]} scattered ({measure.stray[i]:.0%} outside its largest piece)"
+            f"{names[i]} scattered, {measure.stray[i]:.0%} outside its largest piece"
             for i in np.flatnonzero(scattered)
         ]
         groups = self.z_scores(measure, ~absent)
         for group, (labels, z) in groups.items():
             for label, value in zip(labels, z, strict=True):
                 if abs(value) > self.z_limit:
-                    reasons.append(f"{label} {group} z = {value:+.1f}")
+                    too = _TOO[group][int(value < 0)]
+                    reasons.append(f"{label} {too}, {group} z = {value:+.1f}")
         z_all = np.concatenate([z for _, z in groups.values()])
         distance = float(np.mean(z_all**2)) if z_all.size else math.inf
         return AnatomyScore(distance, not reasons, tuple(reasons))

@@ -19,6 +19,7 @@ candidate complete; usually one or two heads run instead of all.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -39,9 +40,19 @@ from jointseg.recognition.features import (
 )
 from jointseg.recognition.references import DomainReference
 
+REASON_WIDTH = 60  # the most characters of the anatomy reason a refusal message shows
+
 
 class DomainRecognitionError(ValueError):
-    """No training domain fits the scan; the message lists the candidates and their scores."""
+    """No training domain fits the scan: a one-line message (:func:`refusal_message`); the full
+    evidence in ``decision`` (:meth:`DomainDecision.to_dict`, :meth:`DomainDecision.describe`)."""
+
+    def __init__(self, message: str, decision: DomainDecision) -> None:
+        super().__init__(message)
+        self.decision = decision
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.decision)
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,39 @@ class DomainDecision:
         if self.anatomy:
             return parts
         return f"{parts} (refusal threshold {self.threshold:.3g})"
+
+    def to_dict(self) -> dict:
+        """The decision as JSON-able data: the domain (None: refused), what decided, the
+        refusal threshold and every candidate's scores, best first (non-finite numbers: None)."""
+        return {
+            "domain": self.domain,
+            "confidence": _number(self.confidence, 4),
+            "decided_by": "anatomy" if self.anatomy else "appearance",
+            "refusal_threshold": _number(self.threshold, 5),
+            "candidates": {s.name: self.candidate_dict(s) for s in self.scores},
+        }
+
+    def candidate_dict(self, score: DomainScore) -> dict:
+        """One candidate's scores in :meth:`to_dict`, with its anatomy check when it ran."""
+        entry = {
+            "distance": _number(score.distance, 5),
+            "refusal_distance": _number(score.refusal, 5),
+            "distance_is_lower_bound": not score.complete,
+            "confidence": _number(score.confidence, 4),
+        }
+        check = self.anatomy.get(score.name)
+        if check is not None:
+            entry |= {
+                "anatomy_distance": _number(check.distance, 4),
+                "anatomy_plausible": check.plausible,
+                "anatomy_problems": list(check.reasons),
+            }
+        return entry
+
+
+def _number(value: float, digits: int) -> float | None:
+    """``value`` rounded for JSON; None when not finite (JSON has no infinity)."""
+    return round(float(value), digits) if math.isfinite(value) else None
 
 
 def candidate_distances(
@@ -225,17 +269,28 @@ def decide_by_anatomy(
 
 
 def refusal_message(decision: DomainDecision) -> str:
-    """The error text for a scan that fits no domain."""
-    if decision.anatomy:
-        return (
-            "the scan shows none of this run's joints: no domain's predicted anatomy is "
-            f"plausible; candidates: {decision.describe()}. Pass --domain NAME to segment it "
-            "anyway."
-        )
+    """One short line on a refused scan: the nearest candidate (:func:`nearest_candidate`), why it
+    was not accepted, and how to segment the scan anyway. The full evidence is the decision's
+    (:meth:`DomainDecision.to_dict`)."""
+    nearest = nearest_candidate(decision)
+    check = decision.anatomy.get(nearest.name)
+    if check is not None and not check.plausible and check.reasons:
+        reason = textwrap.shorten(check.reasons[0], REASON_WIDTH, placeholder=" ...")
+        why = f"predicted anatomy implausible: {reason}"
+    else:
+        why = f"appearance distance {nearest.refusal:.3g} > threshold {decision.threshold:.3g}"
     return (
-        "the scan fits none of this run's domains; candidates: "
-        f"{decision.describe()}. Pass --domain NAME to segment it anyway."
+        f"refused: the scan fits none of this run's joints (nearest: {nearest.name}, {why}); "
+        "pass --domain NAME to segment it anyway"
     )
+
+
+def nearest_candidate(decision: DomainDecision) -> DomainScore:
+    """The candidate a refusal names: the first in the ranking when the anatomy check decided
+    (the first the rule tried), else the one of smallest refusal distance."""
+    if decision.anatomy:
+        return decision.scores[0]
+    return min(decision.scores, key=lambda s: s.refusal)
 
 
 def break_ties(

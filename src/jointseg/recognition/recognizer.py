@@ -112,9 +112,10 @@ class DomainRecognizer:
         spacing: Sequence[float] | None = None,
     ) -> DomainDecision:
         """The decision on a preprocessed slice stack [S, H, W]; raises
-        :class:`DomainRecognitionError` when no domain fits (unless ``refuse`` is False, then
-        ``decision.domain`` is None). ``spacing``: the stack's voxel size (mm, along S, H, W),
-        which the anatomy rule needs (with :attr:`segment` and the run's statistics)."""
+        :class:`DomainRecognitionError` when no domain fits (its full evidence logged at DEBUG),
+        unless ``refuse`` is False (then ``decision.domain`` is None). ``spacing``: the stack's
+        voxel size (mm, along S, H, W), which the anatomy rule needs (with :attr:`segment` and
+        the run's statistics)."""
         anatomy = self.uses_anatomy and self.segment is not None and spacing is not None
         decision = recognize_domain(
             self.candidates(), volume, self.calibration, self.batch_size, complete=anatomy
@@ -127,7 +128,8 @@ class DomainRecognizer:
         else:
             decision = break_ties(decision, self.routes, volume, self.num_classes, self.device)
         if decision.domain is None and refuse:
-            raise DomainRecognitionError(refusal_message(decision))
+            logger.debug("domain recognition refused the scan: %s", decision.describe())
+            raise DomainRecognitionError(refusal_message(decision), decision)
         return decision
 
     def anatomy_score(
