@@ -50,28 +50,20 @@ def render(index: int, mode: str, scale: float = 1.0):
 
 
 def knee_scores(predicted: np.ndarray, truth: np.ndarray, structures: dict[str, int]) -> dict:
-    """Dice per bone (None when the bone is absent from both), femoral shaft sensitivity and
-    the patella predicted outside the true one (share of the true patella's volume)."""
-    from scipy import ndimage
+    """Dice per bone (None when the reference lacks it), the femoral shaft's sensitivity (the
+    upper half of the femur) and the patella predicted outside the patella grown by 2 voxels
+    (share of its volume): :mod:`jointseg.evaluation.regions`."""
+    from jointseg.data.dice import dice
+    from jointseg.evaluation.regions import far_part_sensitivity, outside_share
 
-    scores: dict[str, float | None] = {}
-    for name, value in structures.items():
-        a, b = predicted == value, truth == value
-        total = int(a.sum() + b.sum())
-        scores[name] = round(2.0 * float((a & b).sum()) / total, 4) if b.any() else None
-    femur = truth == structures["femur"]
-    rows = np.flatnonzero(femur.any(axis=(0, 2)))  # image rows run superior -> inferior
-    if rows.size:
-        upper = np.zeros_like(femur)
-        upper[:, : rows[0] + (rows[-1] - rows[0]) // 2] = True
-        shaft = femur & upper
-        hit = shaft & (predicted == structures["femur"])
-        scores["femur_shaft_sensitivity"] = round(float(hit.sum()) / max(int(shaft.sum()), 1), 4)
-    patella = truth == structures["patella"]
-    if patella.any():
-        grown = ndimage.binary_dilation(patella, iterations=2)
-        outside = (predicted == structures["patella"]) & ~grown
-        scores["patella_outside"] = round(float(outside.sum()) / float(patella.sum()), 4)
+    scores: dict[str, float | None] = {
+        name: round(dice(predicted == value, truth == value), 4) if (truth == value).any() else None
+        for name, value in structures.items()
+    }
+    shaft = far_part_sensitivity(predicted, truth, structures["femur"])
+    outside = outside_share(predicted, truth, structures["patella"])
+    scores["femur_shaft_sensitivity"] = None if shaft is None else round(shaft, 4)
+    scores["patella_outside"] = None if outside is None else round(outside, 4)
     return scores
 
 

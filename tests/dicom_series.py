@@ -29,9 +29,11 @@ def write_mr_series(
     positions: list[np.ndarray] | None = None,
     orientations: list[tuple[float, ...]] | None = None,
     shuffle: bool = True,
+    slice_thickness: float | str | None = SLICE_STEP,
 ) -> list[str]:
     """Write ``pixels`` [slices, rows, columns] as one MR file per slice; returns the SOP
-    Instance UIDs in slice order. Files are named in a shuffled order (readers must sort)."""
+    Instance UIDs in slice order. Files are named in a shuffled order (readers must sort).
+    ``slice_thickness`` None leaves Slice Thickness out, "" writes it empty (Type 2)."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
@@ -48,6 +50,10 @@ def write_mr_series(
         meta.MediaStorageSOPInstanceUID = uid
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = _mr_dataset(pixels[k], uid, positions[k], orientations[k], k)
+        if slice_thickness is None:
+            del ds.SliceThickness
+        else:
+            ds.SliceThickness = slice_thickness
         ds.file_meta = meta
         ds.save_as(folder / f"im{names[k]:03d}.dcm", enforce_file_format=True)
         uids.append(uid)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,8 @@ from jointseg.data.io import read_image, write_image
 from jointseg.inference.dicom_seg import Algorithm, DicomSegError, write_dicom_seg
 from tests.dicom_series import (
     FRAME_OF_REFERENCE_UID,
+    PIXEL_SPACING,
+    SLICE_STEP,
     STUDY_UID,
     phantom,
     slice_position,
@@ -142,3 +146,53 @@ def test_label_map_of_another_grid_is_refused(tmp_path: Path):
         write_dicom_seg(
             folder, labels + 9 * (labels == 2), STRUCTURES, ALGORITHM, tmp_path / "x.dcm"
         )
+
+
+def _labels_on(folder: Path) -> sitk.Image:
+    image = read_image(folder)
+    labels = sitk.GetImageFromArray(label_array(sitk.GetArrayViewFromImage(image).shape))
+    labels.CopyInformation(image)
+    return labels
+
+
+@pytest.mark.parametrize(
+    ("thickness", "expected"),
+    [(None, SLICE_STEP), ("", SLICE_STEP), (2.0, 2.0)],
+    ids=["absent", "empty", "recorded"],
+)
+def test_series_without_slice_thickness_gets_the_spacing_of_its_positions(
+    tmp_path: Path, thickness: float | str | None, expected: float
+):
+    import highdicom as hd
+
+    folder = tmp_path / "series"
+    uids = write_mr_series(folder, phantom(), slice_thickness=thickness)
+    labels = _labels_on(folder)
+    assert labels.GetSpacing()[2] == pytest.approx(SLICE_STEP)
+    seg = hd.seg.segread(write_dicom_seg(folder, labels, STRUCTURES, ALGORITHM, tmp_path / "s.dcm"))
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(expected)  # a recorded one is kept
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(SLICE_STEP)
+    assert [float(v) for v in measures.PixelSpacing] == pytest.approx(PIXEL_SPACING)
+    combined = seg.get_pixels_by_source_instance(uids, combine_segments=True)
+    truth = sitk.GetArrayFromImage(labels)
+    np.testing.assert_array_equal(combined > 0, truth > 0)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+@pytest.mark.parametrize("thickness", [SLICE_STEP, None], ids=["recorded", "absent"])
+def test_dciodvfy_finds_no_error_in_the_dicom_seg(tmp_path: Path, thickness: float | None):
+    folder = tmp_path / "series"
+    write_mr_series(folder, phantom(), slice_thickness=thickness)
+    path = write_dicom_seg(folder, _labels_on(folder), STRUCTURES, ALGORITHM, tmp_path / "s.dcm")
+    result = subprocess.run(
+        ["dciodvfy", str(path)],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=120,
+    )
+    report = result.stdout + result.stderr
+    assert "Segmentation" in report, report  # it recognized the IOD
+    errors = [line for line in report.splitlines() if line.startswith("Error")]
+    assert not errors, report

@@ -9,11 +9,14 @@ read it.
 
 The source series must be the one the label map was predicted from: every slice parallel, none
 missing (:func:`jointseg.data.io.verify_scan`), and each slice at a whole slice index of the
-label map's grid.
+label map's grid. Slice Thickness is a Type 2 attribute (present, possibly empty, or left out by
+some writers); where a source slice has none, the segmentation's is the slice spacing, measured
+between the Image Position (Patient) of consecutive slices: the label map's voxels are that thick.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,6 +106,47 @@ def source_slice_indices(datasets: Sequence, label_map: sitk.Image, folder: Path
     return indices
 
 
+def slice_spacing(datasets: Sequence, folder: Path) -> float:
+    """The distance (mm) between consecutive slices of a series, along the slices' normal, from
+    their Image Position (Patient); refuses a series of one slice."""
+    orientation = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    offsets = np.sort(
+        [float(normal @ [float(v) for v in ds.ImagePositionPatient]) for ds in datasets]
+    )
+    steps = np.diff(offsets)
+    if steps.size == 0 or steps.min() <= 0:
+        raise DicomSegError(
+            f"{folder}: no Slice Thickness, and the slices' positions give no spacing "
+            f"({len(datasets)} slice(s) along the normal)"
+        )
+    return round(float(np.median(steps)), 6)
+
+
+def with_slice_thickness(datasets: Sequence, folder: Path) -> list:
+    """``datasets``, those without a Slice Thickness (absent or empty) copied with the slice
+    spacing as their thickness (:func:`slice_spacing`); the others as they are."""
+    from pydicom.valuerep import DSfloat
+
+    missing = [ds.get("SliceThickness") in (None, "") for ds in datasets]
+    if not any(missing):
+        return list(datasets)
+    thickness = slice_spacing(datasets, folder)
+    logger.info(
+        "%s: no Slice Thickness; the DICOM-SEG's is the slice spacing, %g mm, from the slices' "
+        "positions",
+        folder,
+        thickness,
+    )
+    completed = []
+    for ds, absent in zip(datasets, missing, strict=True):
+        if absent:
+            ds = copy.deepcopy(ds)
+            ds.SliceThickness = DSfloat(thickness, auto_format=True)
+        completed.append(ds)
+    return completed
+
+
 def build_dicom_seg(
     datasets: Sequence,
     label_map: sitk.Image,
@@ -116,7 +160,7 @@ def build_dicom_seg(
 
     indices = source_slice_indices(datasets, label_map, folder)
     order = np.argsort(indices)
-    sources = [datasets[i] for i in order]
+    sources = with_slice_thickness([datasets[i] for i in order], folder)
     entries = label_entries(structures)
     lut = np.zeros(int(max([e.value for e in entries], default=0)) + 1, np.uint16)
     for number, entry in enumerate(entries, start=1):
@@ -206,6 +250,8 @@ __all__ = [
     "DicomSegError",
     "build_dicom_seg",
     "read_source_series",
+    "slice_spacing",
     "source_slice_indices",
+    "with_slice_thickness",
     "write_dicom_seg",
 ]

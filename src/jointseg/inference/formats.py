@@ -9,9 +9,11 @@ own format) and its label tables are always written::
     seg.nrrd    OUT/<case>.seg.nrrd     3D Slicer segmentation, named and coloured segments
 
 DICOM-SEG needs the source DICOM instances: asked for scans that are not DICOM series, it is
-written for the series among them, and refused when there is none. Asked for, a series that
-cannot carry one (no Frame of Reference, slices off the label map's grid) fails its scan;
-written by default, it is skipped with a warning.
+written for the series among them, and refused when there is none.
+
+A format that cannot be written (a series without Frame of Reference, say) costs no other
+output: the label map and the other formats are written, and the failure is returned with its
+reason, for the scan's ``_outputs.json`` (``format_errors``) and a warning.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from jointseg.inference.dicom_seg import Algorithm, DicomSegError, write_dicom_seg
+from jointseg.inference.dicom_seg import Algorithm, write_dicom_seg
 from jointseg.inference.onnx_manifest import run_identifier, weights_digests
 from jointseg.inference.predictor import Prediction
 from jointseg.inference.slicer_seg import write_slicer_segmentation
+from jointseg.inference.slices import InputError
 from jointseg.runs import RunInfo
+from jointseg.utils.atomic import is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -52,24 +56,16 @@ def check_formats(formats: Sequence[str] | None, scans: Sequence[Path]) -> tuple
     return tuple(dict.fromkeys(formats))
 
 
-@dataclass(frozen=True)
-class CaseFormat:
-    """A format to write for one scan; one that is not ``required`` (the DICOM series' default
-    DICOM-SEG) is skipped with a warning when the series cannot carry it."""
-
-    kind: str
-    required: bool = True
-
-
-def case_formats(formats: Sequence[str] | None, scan: Path) -> tuple[CaseFormat, ...]:
-    """The formats written beside one scan's label map."""
+def case_formats(formats: Sequence[str] | None, scan: Path) -> tuple[str, ...]:
+    """The formats written beside one scan's label map (None: the scan's default, DICOM-SEG
+    for a DICOM series)."""
     if formats is None:
-        return (CaseFormat("dicom-seg", required=False),) if scan.is_dir() else ()
+        return ("dicom-seg",) if scan.is_dir() else ()
     wanted = [f for f in formats if f != "nifti"]
     if "dicom-seg" in wanted and not scan.is_dir():
         logger.info("%s: not a DICOM series; no DICOM-SEG written for it", scan)
         wanted.remove("dicom-seg")
-    return tuple(CaseFormat(kind) for kind in wanted)
+    return tuple(wanted)
 
 
 def format_path(out: Path, case: str, kind: str) -> Path:
@@ -84,41 +80,52 @@ def run_algorithm(run_dir: Path, info: RunInfo) -> Algorithm:
 
 
 def write_formats(
-    formats: Sequence[CaseFormat],
+    formats: Sequence[str],
     scan: Path,
     prediction: Prediction,
     out: Path,
     case: str,
     algorithm: Algorithm,
-) -> list[Path]:
-    """Write the prediction's label map in each of ``formats``; returns the paths (none left
-    on failure)."""
-    label_map, structures = prediction.label_map, prediction.structures
+) -> tuple[list[Path], dict[str, str]]:
+    """Write the prediction's label map in each of ``formats``: the paths written, and each
+    format that could not be written with the reason (its file from an earlier prediction of
+    the case removed). A full disk or an interrupt removes every path written and is raised."""
     algorithm = replace(algorithm, domain=prediction.domain)
     written: list[Path] = []
+    errors: dict[str, str] = {}
     try:
-        for item in formats:
-            path = format_path(out, case, item.kind)
-            if item.kind == "dicom-seg":
-                try:
-                    written.append(write_dicom_seg(scan, label_map, structures, algorithm, path))
-                except DicomSegError as error:
-                    if item.required:
-                        raise
-                    logger.warning("%s; no DICOM-SEG written", error)
-            elif item.kind == "seg.nrrd":
-                written.append(write_slicer_segmentation(label_map, structures, path))
+        for kind in formats:
+            path = format_path(out, case, kind)
+            try:
+                written.append(_write_format(kind, scan, prediction, algorithm, path))
+            except Exception as error:
+                if is_disk_full(error):
+                    raise
+                if not isinstance(error, InputError):  # not a property of the scan: a defect
+                    logger.debug("%s: %s not written", case, kind, exc_info=True)
+                errors[kind] = str(error).strip() or type(error).__name__
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
     except BaseException:
         for path in written:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         raise
-    return written
+    return written, errors
+
+
+def _write_format(
+    kind: str, scan: Path, prediction: Prediction, algorithm: Algorithm, path: Path
+) -> Path:
+    if kind == "dicom-seg":
+        return write_dicom_seg(scan, prediction.label_map, prediction.structures, algorithm, path)
+    if kind == "seg.nrrd":
+        return write_slicer_segmentation(prediction.label_map, prediction.structures, path)
+    raise ValueError(f"unknown output format {kind!r}")
 
 
 __all__ = [
     "OUTPUT_FORMATS",
-    "CaseFormat",
     "case_formats",
     "check_formats",
     "format_path",

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from jointseg._version import __version__
 from jointseg.inference.meshes import Geometry, mask_to_mesh
 from jointseg.inference.postprocess import bounding_box, count_components
 from jointseg.utils.atomic import atomic_write_text
@@ -103,9 +104,10 @@ def measure_labels(
 def measurements_document(
     case: str, domain: str, confidence: float | None, items: list[StructureMeasurement]
 ) -> dict:
-    """The ``<case>_measurements.json`` content."""
+    """The ``<case>_measurements.json`` content (with the jointseg version that measured)."""
     return {
         "case": case,
+        "jointseg_version": __version__,
         "domain": domain,
         "domain_confidence": None if confidence is None else round(float(confidence), 4),
         "units": {"volume": "ml", "surface_area": "mm2", "extent": "mm", "centroid": "mm (LPS)"},

@@ -12,7 +12,8 @@ Per scan (``case`` = the file name without extension, or the DICOM folder's name
     OUT/measurements.csv             one row per case and structure, all cases
     OUT/<case>_seg.dcm, <case>.seg.nrrd   DICOM-SEG, 3D Slicer segmentation (``--format``;
                                      DICOM-SEG by default for a DICOM series: inference/formats.py)
-    OUT/<case>_outputs.json          written last: the case's outputs, their sizes, the settings
+    OUT/<case>_outputs.json          written last: the jointseg version, the case's outputs,
+                                     their sizes, the settings, the formats not written and why
                                      (a refused scan: the refusal and every candidate's scores)
 
 Each scan goes through one pipeline: read and check (``load_scan``), the Predictor
@@ -26,6 +27,12 @@ written so far are removed. Every file is written atomically. A case is complete
 output it lists exists with its recorded size; a rerun skips complete cases unless
 ``overwrite``. A scan recognition refused gets a record without outputs, holding the refusal's
 evidence (:meth:`~jointseg.recognition.decision.DomainDecision.to_dict`); it is never complete.
+
+An output format that cannot be written (a DICOM-SEG on a series without Frame of Reference,
+say) costs the scan nothing else: its label map and other outputs are written, the scan counts
+as predicted, and its line is a WARNING naming the format and why; ``format_errors`` in the
+``_outputs.json`` keeps the reason. Such a case is not complete while a format asked for with
+``--format`` is missing, so a rerun tries it again.
 """
 
 from __future__ import annotations
@@ -80,6 +87,7 @@ class CaseResult:
     outputs: list[Path] = field(default_factory=list)
     error: str | None = None
     skipped: bool = False
+    format_errors: dict[str, str] = field(default_factory=dict)  # format -> why not written
 
 
 def find_scans(path: str | Path) -> list[Path]:
@@ -196,7 +204,7 @@ def predict_path(
             prediction = predictor.predict_checked(image, domain)  # preprocess, infer, restore
             prediction = postprocess_prediction(postprocessing, prediction)  # clean
             result.domain, result.confidence = prediction.domain, prediction.confidence
-            extra = write_formats(  # the label map in other formats (--format)
+            extra, result.format_errors = write_formats(  # the label map in other formats
                 case_formats(chosen, scan), scan, prediction, out, case, algorithm
             )
             try:
@@ -206,7 +214,7 @@ def predict_path(
                 raise
             result.outputs = written + extra
             write_outputs_record(out, case, scan, settings, result.domain, result.confidence,
-                                 result.outputs)  # fmt: skip
+                                 result.outputs, format_errors=result.format_errors)  # fmt: skip
             fault_point("predict.case")
         except (KeyboardInterrupt, SystemExit, DiskFullError):
             raise  # a full disk fails every later scan too
@@ -228,7 +236,7 @@ def predict_path(
             result.error = _reason(error, scan)
             logger.warning(case_line(result))
         else:
-            logger.info(case_line(result))
+            logger.log(logging.WARNING if result.format_errors else logging.INFO, case_line(result))
         results.append(result)
     failed = [r for r in results if r.error]
     if failed:
@@ -239,13 +247,17 @@ def predict_path(
 
 
 def case_line(result: CaseResult) -> str:
-    """One line on what became of a scan: skipped, failed (why), or its domain and label map."""
+    """One line on what became of a scan: skipped, failed (why), or its domain and label map
+    (and each output format not written, with why)."""
     if result.skipped:
         return f"[predict] {result.case}: outputs complete, skipped (--overwrite redoes it)"
     if result.error:
         return f"[predict] {result.case}: FAILED - {result.error}"
     how = "" if result.confidence is None else f" (confidence {result.confidence:.2f})"
-    return f"[predict] {result.case}: {result.domain}{how} -> {result.outputs[0]}"
+    line = f"[predict] {result.case}: {result.domain}{how} -> {result.outputs[0]}"
+    for kind, reason in result.format_errors.items():
+        line += f"; {kind} not written: {reason}"
+    return line
 
 
 def postprocess_prediction(

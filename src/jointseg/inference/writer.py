@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from jointseg._version import __version__
 from jointseg.data.io import write_image
 from jointseg.inference.label_tables import label_entries, write_label_tables
 from jointseg.inference.measurements import (
@@ -48,13 +49,16 @@ def write_outputs_record(
     confidence: float | None,
     outputs: list[Path],
     refusal: DomainRecognitionError | None = None,
+    format_errors: dict[str, str] | None = None,
 ) -> Path:
-    """Write the case's ``_outputs.json``: scan, settings, domain and every output's size. For a
-    scan recognition refused (``refusal``; no outputs): its one-line reason (``refused``) and
-    the decision's full evidence (``recognition``); such a record never marks the case
-    complete."""
+    """Write the case's ``_outputs.json``: the jointseg version, scan, settings, domain and
+    every output's size; ``format_errors``: each output format that could not be written, with
+    the reason. For a scan recognition refused (``refusal``; no outputs): its one-line reason
+    (``refused``) and the decision's full evidence (``recognition``); such a record never marks
+    the case complete."""
     record = {
         "case": case,
+        "jointseg_version": __version__,
         "source": str(scan.resolve()),
         "settings": settings,
         "domain": domain,
@@ -63,6 +67,8 @@ def write_outputs_record(
             {"path": p.relative_to(out).as_posix(), "bytes": p.stat().st_size} for p in outputs
         ],
     }
+    if format_errors:
+        record["format_errors"] = dict(format_errors)
     if refusal is not None:
         record |= {"refused": str(refusal), "recognition": refusal.decision.to_dict()}
     path = _outputs_record_path(out, case)
@@ -75,12 +81,16 @@ def completed_outputs(
 ) -> tuple[str | None, float | None, list[Path]] | None:
     """(domain, confidence, outputs) of a case predicted completely with these settings, or
     None (no record, a refusal's record, other scan or settings, an output missing or of another
-    size)."""
+    size, a format asked for in ``settings["formats"]`` that could not be written; the DICOM
+    series' default DICOM-SEG is not asked for)."""
     try:
         record = json.loads(_outputs_record_path(out, case).read_text(encoding="utf-8"))
         if record["source"] != str(scan.resolve()) or record["settings"] != settings:
             return None
         if "refused" in record:
+            return None
+        asked = settings.get("formats")
+        if isinstance(asked, list) and set(record.get("format_errors", {})) & set(asked):
             return None
         outputs = []
         for item in record["outputs"]:
