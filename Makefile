@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 DEMO_OUT ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast test-kernels lint format bench pretrained clean
+.PHONY: install demo test test-fast test-kernels lint format cli-docs bench pretrained clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# docs/cli.md, generated from the command line itself (tests/test_cli_reference.py fails when
+# it is stale)
+cli-docs: $(STAMP)
+	$(BIN)/python -m jointseg.cli_reference
 
 bench: $(STAMP)
 	for b in preprocess synth model train predict compute; do $(BIN)/python benchmarks/$$b.py --quick; done

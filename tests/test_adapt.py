@@ -113,6 +113,25 @@ def adapted(source_run: Path, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+@pytest.fixture(scope="module")
+def packed_source(source_run: Path, tmp_path_factory) -> Path:
+    """The source run with anatomy statistics and a postprocessing decision, packed as the
+    package's model is (no study, no case lists): what ``pretrained`` names in the tests."""
+    import shutil
+
+    from jointseg.inference.postprocess import Postprocessing, StructureSteps
+    from jointseg.workflows.anatomy import fit_run_anatomy_from_study
+    from jointseg.workflows.pretrained import pack_run
+
+    root = tmp_path_factory.mktemp("packed")
+    run = shutil.copytree(source_run, root / "run")
+    fit_run_anatomy_from_study(run)
+    steps = {d: {n: StructureSteps("largest", True) for n in s} for d, s in DOMAINS.items()}
+    Postprocessing(steps).save(run)
+    training = {"config": "tiny", "command": "python -m pytest", "steps": 0, "data_seed": 0}
+    return pack_run(run, root / "pkg" / "model", training, make_scan("knee", 3)[0])
+
+
 # ------------------------------------------------------------------------------ fast unit tests
 def test_domain_name_from_folder() -> None:
     assert domain_name_of(Path("Dataset005_KneeT1")) == "knee_t1"
@@ -339,9 +358,119 @@ def test_cli_reports_a_refusal(trained_run_with_study, tmp_path) -> None:
     from jointseg.cli import app
 
     run, study = trained_run_with_study
-    args = ["adapt", str(run), "--data", str(study / "Dataset002_shoulder"), "--out"]
-    result = CliRunner().invoke(app, [*args, str(tmp_path / "out"), "--train", "norm+head"])
+    args = ["adapt", str(run), "--dataset", str(study / "Dataset002_shoulder"), "--out"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "out"), "--mode", "norm+head"])
     assert result.exit_code == 2
     assert "already the run's domain 'shoulder'" in result.output
-    result = CliRunner().invoke(app, [*args, str(tmp_path / "out"), "--train", "everything"])
-    assert result.exit_code == 2 and "unknown --train 'everything'" in result.output
+    assert "deprecated" not in result.output
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "out"), "--mode", "everything"])
+    assert result.exit_code == 2 and "unknown --mode 'everything'" in result.output
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "out"), "--device", "cuda:x"])
+    assert result.exit_code == 2 and "device 'cuda:x'" in result.output
+
+
+def test_cli_keeps_the_old_option_names_as_deprecated_aliases(
+    trained_run_with_study, tmp_path
+) -> None:
+    """``--data`` (now ``--dataset``) and ``--train`` (now ``--mode``) still work, with a
+    warning; the old and the new name together, or no dataset at all, are refused."""
+    from typer.testing import CliRunner
+
+    from jointseg.cli import app
+
+    run, study = trained_run_with_study
+    dataset = str(study / "Dataset002_shoulder")
+    out = ["--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, ["adapt", str(run), "--data", dataset, *out])
+    assert result.exit_code == 2, result.output
+    assert "adapt --data is deprecated; use --dataset" in result.output
+    assert "already the run's domain 'shoulder'" in result.output  # the alias reached adapt
+    args = ["adapt", str(run), "--dataset", dataset, *out, "--train", "everything"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "adapt --train is deprecated; use --mode" in result.output
+    assert "unknown --mode 'everything'" in result.output  # the alias's value reached adapt
+    result = CliRunner().invoke(app, [*args, "--mode", "all"])
+    assert result.exit_code == 2 and "give the mode once, as --mode" in result.output
+    result = CliRunner().invoke(app, ["adapt", str(run), "--data", dataset, "--dataset", dataset])
+    assert result.exit_code == 2, result.output
+    result = CliRunner().invoke(app, ["adapt", str(run), *out])
+    assert result.exit_code == 2 and "missing option '--dataset'" in result.output
+    assert not (tmp_path / "out").exists()
+    help_text = CliRunner().invoke(app, ["adapt", "--help"]).output
+    assert "--dataset" in help_text and "--mode" in help_text
+    assert "--train" not in help_text and "--data " not in help_text
+
+
+@pytest.mark.slow
+@pytest.mark.trains
+def test_adapt_pretrained_makes_a_complete_run(
+    packed_source: Path, source_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``jointseg adapt pretrained``: the packaged model is read, never written; the new run
+    recognizes every domain (references and anatomy statistics of the old domains kept, the new
+    one's added) and every command takes it, with the packaged model's datasets not at hand."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from jointseg.cli import app
+    from jointseg.inference.packaged import PRETRAINED_ENV
+    from jointseg.inference.postprocess import Postprocessing
+    from jointseg.inference.predictor import Predictor
+    from jointseg.recognition.anatomy import ANATOMY_FILE
+
+    monkeypatch.setenv(PRETRAINED_ENV, str(packed_source))
+    monkeypatch.chdir(tmp_path)
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in packed_source.rglob("*"))
+    study = tmp_path / "new_study"  # the new dataset alone
+    source = Path(load_run_info(source_run).data_dir) / "Dataset004_Elbow"
+    elbow = shutil.copytree(source, study / "Dataset004_Elbow")
+    out = tmp_path / "mine"
+    args = ["adapt", "pretrained", "--dataset", str(elbow), "--out", str(out), "--mode",
+            "norm+head", "--steps", str(STEPS), "--validation", "1", "--lr", "5e-3",
+            "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in packed_source.rglob("*")) == before
+
+    info = load_run_info(out)
+    assert [d.name for d in info.domains] == [*DOMAINS, "elbow"]
+    assert info.data_dir == str(study.resolve())
+    assert info.domain("elbow").folder == "Dataset004_Elbow"
+    record = json.loads((out / "adaptation.json").read_text(encoding="utf-8"))
+    assert record["source_run"] == str(packed_source.resolve()) and record["mode"] == "norm+head"
+    for name in ("domain_reference.json", ANATOMY_FILE):
+        old = json.loads((packed_source / name).read_text(encoding="utf-8"))["domains"]
+        new = json.loads((out / name).read_text(encoding="utf-8"))["domains"]
+        assert set(new) == {*DOMAINS, "elbow"}, name
+        assert all(new[d] == old[d] for d in DOMAINS), name
+    decision = Postprocessing.load(out)
+    assert decision is not None and set(decision.steps) == {*DOMAINS, "elbow"}
+
+    predictor = Predictor.from_run(out, batch_size=8)
+    assert predictor.recognizer.uses_anatomy  # statistics for every domain
+    for seed in NEW_TEST:
+        assert predictor.predict(elbow_scan(seed)[0], "auto").domain == "elbow"
+    for seed in TEST_SEEDS:
+        assert predictor.predict(make_scan("shoulder", seed)[0], "auto").domain == "shoulder"
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "domain 'knee' not evaluated" in result.output
+    summary = json.loads((out / "evaluation" / "summary.json").read_text(encoding="utf-8"))
+    assert {d for subset in summary["summary"].values() for d in subset} == {"elbow"}
+    result = runner.invoke(app, ["postprocess", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    kept = Postprocessing.load(out)
+    assert kept is not None and set(kept.steps) == {*DOMAINS, "elbow"}
+    assert kept.steps["knee"] == decision.steps["knee"]
+    result = runner.invoke(app, ["export", str(out)])
+    assert result.exit_code == 0, result.output
+    image = tmp_path / "elbow.nii.gz"
+    sitk.WriteImage(elbow_scan(NEW_TEST[0])[0], str(image))
+    result = runner.invoke(app, ["predict", str(out), str(image), "--out", "pred", "--no-meshes"])
+    assert result.exit_code == 0, result.output
+    outputs = json.loads((tmp_path / "pred" / "elbow_outputs.json").read_text(encoding="utf-8"))
+    assert outputs["domain"] == "elbow"

@@ -39,12 +39,12 @@ def test_a_refused_scan_is_predicted_with_its_known_joint(monkeypatch, tmp_path:
 
     calls = []
 
-    def predict_path(run, scan, out, domain):
-        calls.append(domain)
+    def predict_path(run, scan, out, domain, device):
+        calls.append((domain, device))
         if domain == "auto":  # a single scan's refusal raises its own error
             refused = decide({"knee": 9.0, "shoulder": 12.0})
             raise DomainRecognitionError(f"{scan}: {refusal_message(refused)}", refused)
 
     monkeypatch.setattr(demo, "predict_path", predict_path)
     demo.predict_known_joint(tmp_path / "run", tmp_path / "knee.nii.gz", tmp_path / "out", "knee")
-    assert calls == ["auto", "knee"]
+    assert calls == [("auto", "auto"), ("knee", "auto")]

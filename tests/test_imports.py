@@ -21,6 +21,7 @@ LAYERS = {
     "evaluation": 9,
     "workflows": 10,
     "cli": 11,
+    "cli_reference": 12,  # docs/cli.md generated from the typer app: above the command line
     "jointseg": 11,  # the package facade (its lazy ``Predictor``)
 }
 

@@ -211,3 +211,84 @@ def test_pack_carries_the_recognition_files_the_run_has(packed, tmp_path: Path) 
     dest = pack_run(run, tmp_path / "pkg" / "model", TRAINING, make_scan("knee", 3)[0])
     assert (dest / ANATOMY_FILE).read_text(encoding="utf-8") == text
     assert not (dest / "postprocessing.json").exists()  # the run has none
+
+
+# ------------------------------------------------------------- the word in every run command
+def _study(root: Path) -> Path:
+    """The packed run's two datasets, one labelled training and one test scan each."""
+    from tests.test_adapt import write_domain
+    from tests.tiny_model import DOMAINS
+
+    for i, (domain, structures) in enumerate(DOMAINS.items()):
+        scans = lambda seed, d=domain: make_scan(d, seed)  # noqa: E731
+        write_domain(root, f"Dataset00{i + 1}_{domain}", structures, scans, [1], [2])
+    return root
+
+
+def _files(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(p), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_every_writing_command_needs_out_for_pretrained(
+    packed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, dest = packed
+    monkeypatch.setenv(PRETRAINED_ENV, str(dest))
+    monkeypatch.chdir(tmp_path)
+    before = _files(dest)
+    study = _study(tmp_path / "study")
+    for command, what in (
+        (["evaluate", "pretrained", "--data", str(study)], "evaluation"),
+        (["postprocess", "pretrained", "--data", str(study)], "postprocessing decision"),
+        (["export", "pretrained"], "ONNX export"),
+    ):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "the packaged model" in result.output and "is read-only" in result.output
+        assert f"give --out FOLDER for the {what}" in result.output, result.output
+    assert _files(dest) == before
+
+
+def test_evaluate_export_postprocess_and_compare_take_pretrained(
+    packed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, dest = packed
+    monkeypatch.setenv(PRETRAINED_ENV, str(dest))
+    monkeypatch.chdir(tmp_path)
+    before = _files(dest)
+    study = _study(tmp_path / "study")
+    runner = CliRunner()
+
+    evaluation = tmp_path / "evaluation"
+    args = ["evaluate", "pretrained", "--data", str(study), "--out", str(evaluation)]
+    result = runner.invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    metrics = (evaluation / "metrics.csv").read_text(encoding="utf-8")
+    assert "knee" in metrics and "shoulder" in metrics
+    assert "# Evaluation: pretrained" in (evaluation / "report.md").read_text(encoding="utf-8")
+
+    result = runner.invoke(app, ["compare", "pretrained", "pretrained", "--out", "cmp"])
+    assert result.exit_code == 2, result.output
+    assert "the packaged model holds no evaluation" in result.output
+    assert "--out FOLDER` and compare FOLDER" in result.output
+    result = runner.invoke(app, ["compare", str(evaluation), str(evaluation), "--out", "cmp"])
+    assert result.exit_code == 0, result.output
+
+    result = runner.invoke(app, ["export", "pretrained", "--out", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    scan = tmp_path / "knee.nii.gz"
+    sitk.WriteImage(make_scan("knee", 5)[0], str(scan))
+    onnx_args = ["--backend", "onnxruntime", "--domain", "knee", "--no-meshes"]
+    result = runner.invoke(app, ["predict", "pretrained", str(scan), "--out", "pred", *onnx_args])
+    assert result.exit_code == 2 and "export pretrained --out DIR" in result.output
+    onnx_args += ["--onnx", str(tmp_path / "onnx")]
+    result = runner.invoke(app, ["predict", "pretrained", str(scan), "--out", "pred", *onnx_args])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pred" / "knee_seg.nii.gz").is_file()
+
+    # the packed run keeps no validation subjects to decide postprocessing on
+    args = ["postprocess", "pretrained", "--data", str(study), "--out", "pp", "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "pretrained: the run has no validation subjects" in result.output
+    assert _files(dest) == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -20,15 +20,34 @@ CONFIG_HELP = (
     "shipped one."
 )
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help=CONFIG_HELP)]
-DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Folder holding the dataset folders.")]
+DataOpt = Annotated[
+    Path, typer.Option("--data", "-d", help="Study folder: the folder holding the dataset folders.")
+]
+StudyOpt = Annotated[
+    Path | None, typer.Option("--data", "-d", help="Study folder (default: the run's).")
+]
 PostprocessOpt = typer.Option(
     "--postprocess/--no-postprocess", help="Apply the run's postprocessing.json, if it has one."
 )
+RUN_HELP = "Trained run folder, or 'pretrained': the model the package ships."
+RunArg = Annotated[Path, typer.Argument(help=RUN_HELP)]
+DEVICE_HELP = "Where the networks run: cpu, cuda, cuda:N, or auto (cuda when available)."
+DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
+
+logger = logging.getLogger(__name__)
 
 
-def _fail(error: BaseException | str, code: int = 2) -> None:
+def _fail(error: BaseException | str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=code)
+
+
+def _deprecated(old: str, new: str) -> None:
+    """Log that the option ``old`` is deprecated in favour of ``new`` (it still works)."""
+    from jointseg.workflows.console import configure_logging
+
+    configure_logging()
+    logger.warning("warning: %s is deprecated; use %s (the old name will be removed)", old, new)
 
 
 def _data_errors() -> tuple[type[Exception], ...]:
@@ -151,8 +170,11 @@ def train(
     fold: Annotated[int | None, typer.Option(help="Train on a fold of the splits file.")] = None,
     splits: Annotated[Path | None, typer.Option(help="Splits file (jointseg splits).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
-    devices: Annotated[int, typer.Option(help="Devices (GPUs, or CPU processes).")] = 1,
+    devices: Annotated[
+        int, typer.Option(help="Training processes (one GPU each, or CPU processes): DDP if > 1.")
+    ] = 1,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train one scheme into a run folder."""
     from jointseg.workflows.train import train_from_cli
@@ -168,17 +190,27 @@ def train(
         resume=resume,
         devices=devices,
         seed=seed,
+        device=device,
     )
 
 
 @app.command()
 def adapt(
-    run: Annotated[Path, typer.Argument(help="Trained multi-domain run folder.")],
-    data: Annotated[Path, typer.Option(help="The new dataset's folder (nnU-Net layout).")],
+    ctx: typer.Context,
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="Trained multi-domain run folder, or 'pretrained': the model the package ships."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The new run folder.")],
-    train: Annotated[str, typer.Option(help="head, norm+head or all (docs/adapt.md).")] = (
-        "norm+head"
-    ),
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="Required: the new dataset's folder (one dataset, nnU-Net layout)."),
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="What trains: head, norm+head or all (docs/adapt.md).")
+    ] = "norm+head",
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
     init: Annotated[str, typer.Option(help="New BN from the 'nearest' domain or 'pooled'.")] = (
         "nearest"
@@ -193,12 +225,28 @@ def adapt(
     statistics: Annotated[
         str, typer.Option(help="New BN statistics: 'fixed' (as started) or 'reestimated'.")
     ] = "fixed",
+    device: DeviceOpt = "auto",
+    data: Annotated[Path | None, typer.Option(hidden=True, help="Deprecated: --dataset.")] = None,
+    train: Annotated[str | None, typer.Option(hidden=True, help="Deprecated: --mode.")] = None,
 ) -> None:
     """Add a dataset (a new joint or site) as a new domain of a trained run."""
     from jointseg.workflows.adapt import adapt_run
 
-    _run(adapt_run, run, data, out, mode=train, steps=steps, init=init, name=name,
-         subjects=subjects, validation=validation, lr=lr, statistics=statistics)  # fmt: skip
+    if data is not None:
+        if dataset is not None:
+            _fail("give the dataset once, as --dataset (--data is its deprecated name)")
+        _deprecated("adapt --data", "--dataset")
+        dataset = data
+    if dataset is None:
+        _fail("missing option '--dataset': the new dataset's folder")
+    if train is not None:
+        if ctx.get_parameter_source("mode").name == "COMMANDLINE":
+            _fail("give the mode once, as --mode (--train is its deprecated name)")
+        _deprecated("adapt --train", "--mode")
+        mode = train
+    _run(adapt_run, run, dataset, out, mode=mode, steps=steps, init=init, name=name,
+         subjects=subjects, validation=validation, lr=lr, statistics=statistics,
+         device=device)  # fmt: skip
     typer.echo(f"adapted run: {out}")
 
 
@@ -207,11 +255,12 @@ def ablate(
     config: ConfigOpt,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of one run per scheme.")],
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train every scheme of the config's grid with identical data, folds and seeds."""
     from jointseg.workflows.train import ablate_from_cli
 
-    _run(ablate_from_cli, config, data, out)
+    _run(ablate_from_cli, config, data, out, device=device)
 
 
 @app.command()
@@ -237,50 +286,79 @@ def cv(
     out: Annotated[Path, typer.Option("--out", "-o", help="Cross-validation folder.")],
     scheme: Annotated[str | None, typer.Option(help="Override the config's scheme.")] = None,
     splits: Annotated[Path | None, typer.Option(help="Splits file.")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train every fold and predict each held-out subject in its original geometry."""
     from jointseg.workflows.cross_validation import run_cross_validation
 
-    _run(run_cross_validation, config, data, out, scheme=scheme, splits=splits)
+    _run(run_cross_validation, config, data, out, scheme=scheme, splits=splits, device=device)
 
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run folder or a cv folder.")],
-    data: Annotated[Path | None, typer.Option(help="Study folder (default: the run's).")] = None,
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="A run folder, a cv folder, or 'pretrained': the model the package ships."
+        ),
+    ],
+    data: StudyOpt = None,
     postprocess: Annotated[bool, PostprocessOpt] = True,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Evaluation folder (default RUN/evaluation; required for 'pretrained').",
+        ),
+    ] = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Score a run on data it has not trained on; write metrics, summary and report."""
     from jointseg.evaluation.evaluate import evaluate_run
 
-    path = _run(evaluate_run, run, data=data, postprocess=postprocess)
+    path = _run(evaluate_run, run, data=data, postprocess=postprocess, out=out, device=device)
     typer.echo(f"report: {path}")
 
 
 @app.command()
 def postprocess(
-    run: Annotated[Path, typer.Argument(help="Trained run folder.")],
-    data: Annotated[Path | None, typer.Option(help="Study folder (default: the run's).")] = None,
+    run: RunArg,
+    data: StudyOpt = None,
     share: Annotated[
         float | None,
         typer.Option(help="Keep components above this share of the largest (default: config)."),
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for postprocessing.json (default: the run folder; "
+            "required for 'pretrained').",
+        ),
+    ] = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Decide the run's postprocessing on its validation subjects (postprocessing.json)."""
     from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
+    from jointseg.inference.postprocess import POSTPROCESSING_FILE
 
     if share is not None and not 0 < share <= 1:
         _fail(f"--share must be in (0, 1], got {share}")
-    decision = _run(decide_postprocessing, run, data, share=share)
+    decision = _run(decide_postprocessing, run, data, share=share, out=out, device=device)
     if decision is None:
         _fail(f"{run}: the run has no validation subjects to decide postprocessing on", 1)
     typer.echo(decision_table(decision))
-    typer.echo(f"wrote {run / 'postprocessing.json'}")
+    typer.echo(f"wrote {(out or run) / POSTPROCESSING_FILE}")
 
 
 @app.command()
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Evaluated run folders.")],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(help="Evaluated run folders, or the folders `evaluate --out` wrote."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     reference: Annotated[str | None, typer.Option(help="Reference scheme.")] = None,
 ) -> None:
@@ -293,15 +371,12 @@ def compare(
 
 @app.command()
 def predict(
-    run: Annotated[
-        Path,
-        typer.Argument(help="Trained run folder, or 'pretrained': the model the package ships."),
-    ],
+    run: RunArg,
     input: Annotated[Path, typer.Argument(help="Scan file, DICOM folder, or folder of scans.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     domain: Annotated[str, typer.Option(help="Domain name, or 'auto'.")] = "auto",
     tta: Annotated[bool, typer.Option(help="Test-time flips (slower).")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     meshes: Annotated[bool, typer.Option(help="Write per-structure meshes.")] = True,
@@ -320,7 +395,10 @@ def predict(
         str, typer.Option(help="torch, or onnxruntime (`jointseg export` first).")
     ] = "torch",
     onnx: Annotated[
-        Path | None, typer.Option(help="ONNX export folder (default RUN/onnx).")
+        Path | None,
+        typer.Option(
+            help="ONNX export folder (default RUN/onnx; for 'pretrained': export's --out)."
+        ),
     ] = None,
     precision: Annotated[
         str,
@@ -370,9 +448,10 @@ def predict(
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="Trained run folder.")],
+    run: RunArg,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Folder (default RUN/onnx).")
+        Path | None,
+        typer.Option("--out", "-o", help="Folder (default RUN/onnx; required for 'pretrained')."),
     ] = None,
 ) -> None:
     """Export the run's networks to ONNX: one checked graph per domain, and a manifest."""
@@ -386,11 +465,12 @@ def export(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("demo"),
     config: ConfigOpt = Path("demo"),
+    device: DeviceOpt = "auto",
 ) -> None:
     """Synthesize, train, evaluate, compare and predict: the whole product, small, on the CPU."""
     from jointseg.workflows.demo import run_demo
 
-    _run(run_demo, out, config)
+    _run(run_demo, out, config, device=device)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ from jointseg.evaluation.evaluate import EVALUATION_DIR, METRICS_FILE
 from jointseg.evaluation.metrics import METRIC_LABELS, METRICS
 from jointseg.evaluation.report import format_value, markdown_table, plot_grouped_boxes
 from jointseg.evaluation.statistics import describe, holm, paired_test
+from jointseg.inference.packaged import is_packaged, resolve_run
 from jointseg.utils.atomic import atomic_path, atomic_write_text
 
 KEYS = ["dataset", "case", "subset"]
@@ -31,7 +32,17 @@ class UnpairedRunsError(ValueError):
 
 
 def load_evaluation(run: Path) -> pd.DataFrame:
-    """The ``metrics.csv`` of an evaluated run (run folder, its evaluation folder, or the CSV)."""
+    """The ``metrics.csv`` of an evaluated run (run folder, its evaluation folder, or the CSV).
+
+    The packaged model (the word ``pretrained``) holds none: its evaluation is the folder
+    ``jointseg evaluate pretrained --out FOLDER`` wrote.
+    """
+    folder = resolve_run(run)
+    if is_packaged(folder):
+        raise FileNotFoundError(
+            f"{run}: the packaged model holds no evaluation; run `jointseg evaluate {run} "
+            "--data STUDY --out FOLDER` and compare FOLDER"
+        )
     run = Path(run)
     for path in (run / EVALUATION_DIR / METRICS_FILE, run / METRICS_FILE, run):
         if path.is_file():

@@ -6,8 +6,9 @@
 - A folder of ``jointseg cv`` (``cv.json``): every subject's out-of-fold prediction (subset
   ``oof``).
 
-Writes ``RUN/evaluation/``: ``metrics.csv`` (one row per subject and structure),
-``summary.json``, ``report.md`` with its figures, and ``predictions/<domain>/<case>.nii.gz``.
+Writes ``RUN/evaluation/`` (or ``--out``; required for the packaged model, the word
+``pretrained``): ``metrics.csv`` (one row per subject and structure), ``summary.json``,
+``report.md`` with its figures, and ``predictions/<domain>/<case>.nii.gz``.
 A train run's predictions are postprocessed as its ``postprocessing.json`` says; the scores
 without postprocessing then also go to ``metrics_without_postprocessing.csv``.
 """
@@ -31,6 +32,7 @@ from jointseg.data.io import read_image, verify_scans, write_image
 from jointseg.data.manifest import Case, DatasetError, list_cases, load_manifest
 from jointseg.evaluation.metrics import METRICS, score_case
 from jointseg.evaluation.report import summarize, write_report
+from jointseg.inference.packaged import PRETRAINED, is_packaged, output_folder, resolve_run
 from jointseg.inference.postprocess import Postprocessing
 from jointseg.runs import RUN_INDEX, RunError, load_run_info
 from jointseg.utils.atomic import atomic_path, atomic_write_json
@@ -93,12 +95,23 @@ def _labelled(cases: Iterable[Case]) -> dict[str, Case]:
 
 
 def plan_train_run(run_dir: Path, data: Path | None = None) -> EvalPlan:
-    """Test cases and validation subjects of every dataset of a trained run."""
+    """Test cases and validation subjects of every dataset of a trained run.
+
+    A domain the run lists no training cases of while listing others' (the packaged model's
+    domains in a run ``jointseg adapt`` made of it) is left out, with a warning, when its
+    dataset folder is not in the study; any other missing dataset is an error.
+    """
     info = load_run_info(run_dir)
     data_dir = _resolve_data_dir(info.data_dir, data, run_dir)
     plan = EvalPlan(info.scheme, "run", data_dir, {})
     for entry in info.domains:
         dataset_dir = data_dir / entry.folder
+        foreign = bool(info.training_cases) and entry.name not in info.training_cases
+        if foreign and not dataset_dir.is_dir():
+            logger.warning("%s: domain %r not evaluated: its dataset %s is not at hand (the run "
+                           "was adapted from a run that did not record it)",
+                           run_dir, entry.name, dataset_dir)  # fmt: skip
+            continue
         load_manifest(dataset_dir)
         plan.structures[entry.name] = dict(entry.structures)
         for case in _labelled(list_cases(dataset_dir, "test")).values():
@@ -222,23 +235,29 @@ def config_tta(run_dir: Path) -> bool:
 
 
 def evaluate_run(
-    run_dir: Path,
+    run_dir: str | Path,
     data: Path | None = None,
     predictor: LabelPredictor | None = None,
     *,
     progress: bool = True,
     postprocess: bool = True,
+    out: str | Path | None = None,
+    device: str = "cpu",
 ) -> Path:
-    """Score a train run or a cv folder; write ``RUN/evaluation/``; return ``report.md``'s path.
+    """Score a train run or a cv folder; write ``out`` (default ``RUN/evaluation/``); return
+    ``report.md``'s path.
 
+    ``run_dir`` may be the word ``pretrained`` (the packaged model; ``out`` required).
     ``predictor`` (anything with ``predict(image, domain).label_map``) defaults to the run's
-    ``Predictor.from_run(run_dir)``, with test-time flips when the run's config sets
-    ``evaluation.tta``; a cv folder needs none. A train run's predictions are postprocessed as
-    its ``postprocessing.json`` says (none without the file, or with ``postprocess=False``);
+    ``Predictor.from_run(run_dir)`` on ``device``, with test-time flips when the run's config
+    sets ``evaluation.tta``; a cv folder needs none. A train run's predictions are postprocessed
+    as its ``postprocessing.json`` says (none without the file, or with ``postprocess=False``);
     the scores without postprocessing then go to ``metrics_without_postprocessing.csv`` and the
     report. Out-of-fold predictions of a cv folder are scored as they are.
     """
-    run_dir = Path(run_dir)
+    out_dir = output_folder(run_dir, out, EVALUATION_DIR, "evaluation")
+    title = PRETRAINED if str(run_dir) == PRETRAINED else Path(run_dir).name
+    run_dir = resolve_run(run_dir)
     plan = plan_evaluation(run_dir, data)
     if not plan.cases:
         raise DatasetError(
@@ -256,8 +275,9 @@ def evaluate_run(
     if predictor is None and any(c.prediction is None for c in plan.cases):
         from jointseg.inference.predictor import Predictor
 
-        predictor = Predictor.from_run(run_dir, tta=config_tta(run_dir))
-    out_dir = run_dir / EVALUATION_DIR
+        predictor = Predictor.from_run(
+            run_dir, device, tta=config_tta(run_dir), calibrate=not is_packaged(run_dir)
+        )
     frame, raw = score_plan(plan, out_dir, predictor, progress, postprocessing)
     with atomic_path(out_dir / METRICS_FILE) as tmp:
         frame.to_csv(tmp, index=False)
@@ -284,4 +304,4 @@ def evaluate_run(
         (c.domain, c.case_id): (c.image, c.label, prediction_path(out_dir, c.domain, c.case_id))
         for c in plan.cases
     }
-    return write_report(out_dir, frame, summary, run_dir.name, plan.structures, files)
+    return write_report(out_dir, frame, summary, title, plan.structures, files)

@@ -11,7 +11,10 @@ the structure's mean Dice over those subjects (a tie keeps it: the step cleans t
    would delete half of it;
 2. hole filling: scored on the label map after every structure's kept components step.
 
-The decision and the Dice measured with and without each step go to ``RUN/postprocessing.json``.
+The decision and the Dice measured with and without each step go to ``RUN/postprocessing.json``
+(or ``--out``: required for the packaged model, the word ``pretrained``). A domain without
+validation subjects keeps the decision the run's file holds for it (the packaged model's
+domains in a run ``jointseg adapt`` made of it).
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from tqdm import tqdm
 from jointseg.data.io import geometry_mismatches, read_image, verify_scans
 from jointseg.evaluation.evaluate import LabelPredictor, config_evaluation, plan_train_run
 from jointseg.evaluation.metrics import GeometryMismatchError, dice
+from jointseg.inference.packaged import output_folder, resolve_run
 from jointseg.inference.postprocess import (
     DEFAULT_SHARE,
+    POSTPROCESSING_FILE,
     ComponentRule,
     Postprocessing,
     StructureSteps,
@@ -113,17 +118,22 @@ def decide_postprocessing(
     predictor: LabelPredictor | None = None,
     share: float | None = None,
     progress: bool = True,
+    out: str | Path | None = None,
+    device: str = "cpu",
 ) -> Postprocessing | None:
     """Predict the run's validation subjects, decide each step per structure, and write
-    ``RUN/postprocessing.json``; returns the decision (None, nothing written, without any
-    validation subject).
+    ``postprocessing.json`` into ``out`` (default: the run folder); returns the decision (None,
+    nothing written, without any validation subject).
 
+    ``run_dir`` may be the word ``pretrained`` (the packaged model; ``out`` required).
     ``data``: the study folder (default: the run's); ``predictor`` (anything with
-    ``predict(image, domain).label_map``): default the run's Predictor, with test-time flips
-    when the config sets ``evaluation.tta``; ``share``: default the config's
-    ``evaluation.postprocess_share``.
+    ``predict(image, domain).label_map``): default the run's Predictor on ``device``, with
+    test-time flips when the config sets ``evaluation.tta``; ``share``: default the config's
+    ``evaluation.postprocess_share``. Domains without validation subjects keep the run's
+    earlier decision.
     """
-    run_dir = Path(run_dir)
+    target = output_folder(run_dir, out, "", "postprocessing decision")
+    run_dir = resolve_run(run_dir)
     plan = plan_train_run(run_dir, Path(data) if data else None)
     cases = [c for c in plan.cases if c.subset == "validation"]
     if not cases:
@@ -134,7 +144,7 @@ def decide_postprocessing(
         from jointseg.evaluation.evaluate import config_tta
         from jointseg.inference.predictor import Predictor
 
-        predictor = Predictor.from_run(run_dir, tta=config_tta(run_dir), calibrate=False)
+        predictor = Predictor.from_run(run_dir, device, tta=config_tta(run_dir), calibrate=False)
     pairs: dict[str, Pairs] = {}
     for case in tqdm(cases, desc="postprocessing", unit="case", disable=not progress):
         reference = read_image(case.label)
@@ -151,9 +161,29 @@ def decide_postprocessing(
     decision.cases = {}
     for case in cases:
         decision.cases.setdefault(case.domain, []).append(case.case_id)
-    path = decision.save(run_dir)
+    _keep_unmeasured(decision, run_dir)
+    path = decision.save(target)
     logger.info("%s: postprocessing decided on %d validation subjects", path, len(cases))
     return decision
+
+
+def _keep_unmeasured(decision: Postprocessing, run_dir: Path) -> None:
+    """Add the run's earlier decisions of the domains ``decision`` did not measure."""
+    if not (run_dir / POSTPROCESSING_FILE).is_file():
+        return
+    earlier = Postprocessing.load(run_dir)
+    if earlier is None:
+        return
+    kept = [d for d in earlier.steps if d not in decision.steps]
+    for domain in kept:
+        decision.steps[domain] = earlier.steps[domain]
+        if domain in earlier.measured:
+            decision.measured[domain] = earlier.measured[domain]
+        if domain in earlier.cases:
+            decision.cases[domain] = earlier.cases[domain]
+    if kept:
+        logger.info("%s: the earlier decisions of %s kept (no validation subjects here)",
+                    run_dir, ", ".join(kept))  # fmt: skip
 
 
 def decision_table(decision: Postprocessing) -> str:

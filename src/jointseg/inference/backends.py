@@ -21,7 +21,7 @@ from jointseg.inference.onnx_manifest import check_manifest, default_export_fold
 from jointseg.models.network import Route
 from jointseg.models.onnx_export import INPUT_NAME, OUTPUT_NAME
 from jointseg.runs import RunError, RunInfo
-from jointseg.utils.compute import as_memory_format, computing_in
+from jointseg.utils.compute import as_memory_format, computing_in, torch_device
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +136,16 @@ def load_backend(
     threads: int | None = None,
     device: str = "cpu",
 ) -> Backend:
-    """The backend called ``name`` for ``run``; ``folder``: the ONNX export (default RUN/onnx)."""
+    """The backend called ``name`` for ``run`` on ``device`` (``auto``: CUDA when available);
+    ``folder``: the ONNX export (default RUN/onnx)."""
+    where = torch_device(device)
     if name == "torch":
-        return TorchBackend(run.precision, device, run.channels_last)
+        return TorchBackend(run.precision, where, run.channels_last)
     if name == "onnxruntime":
         folder = Path(folder) if folder is not None else default_export_folder(run.run_dir)
-        return OnnxRuntimeBackend.load(folder, run.run_dir, run.info, run.routes, threads, device)
+        return OnnxRuntimeBackend.load(
+            folder, run.run_dir, run.info, run.routes, threads, str(where)
+        )
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 

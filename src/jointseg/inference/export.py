@@ -7,7 +7,8 @@
     OUT/onnx.json        written last: run, jointseg version, opset, the SHA-256 of each model's
                          weights, and per domain its file, classes, structures, context slices
 
-``OUT`` defaults to ``RUN/onnx``, where ``jointseg predict --backend onnxruntime`` looks. The
+``OUT`` defaults to ``RUN/onnx``, where ``jointseg predict --backend onnxruntime`` looks (for the
+packaged model, the word ``pretrained``, it is required, and predict takes it as ``--onnx``). The
 weights' digests tie the graphs to the run: a retrained run refuses a stale export.
 """
 
@@ -19,12 +20,13 @@ from pathlib import Path
 
 from jointseg._version import __version__
 from jointseg.inference.onnx_manifest import (
+    EXPORT_FOLDER,
     FORMAT,
     MANIFEST_FILE,
     VERSION,
-    default_export_folder,
     weights_digests,
 )
+from jointseg.inference.packaged import output_folder, resolve_run
 from jointseg.inference.predictor import Predictor
 from jointseg.models.network import context_slices
 from jointseg.models.onnx_export import (
@@ -40,10 +42,11 @@ logger = logging.getLogger(__name__)
 
 
 def export_run(run: str | Path, out: str | Path | None = None) -> Path:
-    """Export every domain of ``run`` to ``out`` (default ``RUN/onnx``); returns the manifest's
-    path. Each graph is checked with ``onnx.checker``."""
-    run = Path(run)
-    out = Path(out) if out is not None else default_export_folder(run)
+    """Export every domain of ``run`` to ``out`` (default ``RUN/onnx``; required for the word
+    ``pretrained``, the packaged model); returns the manifest's path. Each graph is checked with
+    ``onnx.checker``."""
+    out = output_folder(run, out, EXPORT_FOLDER, "ONNX export")
+    run = resolve_run(run)
     predictor = Predictor.from_run(run, calibrate=False)
     info = predictor.info
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # the export is incomplete until rewritten

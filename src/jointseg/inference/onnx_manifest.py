@@ -49,7 +49,8 @@ def read_manifest(folder: str | Path) -> dict:
     except FileNotFoundError:
         raise RunError(
             f"{folder}: no ONNX export here ({MANIFEST_FILE} missing); "
-            "run `jointseg export RUN` first"
+            "run `jointseg export RUN` first (the packaged model: `jointseg export pretrained "
+            "--out DIR`, then predict with --onnx DIR)"
         ) from None
     except (OSError, ValueError) as error:
         raise RunError(f"{path}: unreadable export manifest: {error}") from None

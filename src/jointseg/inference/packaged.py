@@ -2,9 +2,12 @@
 
 A packed run folder (written by :func:`jointseg.workflows.pretrained.pack_run`) lives as package
 data in ``jointseg/pretrained/model/``; the environment variable ``JOINTSEG_PRETRAINED`` names
-another folder instead (tests, a model packed elsewhere). ``jointseg predict pretrained SCAN``
-predicts with it like with any run folder. An installation whose package holds no packed model
-says so, with the command that trains and packs one.
+another folder instead (tests, a model packed elsewhere). Every command that takes a run folder
+takes the word (``jointseg predict pretrained SCAN``, ``evaluate``, ``postprocess``, ``export``,
+``adapt``): :func:`resolve_run` is the one place it is resolved. The packaged model is read,
+never written: a command that writes into its run folder needs ``--out`` for it
+(:func:`output_folder`). An installation whose package holds no packed model says so, with the
+command that trains and packs one.
 """
 
 from __future__ import annotations
@@ -58,12 +61,40 @@ def resolve_run(run: str | Path) -> Path:
     return folder
 
 
+def is_packaged(folder: str | Path) -> bool:
+    """Whether ``folder`` is the packaged model's folder (the package's own, or
+    ``$JOINTSEG_PRETRAINED``): read-only for every command."""
+    here = Path(folder).resolve()
+    package = Path(str(files("jointseg").joinpath(*PACKAGE_FOLDER))).resolve()
+    return here in (packaged_run_dir().resolve(), package)
+
+
+def output_folder(run: str | Path, out: str | Path | None, default: str, what: str) -> Path:
+    """Where a command writes ``what`` it makes of the run ``run`` (a folder or the word
+    ``pretrained``): ``out`` when given, else ``RUN/default`` (``default`` "": the run folder).
+
+    Raises :class:`~jointseg.runs.RunError`, naming ``--out``, for the packaged model without
+    ``out``: it lives inside the installed package, which no command writes into.
+    """
+    if out is not None:
+        return Path(out)
+    folder = resolve_run(run)
+    if is_packaged(folder):
+        raise RunError(
+            f"{run!s}: the packaged model ({folder}) is read-only: it ships inside the "
+            f"installed package; give --out FOLDER for the {what}"
+        )
+    return folder / default if default else folder
+
+
 __all__ = [
     "PRETRAINED",
     "PRETRAINED_ENV",
     "TRAIN_COMMAND",
     "PretrainedModelMissing",
     "has_packaged_model",
+    "is_packaged",
+    "output_folder",
     "packaged_run_dir",
     "resolve_run",
 ]

@@ -39,13 +39,7 @@ from jointseg.data.labels import LabelSpace
 from jointseg.data.preprocess import PreprocessedCase, preprocess_case
 from jointseg.inference.backends import Backend, TorchBackend  # the network call
 from jointseg.inference.packaged import resolve_run
-from jointseg.inference.slices import (
-    InputError,
-    check_scan,
-    load_scan,
-    restore_prediction,
-    torch_device,
-)
+from jointseg.inference.slices import InputError, check_scan, load_scan, restore_prediction
 from jointseg.models.dsbn import adapted_domain_statistics
 from jointseg.models.inferer import WholeViewInferer, flip_sets, restoration_fits
 from jointseg.models.network import Route
@@ -54,7 +48,7 @@ from jointseg.recognition.decision import Candidate, DomainDecision
 from jointseg.recognition.recognizer import DomainRecognizer
 from jointseg.recognition.references import DomainReference
 from jointseg.runs import RunError, RunInfo, load_run_info
-from jointseg.utils.compute import resolve_precision, to_memory_format
+from jointseg.utils.compute import resolve_precision, to_memory_format, torch_device
 
 __all__ = ["InputError", "Prediction", "Predictor", "check_adapt_bn", "check_scan"]
 

@@ -1,4 +1,4 @@
-"""Slice-level helpers of inference: input checks, devices, restoration onto the scan's grid."""
+"""Slice-level helpers of inference: input checks and restoration onto the scan's grid."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import SimpleITK as sitk
-import torch
 
 from jointseg.data.io import read_header, read_image
 from jointseg.data.preprocess import InverseInfo, restore_labels, restore_probabilities
@@ -66,16 +65,6 @@ def _check_shape(size: tuple[int, ...], components: int) -> None:
 def available_memory() -> int:
     """Bytes of memory available to a new allocation without swapping (psutil)."""
     return int(psutil.virtual_memory().available)
-
-
-def torch_device(name: str) -> torch.device:
-    """``name`` as a torch device, refusing CUDA where there is none."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {name!r}: {error}") from None
 
 
 def restore_class_probabilities(probabilities: np.ndarray, inverse: InverseInfo) -> sitk.Image:

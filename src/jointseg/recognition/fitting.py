@@ -80,16 +80,18 @@ def fit_anatomy(
     structures: Mapping[str, Sequence[str]],
     label_maps: Mapping[str, Sequence[tuple[np.ndarray, Sequence[float]]]],
     predictions: Mapping[str, Sequence[tuple[np.ndarray, Sequence[float]]]] | None = None,
+    kept: Mapping[str, AnatomyReference] | None = None,
 ) -> dict[str, AnatomyReference]:
     """Measure every domain's anatomy statistics on its training label maps, calibrate them on
-    its predictions of its held-out scans, and store them.
+    its predictions of its held-out scans, and store them with the ``kept`` references of
+    other domains (a run's old domains when one is added); returns all of them.
 
     ``structures[domain]``: its structure names in local class order; ``label_maps[domain]``
     and ``predictions[domain]``: (local label map [S, H, W], voxel size in mm along S, H, W).
     Label maps missing a structure are left out; nothing is written (and {} returned) when a
     domain has none left: recognition then decides by appearance alone.
     """
-    references = {}
+    references = dict(kept or {})
     for name, names in structures.items():
         measures = [measure_anatomy(np.asarray(m), s, len(names)) for m, s in label_maps[name]]
         complete = [m for m in measures if (m.volume_ml > 0).all()]

@@ -51,6 +51,7 @@ from jointseg.training.checkpoint_io import AtomicCheckpointIO
 from jointseg.training.datamodule import DomainSplit, PlanDataModule
 from jointseg.training.module import SegmentationModule, lr_lambda
 from jointseg.training.schemes import ModelPlan
+from jointseg.utils.compute import AUTO_DEVICE, lightning_placement, torch_device
 
 logger = logging.getLogger(__name__)
 
@@ -285,11 +286,14 @@ def train_new_domain(
     work_dir: Path,
     progress: bool = False,
     statistics: str = DEFAULT_STATISTICS,
+    device: str = AUTO_DEVICE,
 ) -> AdaptationResult:
     """Train the last domain of ``net`` (``domains[-1]``, data in ``split``) for ``steps``
     optimizer steps; ``work_dir`` takes the checkpoints and CSV logs; ``statistics``: the new
-    BN's running statistics ``fixed`` or ``reestimated``. With validation subjects
-    the weights of the best validation Dice are returned, else the last ones."""
+    BN's running statistics ``fixed`` or ``reestimated``; ``device``: where it trains (``auto``:
+    CUDA when available). With validation subjects the weights of the best validation Dice are
+    returned, else the last ones."""
+    where = torch_device(device)
     cfg = adaptation_config(cfg, steps)
     L.seed_everything(cfg.training.seed, verbose=False)
     new_index = len(domains) - 1
@@ -312,9 +316,8 @@ def train_new_domain(
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, cfg.training.iterations_per_epoch // 2)),
         gradient_clip_val=cfg.training.gradient_clip,
-        accelerator="gpu" if torch.cuda.is_available() else "cpu",
-        devices=1,
-        deterministic=not torch.cuda.is_available(),
+        **lightning_placement(where),
+        deterministic=where.type == "cpu",
         use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
         callbacks=[checkpoint],

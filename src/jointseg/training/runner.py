@@ -35,7 +35,14 @@ from jointseg.training.resume import (
     clean_run_folder,
 )
 from jointseg.training.schemes import ModelPlan, deliverable_plans, plan_epochs, plan_scheme
-from jointseg.utils.compute import LIGHTNING_PRECISION, describe, resolve_precision
+from jointseg.utils.compute import (
+    AUTO_DEVICE,
+    LIGHTNING_PRECISION,
+    describe,
+    lightning_placement,
+    resolve_precision,
+    torch_device,
+)
 from jointseg.utils.distributed import is_global_zero
 
 logger = logging.getLogger(__name__)
@@ -87,14 +94,18 @@ def train_networks(
     progress: bool = True,
     callbacks: list[L.Callback] | None = None,
     initial_weights: Path | None = None,
+    device: str = AUTO_DEVICE,
 ) -> TrainedRun:
     """Train every network of ``cfg.scheme`` into the run folder ``out``, index it (``run.json``)
     and plot its curves.
 
     ``initial_weights``: the run folder whose networks of the same names start the training
     (default: ``cfg.training.initial_weights`` as a path; the workflow resolves the word
-    ``pretrained``)."""
+    ``pretrained``). ``device``: where the networks train (``auto``: CUDA when available);
+    ``devices``: in how many processes."""
     data_dir, out = Path(data_dir), Path(out)
+    where = torch_device(device)
+    lightning_placement(where, devices)  # a device Lightning cannot use: refused before any work
     if initial_weights is None and cfg.training.initial_weights is not None:
         initial_weights = Path(cfg.training.initial_weights)
     primary = is_global_zero()  # DDP workers re-enter here: only rank 0 writes shared files
@@ -128,6 +139,7 @@ def train_networks(
             callbacks,
             randomized,
             initial_weights,
+            where,
         )
     info = RunInfo(
         scheme=cfg.scheme,
@@ -173,7 +185,9 @@ def _train_plan(
     extra_callbacks: list[L.Callback] | None,
     randomized: dict[str, SliceCache] | None = None,
     initial_weights: Path | None = None,
+    device: torch.device | None = None,
 ) -> None:
+    device = device or torch_device(AUTO_DEVICE)
     L.seed_everything(cfg.training.seed, verbose=False)
     head_classes = (
         [label_space.num_classes]
@@ -216,7 +230,6 @@ def _train_plan(
         discriminator=discriminator,
     )
     datamodule = PlanDataModule(cfg, splits, plan.contrastive)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(cfg.training.precision, device)
     logger.info(
         "[train] %s: precision %s, %s memory format",
@@ -249,8 +262,8 @@ def _train_plan(
         log_every_n_steps=max(1, min(50, cfg.training.iterations(len(plan.domains)) // 2)),
         gradient_clip_val=cfg.training.gradient_clip,
         precision=LIGHTNING_PRECISION[precision],
-        **_device_arguments(devices),
-        deterministic=not torch.cuda.is_available(),
+        **_device_arguments(devices, device),
+        deterministic=device.type == "cpu",
         use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
         callbacks=[
@@ -401,12 +414,11 @@ class PlateauStop(EarlyStopping):
         self.gains = int(state_dict.get("gains", 0))
 
 
-def _device_arguments(devices: int) -> dict:
+def _device_arguments(devices: int, device: torch.device) -> dict:
     """Trainer placement. Multi-process runs use DDP with unused-parameter detection: the BN
     parameters and heads of domains absent from a rank's batch get no gradient there."""
-    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     strategy = "ddp_find_unused_parameters_true" if devices > 1 else "auto"
-    return {"accelerator": accelerator, "devices": devices, "strategy": strategy}
+    return {**lightning_placement(device, devices), "strategy": strategy}
 
 
 def _export(

@@ -73,6 +73,40 @@ def cpu_computes_bf16() -> bool:
     return isa not in _ISAS_WITHOUT_BF16
 
 
+AUTO_DEVICE = "auto"  # CUDA when this machine has it, else the CPU
+
+
+def torch_device(name: str) -> torch.device:
+    """``name`` (``cpu``, ``cuda``, ``cuda:N``, ... or ``auto``: CUDA when available, else the
+    CPU) as a torch device, refusing CUDA where there is none."""
+    if name == AUTO_DEVICE:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {name!r}: {error}") from None
+
+
+LIGHTNING_ACCELERATORS = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}  # torch -> Lightning
+
+
+def lightning_placement(device: torch.device, devices: int = 1) -> dict:
+    """Lightning's ``accelerator`` and ``devices`` for ``device``, in ``devices`` processes
+    (``cuda:N``: GPU N alone)."""
+    accelerator = LIGHTNING_ACCELERATORS.get(device.type)
+    if accelerator is None:
+        raise ValueError(f"cannot train on device {str(device)!r}; use --device cpu or cuda")
+    if device.index is None:
+        return {"accelerator": accelerator, "devices": devices}
+    if devices != 1:
+        raise ValueError(
+            f"--device {device} names one GPU; with --devices {devices} give --device cuda"
+        )
+    return {"accelerator": accelerator, "devices": [device.index]}
+
+
 def device_type(device: str | torch.device) -> str:
     """ "cpu" or "cuda" (the type of ``device``: "cuda:1" -> "cuda")."""
     return torch.device(device).type

@@ -1,13 +1,18 @@
 """``jointseg adapt``: a trained multi-domain run plus one new dataset to a new, complete run.
 
+The run may be the word ``pretrained``: the packaged model (read only; the new run goes to
+``--out`` as always).
+
 The new dataset (a new joint, or a new site of a known joint) becomes one more domain of the
 run's network (:mod:`jointseg.training.adaptation`, docs/adapt.md): its BN starts from the
 nearest existing domain's, by the run's recognition distances (or from the pool of all domains),
 its head rows of structures that domain shares start from that domain's head. The new run folder
 holds what ``predict``, ``evaluate`` and ``compare`` read: config.yaml and run.json with the new
-domain appended, the adapted model, the old recognition references with the new domain's added,
-the postprocessing decision (the new domain's decided on its validation subjects, when it has
-some) and ``adaptation.json`` (what was done, from what, in how long).
+domain appended, the adapted model, the old recognition references and anatomy statistics with
+the new domain's added, the postprocessing decision (the new domain's decided on its validation
+subjects, when it has some) and ``adaptation.json`` (what was done, from what, in how long). A
+run that records no study (the packaged model) gives the new run the new dataset's parent
+folder as its study.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from jointseg.config import DatasetConfig, ExperimentConfig, load_config, save_config
 from jointseg.data.cache import SliceCache, build_slice_cache, preprocess_study
@@ -28,12 +34,15 @@ from jointseg.data.io import read_image
 from jointseg.data.labels import DomainLabels, LabelSpace
 from jointseg.data.manifest import list_cases, load_manifest
 from jointseg.evaluation.postprocessing import decide_steps, run_share
+from jointseg.inference.packaged import resolve_run
 from jointseg.inference.postprocess import Postprocessing
 from jointseg.models import load_model
+from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import Route
+from jointseg.recognition.anatomy import ANATOMY_FILE, load_anatomy
 from jointseg.recognition.decision import Candidate
 from jointseg.recognition.extension import extend_recognition, nearest_domain
-from jointseg.recognition.fitting import fit_recognition
+from jointseg.recognition.fitting import fit_anatomy, fit_recognition, segment_whole_view
 from jointseg.recognition.references import load_references
 from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, load_run_info, save_run_info
 from jointseg.training.adaptation import (
@@ -52,6 +61,7 @@ from jointseg.training.adaptation import (
 )
 from jointseg.training.datamodule import DomainSplit
 from jointseg.utils.atomic import atomic_write_json
+from jointseg.utils.compute import AUTO_DEVICE, torch_device
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +116,12 @@ def check_new_dataset(info: RunInfo, dataset: Path, name: str, structures: dict[
         raise AdaptationError(f"{where} dataset.json labels no structure")
 
 
+def study_of(info: RunInfo, dataset: Path) -> str:
+    """The new run's study folder: the run's, else (the packaged model records none) the new
+    dataset's parent folder."""
+    return info.data_dir or str(dataset.resolve().parent)
+
+
 def _relative_folder(dataset: Path, data_dir: str | None) -> str:
     """The dataset folder as run.json stores it: relative to the run's study when inside it."""
     if data_dir:
@@ -125,8 +141,9 @@ def _old_training_volumes(cfg: ExperimentConfig, info: RunInfo) -> dict[str, lis
     if not info.data_dir or not all(
         (Path(info.data_dir) / e.folder / "dataset.json").is_file() for e in info.domains
     ):
-        logger.warning("the run's study %s is not at hand: the new domain's recognition "
-                       "reference is fitted on its own scans only", info.data_dir)  # fmt: skip
+        logger.warning("the run's study (%s) is not at hand: the new domain's recognition "
+                       "reference is fitted on its own scans only",
+                       info.data_dir or "none recorded")  # fmt: skip
         return {}
     caches = preprocess_study(cfg, Path(info.data_dir))
     return {
@@ -176,7 +193,7 @@ def _prepare(
     labels = DomainLabels(name, structures)
     used = [c for c in labelled if c.case_id in set(train) | set(held)]
     cache = build_slice_cache(dataset, used, labels, cfg.preprocessing, progress=False)
-    folder = _relative_folder(dataset, info.data_dir)
+    folder = _relative_folder(dataset, study_of(info, dataset))
     return NewDomain(name, folder, labels, cache, train, held)
 
 
@@ -194,20 +211,20 @@ def _nearest(
 
 
 def nearest_domain_of(
-    run: str | Path, data: str | Path, name: str | None = None
+    run: str | Path, dataset: str | Path, name: str | None = None
 ) -> tuple[str, dict[str, float]]:
-    """The domain of ``run`` nearest to the training scans of the dataset ``data`` (what
+    """The domain of ``run`` nearest to the training scans of ``dataset`` (what
     :func:`adapt_run` starts the new BN from) and every domain's mean distance."""
-    run = Path(run)
+    run = resolve_run(run)
     info = load_run_info(run)
-    new = _prepare(load_config(run / "config.yaml"), info, Path(data), name, None, 0)
+    new = _prepare(load_config(run / "config.yaml"), info, Path(dataset), name, None, 0)
     net, _ = load_model(run / info.models[0].path)
     return _nearest(run, net, list(info.models[0].domains), new)
 
 
 def adapt_run(
     run: str | Path,
-    data: str | Path,
+    dataset: str | Path,
     out: str | Path,
     mode: str = "norm+head",
     steps: int = DEFAULT_STEPS,
@@ -218,8 +235,10 @@ def adapt_run(
     lr: float | None = None,
     progress: bool = True,
     statistics: str = DEFAULT_STATISTICS,
+    device: str = AUTO_DEVICE,
 ) -> RunInfo:
-    """Add the dataset ``data`` as a new domain of the run ``run``; write the run ``out``.
+    """Add ``dataset`` (one dataset folder) as a new domain of the run ``run`` (a folder, or the
+    word ``pretrained``: the packaged model); write the run ``out``.
 
     ``mode``: ``head``, ``norm+head`` or ``all`` (docs/adapt.md); ``steps``: optimizer steps;
     ``init``: the new BN from the ``nearest`` domain or ``pooled`` over all; ``name``: the new
@@ -228,19 +247,20 @@ def adapt_run(
     the best weights and decide the new domain's postprocessing; ``lr``: the base learning
     rate (default: the run's; the new head and BN train at ``NEW_LAYERS_LR_FACTOR`` x it);
     ``statistics``: the new BN's running statistics ``fixed`` (as started) or ``reestimated``
-    on the new scans.
+    on the new scans; ``device``: where it trains and predicts (``auto``: CUDA when available).
     Returns the new run's index.
     """
     began = time.perf_counter()
-    run, data, out = Path(run), Path(data), Path(out)
+    run, dataset, out = resolve_run(run), Path(dataset), Path(out)
     if mode not in ADAPT_MODES:
-        raise AdaptationError(f"unknown --train {mode!r}; choose one of {', '.join(ADAPT_MODES)}")
+        raise AdaptationError(f"unknown --mode {mode!r}; choose one of {', '.join(ADAPT_MODES)}")
     if init not in BN_INITS:
         raise AdaptationError(f"unknown --init {init!r}; choose one of {', '.join(BN_INITS)}")
     if statistics not in BN_STATISTICS:
         raise AdaptationError(
             f"unknown --statistics {statistics!r}; choose one of {', '.join(BN_STATISTICS)}"
         )
+    torch_device(device)  # an unusable device: refused before any work
     info = load_run_info(run)
     cfg = load_config(run / "config.yaml")
     train_cfg = cfg
@@ -254,7 +274,7 @@ def adapt_run(
         )
     if out.exists() and any(out.iterdir()):
         raise RunError(f"{out} already holds files; give adapt an empty or new --out")
-    new = _prepare(cfg, info, data, name, subjects, validation)
+    new = _prepare(cfg, info, dataset, name, subjects, validation)
     old_model = info.models[0]
     net, _ = load_model(run / old_model.path)
     old_domains = list(old_model.domains)
@@ -288,6 +308,7 @@ def adapt_run(
         out / "checkpoints" / "adapt",
         progress,
         statistics,
+        device,
     )
 
     new_cfg = cfg.model_copy(
@@ -323,19 +344,21 @@ def adapt_run(
             ],
             "training_cases": {**info.training_cases, new.name: new.training},
             "validation_cases": {**info.validation_cases, new.name: new.validation},
+            "data_dir": study_of(info, dataset),
         },
         deep=True,
     )
     save_run_info(out, new_info)
     _recognition(out, cfg, info, new, trained.net, mode, old_domains, progress)
-    _postprocessing(out, new, progress)
+    _anatomy(out, run, cfg, new, trained.net, old_domains)
+    _postprocessing(out, new, progress, device)
     seconds = time.perf_counter() - began
     atomic_write_json(
         out / ADAPTATION_FILE,
         {
             "source_run": str(run.resolve()),
             "domain": new.name,
-            "dataset": str(data.resolve()),
+            "dataset": str(dataset.resolve()),
             "mode": mode,
             "bn_init": init,
             "bn_statistics": statistics,
@@ -391,14 +414,43 @@ def _recognition(
     )
 
 
-def _postprocessing(out: Path, new: NewDomain, progress: bool) -> None:
+def _anatomy(
+    out: Path, source: Path, cfg: ExperimentConfig, new: NewDomain, net, old_domains: list[str]
+) -> None:
+    """The old domains' anatomy statistics kept, the new domain's measured on its training
+    label maps and calibrated on its validation predictions (as training does); none when the
+    source run lacks an old domain's (recognition then decides by appearance alone)."""
+    old = load_anatomy(source)
+    if not old or any(d not in old for d in old_domains):
+        return
+    cache = new.cache
+    rows = {case: slice(*cache.case_slices[case]) for case in cache.case_slices}
+    route = Route(net, len(old_domains))
+    inferer = WholeViewInferer.from_config(cfg.inference)
+    label_maps = [(cache.labels[rows[c]], cache.inverse[c].slice_spacing) for c in new.training]
+    with torch.no_grad():
+        predictions = [
+            (segment_whole_view(inferer, cache.images[rows[c]], route),
+             cache.inverse[c].slice_spacing)
+            for c in new.validation
+        ]  # fmt: skip
+    structures = {new.name: list(new.labels.structures)}
+    kept = {d: old[d] for d in old_domains}
+    if fit_anatomy(out, structures, {new.name: label_maps}, {new.name: predictions}, kept):
+        logger.info("[adapt] anatomy statistics of %s added: %s", new.name, out / ANATOMY_FILE)
+    else:
+        logger.info("[adapt] anatomy statistics: no training label map of %s has every "
+                    "structure; --domain auto decides by appearance alone", new.name)  # fmt: skip
+
+
+def _postprocessing(out: Path, new: NewDomain, progress: bool, device: str) -> None:
     """Decide the new domain's postprocessing on its validation subjects; the old domains'
     decisions are kept (with ``all`` they were measured on the network before adaptation)."""
     if not new.validation:
         return
     from jointseg.inference.predictor import Predictor
 
-    predictor = Predictor.from_run(out, calibrate=False)
+    predictor = Predictor.from_run(out, device, calibrate=False)
     dataset = Path(load_run_info(out).data_dir or "") / new.folder
     cases = {c.case_id: c for c in list_cases(dataset, "train")}
     pairs = []

@@ -22,6 +22,7 @@ from jointseg.data.manifest import list_cases
 from jointseg.data.splits import load_splits, write_splits
 from jointseg.inference.predictor import Predictor
 from jointseg.utils.atomic import atomic_write_json
+from jointseg.utils.compute import AUTO_DEVICE
 from jointseg.workflows.train import train_run
 
 CV_INDEX = "cv.json"
@@ -36,8 +37,10 @@ def run_cross_validation(
     scheme: str | None = None,
     splits: Path | None = None,
     progress: bool = True,
+    device: str = AUTO_DEVICE,
 ) -> Path:
-    """Train and predict every fold of the splits file; returns the ``cv.json`` path."""
+    """Train and predict every fold of the splits file on ``device`` (``auto``: CUDA when
+    available); returns the ``cv.json`` path."""
     cfg = load_config(config, {"scheme": scheme} if scheme else None)
     data, out = Path(data), Path(out)
     if splits is None:
@@ -52,9 +55,10 @@ def run_cross_validation(
         run_dir = out / f"fold_{fold}"
         logger.info("[cv] fold %d/%d (%s) -> %s", fold + 1, fold_count, cfg.scheme, run_dir)
         info = train_run(
-            cfg, data, run_dir, fold=fold, splits=splits, resume=run_dir.exists(), progress=progress
-        )
-        predictor = Predictor.from_run(run_dir, tta=cfg.evaluation.tta)
+            cfg, data, run_dir, fold=fold, splits=splits, resume=run_dir.exists(),
+            progress=progress, device=device,
+        )  # fmt: skip
+        predictor = Predictor.from_run(run_dir, device, tta=cfg.evaluation.tta)
         for entry in info.domains:
             cases = {c.case_id: c for c in list_cases(data / entry.folder, "train")}
             held_out = info.validation_cases.get(entry.name, [])

@@ -23,6 +23,7 @@ from jointseg.recognition.decision import DomainRecognitionError
 from jointseg.runs import load_run_info
 from jointseg.synth.generate import synthesize_study
 from jointseg.utils.atomic import atomic_write_text
+from jointseg.utils.compute import AUTO_DEVICE
 from jointseg.workflows.train import train_run
 
 DEMO_SCHEMES = ("full", "individual")
@@ -38,8 +39,10 @@ def run_demo(
     seed: int = 0,
     jobs: int = 2,
     synth_scale: float = 1.0,
+    device: str = AUTO_DEVICE,
 ) -> Path:
-    """Run every step of the demo into ``out``; returns the report's path. Resumable."""
+    """Run every step of the demo into ``out``, its networks on ``device`` (``auto``: CUDA when
+    available); returns the report's path. Resumable."""
     out = Path(out)
     started = time.perf_counter()
     cfg = load_config(config)
@@ -57,16 +60,17 @@ def run_demo(
     for scheme in DEMO_SCHEMES:
         run_dir = out / "runs" / scheme
         _step(f"train the '{scheme}' scheme")
-        train_run(cfg.model_copy(update={"scheme": scheme}), data, run_dir, resume=run_dir.exists())
+        scheme_cfg = cfg.model_copy(update={"scheme": scheme})
+        train_run(scheme_cfg, data, run_dir, resume=run_dir.exists(), device=device)
         _step(f"evaluate '{scheme}' on held-out subjects")
-        evaluate_run(run_dir)
+        evaluate_run(run_dir, device=device)
         runs[scheme] = run_dir
     _step("compare the schemes")
     compare_md = compare_runs([runs[s] for s in DEMO_SCHEMES], out / "compare", reference="full")
     _step("predict a held-out scan: label map, meshes, measurements, preview")
     scan = list_cases(data / cfg.datasets[1].folder, "test")[0].image
     prediction_dir = out / "prediction"
-    predict_known_joint(runs["full"], scan, prediction_dir, cfg.datasets[1].name)
+    predict_known_joint(runs["full"], scan, prediction_dir, cfg.datasets[1].name, device)
     report_path = _write_report(
         out, compare_md, prediction_dir, runs, time.perf_counter() - started
     )
@@ -74,14 +78,16 @@ def run_demo(
     return report_path
 
 
-def predict_known_joint(run: Path, scan: Path, out: Path, joint: str) -> None:
+def predict_known_joint(
+    run: Path, scan: Path, out: Path, joint: str, device: str = AUTO_DEVICE
+) -> None:
     """Predict ``scan`` with ``--domain auto``; where recognition refuses it (an under-trained
     demo model may not recognize the joint), again with its known ``joint``."""
     try:
-        predict_path(run, scan, out, domain="auto")
+        predict_path(run, scan, out, domain="auto", device=device)
     except (PredictionError, DomainRecognitionError) as error:  # one scan: its own error
         logger.info("[demo] automatic joint recognition failed (%s); using the known joint", error)
-        predict_path(run, scan, out, domain=joint)
+        predict_path(run, scan, out, domain=joint, device=device)
 
 
 def _step(text: str) -> None:

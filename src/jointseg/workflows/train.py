@@ -28,6 +28,7 @@ from jointseg.recognition.fitting import fit_anatomy, fit_recognition, segment_w
 from jointseg.recognition.references import REFERENCE_FILE
 from jointseg.runs import RunInfo
 from jointseg.training.runner import TrainedRun, train_networks
+from jointseg.utils.compute import AUTO_DEVICE
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def train_from_cli(
     resume: bool = False,
     devices: int = 1,
     seed: int | None = None,
+    device: str = AUTO_DEVICE,
 ) -> RunInfo:
     """Load the config, apply the command-line overrides and train."""
     overrides: dict = {}
@@ -50,10 +52,14 @@ def train_from_cli(
     if seed is not None:
         overrides["training.seed"] = seed
     cfg = load_config(config, overrides)
-    return train_run(cfg, data, out, fold=fold, splits=splits, resume=resume, devices=devices)
+    return train_run(
+        cfg, data, out, fold=fold, splits=splits, resume=resume, devices=devices, device=device
+    )
 
 
-def ablate_from_cli(config: Path, data: Path, out: Path) -> dict[str, RunInfo]:
+def ablate_from_cli(
+    config: Path, data: Path, out: Path, device: str = AUTO_DEVICE
+) -> dict[str, RunInfo]:
     """Train every scheme of ``cfg.schemes`` into ``out/<scheme>``, resumable scheme by scheme."""
     cfg = load_config(config)
     runs = {}
@@ -63,7 +69,7 @@ def ablate_from_cli(config: Path, data: Path, out: Path) -> dict[str, RunInfo]:
         done = (run_dir / "run.json").is_file()
         state = "done, skipped" if done else "training"
         logger.info("[ablate] %s: %s -> %s", scheme, state, run_dir)
-        runs[scheme] = train_run(scheme_cfg, data, run_dir, resume=run_dir.exists())
+        runs[scheme] = train_run(scheme_cfg, data, run_dir, resume=run_dir.exists(), device=device)
     return runs
 
 
@@ -77,19 +83,21 @@ def train_run(
     devices: int = 1,
     progress: bool = True,
     callbacks: list[L.Callback] | None = None,
+    device: str = AUTO_DEVICE,
 ) -> RunInfo:
     """Train every network of ``cfg.scheme`` into ``out``, measure its domain recognition and
-    decide its postprocessing; returns the run's index."""
+    decide its postprocessing; returns the run's index. ``device``: where the networks train
+    and predict the validation subjects (``auto``: CUDA when available)."""
     data_dir, out = Path(data_dir), Path(out)
     initial = cfg.training.initial_weights
     trained = train_networks(
         cfg, data_dir, out, fold, splits, resume, devices, progress, callbacks,
-        resolve_run(initial) if initial is not None else None,
+        resolve_run(initial) if initial is not None else None, device,
     )  # fmt: skip
     if trained.primary:
         fit_run_recognition(out, trained, progress)
         fit_run_anatomy(out, trained, cfg)
-        _decide_postprocessing(out, data_dir, progress)
+        _decide_postprocessing(out, data_dir, progress, device)
         _log_summary(out, trained)
     return trained.info
 
@@ -152,9 +160,11 @@ def fit_run_anatomy(out: Path, trained: TrainedRun, cfg: ExperimentConfig) -> No
                     "structure; --domain auto decides by appearance alone")  # fmt: skip
 
 
-def _decide_postprocessing(out: Path, data_dir: Path, progress: bool = True) -> None:
+def _decide_postprocessing(
+    out: Path, data_dir: Path, progress: bool = True, device: str = AUTO_DEVICE
+) -> None:
     """Decide the run's postprocessing on its validation subjects (``postprocessing.json``)."""
-    decision = decide_postprocessing(out, data_dir, progress=progress)
+    decision = decide_postprocessing(out, data_dir, progress=progress, device=device)
     if decision is not None:
         logger.info("postprocessing decided on the validation subjects:\n%s",
                     decision_table(decision))  # fmt: skip
