@@ -112,7 +112,7 @@ def score(predict, dataset: Path, name: str) -> dict:
 def run_predictor(run: Path):
     from jointseg.inference.predictor import Predictor
 
-    predictor = Predictor.from_run(run, calibrate=False)
+    predictor = Predictor.from_run(run)
     return lambda image, name: predictor.predict(image, name).label_map
 
 

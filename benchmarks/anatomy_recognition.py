@@ -46,11 +46,11 @@ def add_anatomy(predictor, study: Path) -> None:
     """Measure the run's anatomy statistics from its training label maps, calibrated on its
     predictions of its validation scans (as ``jointseg train`` does), unless it has them, and
     load them."""
-    from jointseg.recognition.anatomy import ANATOMY_FILE
+    from jointseg.runs import RunFolder
     from jointseg.workflows.anatomy import fit_run_anatomy_from_study
 
     run = predictor.run_dir
-    if not (run / ANATOMY_FILE).is_file():
+    if not RunFolder(run).anatomy_reference_file.is_file():
         fit_run_anatomy_from_study(run, study)
     predictor.recognizer.load_run(run)
     reliable = {n: r.reliable for n, r in predictor.recognizer.anatomy.items()}
@@ -188,7 +188,7 @@ def main() -> None:
     run = args.out / args.run.name
     if not run.is_dir():
         shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("checkpoints", "logs"))
-    predictor = Predictor.from_run(run, calibrate=False)
+    predictor = Predictor.from_run(run)
     add_anatomy(predictor, study)
     rows = []
     contrasts = [c for c in args.contrasts.split(",") if c]

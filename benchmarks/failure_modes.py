@@ -7,7 +7,8 @@ Each held-out knee (``subject_params("knee", "test", i, SEED)``) is rendered as 
 and as each variant of :mod:`jointseg.synth.variants` (a long field up the femoral shaft, closed
 physes with a scar, a large Hoffa's fat pad, the fibula at the stack's edge, a T1 contrast), then
 segmented by each run with the knee's domain given, as ``jointseg predict RUN SCAN --domain knee``
-does (the run's postprocessing included). Measured per scan: Dice per bone; the femoral shaft's
+does (the run's postprocessing included), and recognized as ``--domain auto`` does (right,
+refused or wrong). Measured per scan: Dice per bone; the femoral shaft's
 sensitivity (true femur voxels in the upper half of its extent that are predicted femur); the
 patella predicted outside the true patella (grown by 2 voxels), relative to the true patella's
 volume. Written: ``OUT/failure_modes.json`` (every scan) and ``OUT/failure_modes.md`` (means).
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                 if steps[name] is not None:  # as `jointseg predict` does
                     label_map = steps[name].apply_image(label_map, "knee", result.structures)
                 predicted = sitk.GetArrayFromImage(label_map)
+                recognized = predictor.recognize(image, refuse=False).domain  # --domain auto
                 records.append({"run": name, "mode": mode, "subject": index,
+                                "recognized": recognized or "refused",
                                 **knee_scores(predicted, truth, result.structures)})  # fmt: skip
             bar.set_postfix(seconds=round(time.perf_counter() - started))
             bar.update()
@@ -118,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 def summary_table(records: list[dict], runs: list[str], modes: list[str]) -> str:
     """Mean of each measure per run and variant (Markdown)."""
     measures = [*BONES, "femur_shaft_sensitivity", "patella_outside"]
-    lines = ["| run | variant | " + " | ".join(measures) + " |",
-             "|---|---|" + "---|" * len(measures)]  # fmt: skip
+    lines = ["| run | variant | " + " | ".join(measures) + " | --domain auto |",
+             "|---|---|" + "---|" * (len(measures) + 1)]  # fmt: skip
     for run in runs:
         for mode in modes:
             rows = [r for r in records if r["run"] == run and r["mode"] == mode]
@@ -127,7 +130,11 @@ def summary_table(records: list[dict], runs: list[str], modes: list[str]) -> str
             for m in measures:
                 values = [r[m] for r in rows if r.get(m) is not None]
                 cells.append(f"{np.mean(values):.3f}" if values else "-")
-            lines.append(f"| {run} | {mode} | " + " | ".join(cells) + " |")
+            outcomes = [r["recognized"] for r in rows]
+            right = sum(o == "knee" for o in outcomes)
+            refused = sum(o == "refused" for o in outcomes)
+            auto = f"{right} right, {refused} refused, {len(outcomes) - right - refused} wrong"
+            lines.append(f"| {run} | {mode} | " + " | ".join(cells) + f" | {auto} |")
     return "\n".join(lines) + "\n"
 
 

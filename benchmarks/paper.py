@@ -342,9 +342,9 @@ def shape_prior_dice(run: Path) -> float | None:
     """The run's shape prior: its reconstruction Dice on validation masks (training masks
     without them); None for a scheme without the prior."""
     from jointseg.models.shape_autoencoder import autoencoder_metadata, is_saved_autoencoder
-    from jointseg.training.prior import PRIOR_DIR
+    from jointseg.runs import RunFolder
 
-    folder = run / "models" / PRIOR_DIR
+    folder = RunFolder(run).shape_prior_dir
     if not is_saved_autoencoder(folder):
         return None
     metadata = autoencoder_metadata(folder)

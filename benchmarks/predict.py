@@ -99,7 +99,7 @@ def fit_references(run: Path, size: tuple[int, int, int]) -> None:
     from jointseg.inference.predictor import Predictor
     from jointseg.recognition.fitting import fit_recognition
 
-    predictor = Predictor.from_run(run, calibrate=False)
+    predictor = Predictor.from_run(run)
 
     def scan(domain: str, seed: int) -> np.ndarray:
         image = make_scan(size, seed=seed)[0]

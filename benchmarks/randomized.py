@@ -154,7 +154,7 @@ def score(run: Path, studies: dict[str, Path]) -> list[dict]:
     from jointseg.evaluation.metrics import score_case
     from jointseg.inference.predictor import Predictor
 
-    predictor = Predictor.from_run(run, calibrate=False)
+    predictor = Predictor.from_run(run)
     rows = []
     for protocol, study in studies.items():
         folder = study / "Dataset002_Knee"

@@ -352,6 +352,30 @@ def test_mode_all_tunes_the_shared_layers_and_remeasures_recognition(source_run,
     assert new_refs["domains"]["knee"] != old_refs["domains"]["knee"]  # measured again
 
 
+@pytest.mark.slow
+@pytest.mark.trains
+def test_a_run_without_references_is_calibrated_on_the_bn_statistics(source_run, tmp_path) -> None:
+    import shutil
+
+    from jointseg.inference.predictor import Predictor
+    from jointseg.runs import RunFolder
+
+    run = RunFolder(shutil.copytree(source_run, tmp_path / "source"))
+    run.domain_reference_file.unlink()
+    run.calibration_file.unlink()
+    data = Path(run.info().data_dir) / "Dataset004_Elbow"
+    out = RunFolder(tmp_path / "adapted")
+    adapt_run(run.path, data, out.path, mode="head", steps=5, validation=1, progress=False)
+    stored = json.loads(out.calibration_file.read_text(encoding="utf-8"))
+    # the old domains on their training scans, the new one on its validation scan
+    assert {k: len(v) for k, v in stored["in_domain"].items()} == {
+        **{d: len(TRAIN_SEEDS) for d in DOMAINS}, "elbow": 1,
+    }  # fmt: skip
+    assert not run.calibration_file.exists()  # the source run is read, never written
+    predictor = Predictor.from_run(out.path, batch_size=8)
+    assert not predictor.references and predictor.calibration.source == "file"
+
+
 def test_cli_reports_a_refusal(trained_run_with_study, tmp_path) -> None:
     from typer.testing import CliRunner
 
@@ -418,7 +442,7 @@ def test_adapt_pretrained_makes_a_complete_run(
     from jointseg.inference.packaged import PRETRAINED_ENV
     from jointseg.inference.postprocess import Postprocessing
     from jointseg.inference.predictor import Predictor
-    from jointseg.recognition.anatomy import ANATOMY_FILE
+    from jointseg.runs import RunFolder
 
     monkeypatch.setenv(PRETRAINED_ENV, str(packed_source))
     monkeypatch.chdir(tmp_path)
@@ -440,7 +464,7 @@ def test_adapt_pretrained_makes_a_complete_run(
     assert info.domain("elbow").folder == "Dataset004_Elbow"
     record = json.loads((out / "adaptation.json").read_text(encoding="utf-8"))
     assert record["source_run"] == str(packed_source.resolve()) and record["mode"] == "norm+head"
-    for name in ("domain_reference.json", ANATOMY_FILE):
+    for name in (RunFolder.DOMAIN_REFERENCE, RunFolder.ANATOMY_REFERENCE):
         old = json.loads((packed_source / name).read_text(encoding="utf-8"))["domains"]
         new = json.loads((out / name).read_text(encoding="utf-8"))["domains"]
         assert set(new) == {*DOMAINS, "elbow"}, name

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 from jointseg.cli import DEVICE_HELP, app
 from jointseg.utils.compute import lightning_placement, torch_device
 
-NETWORK_COMMANDS = {"train", "adapt", "ablate", "cv", "evaluate", "postprocess", "predict", "demo"}
+NETWORK_COMMANDS = {
+    "train", "adapt", "ablate", "cv", "evaluate", "postprocess", "calibrate", "predict", "demo",
+}  # fmt: skip
 
 
 def _options(name: str) -> dict[str, object]:
@@ -27,7 +29,8 @@ def test_every_command_that_runs_a_network_takes_device_with_one_help() -> None:
         assert device.help == DEVICE_HELP, name
     # inference keeps the CPU by default; training goes to CUDA when there is one
     assert {n: _options(n)["--device"].default for n in NETWORK_COMMANDS} == {
-        "predict": "cpu", "evaluate": "cpu", "postprocess": "cpu", "train": "auto",
+        "predict": "cpu", "evaluate": "cpu", "postprocess": "cpu", "calibrate": "cpu",
+        "train": "auto",
         "adapt": "auto", "ablate": "auto", "cv": "auto", "demo": "auto",
     }  # fmt: skip
 
@@ -50,6 +53,7 @@ CALLS = [
     (["adapt", "run", "--dataset", "ds", "-o", "new"], "jointseg.workflows.adapt.adapt_run"),
     (["evaluate", "run"], "jointseg.evaluation.evaluate.evaluate_run"),
     (["postprocess", "run"], "jointseg.evaluation.postprocessing.decide_postprocessing"),
+    (["calibrate", "run"], "jointseg.workflows.calibration.calibrate_run"),
     (["predict", "run", "scan.nii.gz", "-o", "pred"], "jointseg.inference.predict.predict_path"),
     (["demo", "-o", "demo"], "jointseg.workflows.demo.run_demo"),
 ]  # fmt: skip

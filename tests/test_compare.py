@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
+from jointseg.config import ExperimentConfig
 from jointseg.evaluation.compare import UnpairedRunsError, compare_runs
+from jointseg.runs import RunFolder
 from jointseg.utils.atomic import atomic_path
 
 CASES = ["c1", "c2", "c3", "c4", "c5"]
@@ -78,8 +79,11 @@ def test_table_tests_and_holm(tmp_path: Path) -> None:
 def test_reference_from_config_or_argument(tmp_path: Path) -> None:
     full = write_metrics(tmp_path / "full", "full")
     individual = write_metrics(tmp_path / "ind", "individual")
-    config = {"evaluation": {"reference_scheme": "individual"}}
-    (full / "config.yaml").write_text(yaml.safe_dump(config))
+    config = ExperimentConfig(
+        datasets=[{"name": "ankle", "folder": "Dataset001_Ankle"}],
+        evaluation={"reference_scheme": "individual"},
+    )
+    RunFolder(full).save_config(config)
     compare_runs([full, individual], tmp_path / "a")
     table = pd.read_csv(tmp_path / "a" / "compare.csv")
     assert set(table["reference"]) == {"individual"}

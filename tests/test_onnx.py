@@ -66,8 +66,8 @@ def _backends(run: Path, folder: Path, windows: bool = False):
     from jointseg.inference.predictor import Predictor
     from jointseg.models.inferer import WholeViewInferer
 
-    torch_predictor = Predictor.from_run(run, batch_size=8, calibrate=False)
-    onnx_predictor = Predictor.from_run(run, batch_size=8, calibrate=False)
+    torch_predictor = Predictor.from_run(run, batch_size=8)
+    onnx_predictor = Predictor.from_run(run, batch_size=8)
     onnx_predictor.backend = OnnxRuntimeBackend.load(
         folder, run, onnx_predictor.info, onnx_predictor.routes, threads=1
     )
@@ -126,7 +126,7 @@ def test_stale_or_missing_export_is_refused(trained_run: Path, exported: Path, t
     from jointseg.inference.predictor import Predictor
     from jointseg.runs import RunError
 
-    predictor = Predictor.from_run(trained_run, calibrate=False)
+    predictor = Predictor.from_run(trained_run)
     load = lambda folder: OnnxRuntimeBackend.load(  # noqa: E731
         folder, trained_run, predictor.info, predictor.routes
     )

@@ -17,7 +17,6 @@ import SimpleITK as sitk
 from jointseg.evaluation.evaluate import RAW_METRICS_FILE, evaluate_run
 from jointseg.evaluation.postprocessing import decide_postprocessing, decide_steps
 from jointseg.inference.postprocess import (
-    POSTPROCESSING_FILE,
     Postprocessing,
     PostprocessingError,
     StructureSteps,
@@ -26,6 +25,7 @@ from jointseg.inference.postprocess import (
     postprocess_labels,
     remove_components,
 )
+from jointseg.runs import RunFolder
 from tests.test_report import reference, scan, to_image, write_run, write_study
 
 KNEE = {"femur": 1, "tibia": 2}
@@ -137,7 +137,7 @@ def test_json_round_trip_and_errors(tmp_path: Path, caplog: pytest.LogCaptureFix
     decision = decide_steps({"knee": [(two_islands(), two_islands(0))]}, {"knee": KNEE}, 0.05)
     decision.cases = {"knee": ["knee_001"]}
     path = decision.save(tmp_path)
-    assert path == tmp_path / POSTPROCESSING_FILE
+    assert path == RunFolder(tmp_path).postprocessing_file
     document = json.loads(path.read_text(encoding="utf-8"))
     assert document["connectivity"] == 26 and document["share"] == 0.05
     assert document["domains"]["knee"]["femur"]["components"] == "largest"
@@ -234,7 +234,7 @@ def test_no_validation_subjects_decides_nothing(island_run: Path) -> None:
     info["validation_cases"] = {}
     (island_run / "run.json").write_text(json.dumps(info))
     assert decide_postprocessing(island_run, predictor=IslandPredictor()) is None
-    assert not (island_run / POSTPROCESSING_FILE).exists()
+    assert not RunFolder(island_run).postprocessing_file.exists()
 
 
 def test_scan_encodes_its_case() -> None:  # the fake predictors rely on it

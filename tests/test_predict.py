@@ -25,6 +25,7 @@ from tests.tiny_model import (
     same_geometry,
     side_by_side,
     write_dicom_series,
+    write_study,
 )
 
 # Bounds on a trained model: CI runs these tests under a second CPU-kernel setting too.
@@ -321,55 +322,101 @@ def test_union_head_maps_to_the_domains_labels(trained_run, tmp_path):
         assert tie.domain == expected
 
 
-def test_run_is_calibrated_on_its_study_once(trained_run, tmp_path):
+@pytest.fixture
+def read_only_run(trained_run, tmp_path):
+    """A copy of the run whose study is gone, every file and folder read-only (restored after
+    the test, so that the temporary folder can be removed)."""
+    import os
+    import shutil
+    import stat
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    write_study(run, tmp_path / "study")
+    shutil.rmtree(tmp_path / "study")
+    paths = [run, *run.rglob("*")]
+    for path in reversed(paths):  # files before their folders
+        mode = path.stat().st_mode
+        os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    yield run
+    for path in paths:
+        os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
+
+
+def _snapshot(folder) -> list:
+    return sorted((str(p), p.stat().st_mode, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_predict_writes_nothing_into_a_read_only_run_without_its_study(read_only_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from jointseg.cli import app
+    from jointseg.inference.predictor import Predictor
+    from jointseg.runs import RunFolder
+
+    before = _snapshot(read_only_run)
+    assert not RunFolder(read_only_run).calibration_file.exists()
+    scan = tmp_path / "knee.nii.gz"
+    sitk.WriteImage(make_scan("knee", 22)[0], str(scan))
+    out = tmp_path / "pred"
+    args = ["predict", str(read_only_run), str(scan), "--out", str(out), "--no-meshes"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "knee_seg.nii.gz").is_file()
+    assert "no recognition calibration" in result.output
+    assert f"jointseg calibrate {read_only_run} --data STUDY" in result.output
+    predictor = Predictor.from_run(read_only_run)
+    assert predictor.calibration.source == "default"
+    assert predictor.predict(make_scan("shoulder", 22)[0]).domain == "shoulder"
+    assert _snapshot(read_only_run) == before
+
+
+def test_calibrate_measures_a_run_on_its_study(trained_run, tmp_path):
     import json
     import shutil
 
-    from jointseg.data.manifest import DatasetManifest, write_manifest
-    from jointseg.inference.predictor import Predictor
-    from jointseg.recognition.calibration import CALIBRATION_FACTOR, CALIBRATION_FILE
-    from jointseg.runs import load_run_info
+    from typer.testing import CliRunner
 
-    study = tmp_path / "study"
+    from jointseg.cli import app
+    from jointseg.inference.predictor import Predictor
+    from jointseg.recognition.calibration import CALIBRATION_FACTOR
+    from jointseg.runs import RunFolder
+
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    info = load_run_info(run)
-    for entry in info.domains:
-        folder = study / entry.folder
-        (folder / "imagesTr").mkdir(parents=True)
-        labels = {"background": 0, **entry.structures}
-        manifest = DatasetManifest(
-            channel_names={"0": "MR"}, labels=labels, numTraining=2, file_ending=".nii.gz"
-        )
-        write_manifest(folder, manifest)
-        for seed in (20, 21):
-            image, _ = make_scan(entry.name, seed)
-            sitk.WriteImage(image, str(folder / "imagesTr" / f"{entry.name}{seed}_0000.nii.gz"))
-        info.validation_cases[entry.name] = [f"{entry.name}20", f"{entry.name}21"]
-    info.data_dir = str(study)
-    save_run_info(run, info)
-
-    predictor = Predictor.from_run(run)
-    stored = json.loads((run / CALIBRATION_FILE).read_text(encoding="utf-8"))
-    assert predictor.calibration.source == "study"
+    write_study(run, tmp_path / "study")
+    result = CliRunner().invoke(app, ["calibrate", str(run)])
+    assert result.exit_code == 0, result.output
+    path = RunFolder(run).calibration_file
+    assert f"wrote {path}" in result.output
+    stored = json.loads(path.read_text(encoding="utf-8"))
     assert {k: len(v) for k, v in stored["in_domain"].items()} == {"knee": 2, "shoulder": 2}
     largest = max(v for vs in stored["in_domain"].values() for v in vs)
     assert stored["threshold"] == pytest.approx(max(CALIBRATION_FACTOR * largest, 0.05))
+    predictor = Predictor.from_run(run)
+    assert predictor.calibration.source == "file"
     assert predictor.predict(make_scan("knee", 22)[0]).domain == "knee"
-    assert Predictor.from_run(run).calibration.source == "file"
+    # the study moved: --data names it; without it the command says what to give
+    path.unlink()
+    moved = shutil.move(tmp_path / "study", tmp_path / "moved")
+    result = CliRunner().invoke(app, ["calibrate", str(run)])
+    assert result.exit_code == 2 and "--data" in result.output and not path.exists()
+    result = CliRunner().invoke(app, ["calibrate", str(run), "--data", str(moved)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(path.read_text(encoding="utf-8"))["in_domain"] == stored["in_domain"]
 
 
 def test_fitted_references_recognize_every_domain(trained_run, tmp_path):
     import shutil
 
     from jointseg.inference.predictor import Predictor
-    from jointseg.recognition.calibration import CALIBRATION_FILE
-    from jointseg.recognition.fitting import fit_recognition
-    from jointseg.recognition.references import REFERENCE_FILE
+    from jointseg.recognition.fitting import fit_calibration, fit_recognition
+    from jointseg.runs import RunFolder
 
     run = tmp_path / "run"
+    folder = RunFolder(run)
     shutil.copytree(trained_run, run)
-    plain = Predictor.from_run(run, calibrate=False)
+    plain = Predictor.from_run(run)
     volumes = {
         name: (
             [plain.recognition_volume(make_scan(name, seed)[0]) for seed in (30, 31, 32, 33)],
@@ -379,8 +426,8 @@ def test_fitted_references_recognize_every_domain(trained_run, tmp_path):
     }
     paths = {c.name: c.path for c in plain.candidates()}
     calibration = fit_recognition(run, paths, volumes)
-    assert calibration is not None and (run / REFERENCE_FILE).is_file()
-    assert (run / CALIBRATION_FILE).is_file()
+    assert calibration is not None and folder.domain_reference_file.is_file()
+    assert folder.calibration_file.is_file()
     assert {k: len(v) for k, v in calibration.in_domain.items()} == {"knee": 2, "shoulder": 2}
     predictor = Predictor.from_run(run)
     assert all(c.reference is not None for c in predictor.candidates())
@@ -393,7 +440,15 @@ def test_fitted_references_recognize_every_domain(trained_run, tmp_path):
     shutil.rmtree(run)
     shutil.copytree(trained_run, run)
     assert fit_recognition(run, paths, {n: (v[0][:1], v[1]) for n, v in volumes.items()}) is None
-    assert not (run / REFERENCE_FILE).exists()
+    assert not folder.domain_reference_file.exists()
+    # ... so training calibrates on the BN running statistics instead
+    calibration = fit_calibration(run, paths, {n: v[1] for n, v in volumes.items()})
+    assert {k: len(v) for k, v in calibration.in_domain.items()} == {"knee": 2, "shoulder": 2}
+    predictor = Predictor.from_run(run)
+    assert predictor.calibration.source == "file" and not predictor.references
+    assert predictor.calibration.threshold == pytest.approx(calibration.threshold)
+    for name in DOMAINS:
+        assert predictor.recognize(make_scan(name, 36)[0]).domain == name
 
 
 def test_references_of_an_older_format_are_ignored_with_their_calibration(trained_run, tmp_path):
@@ -401,8 +456,7 @@ def test_references_of_an_older_format_are_ignored_with_their_calibration(traine
     import shutil
 
     from jointseg.inference.predictor import Predictor
-    from jointseg.recognition.calibration import CALIBRATION_FILE
-    from jointseg.recognition.references import REFERENCE_FILE
+    from jointseg.runs import RunFolder
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -410,10 +464,10 @@ def test_references_of_an_older_format_are_ignored_with_their_calibration(traine
         "format_version": 1,
         "domains": {d: {"scans": 4, "mean": [0.0], "std": [1.0]} for d in DOMAINS},
     }
-    (run / REFERENCE_FILE).write_text(json.dumps(old), encoding="utf-8")
-    (run / CALIBRATION_FILE).write_text(json.dumps({"threshold": 1e6}), encoding="utf-8")
+    RunFolder(run).domain_reference_file.write_text(json.dumps(old), encoding="utf-8")
+    RunFolder(run).calibration_file.write_text(json.dumps({"threshold": 1e6}), encoding="utf-8")
     with pytest.warns(UserWarning, match="format 1"):
-        predictor = Predictor.from_run(run, calibrate=False)
+        predictor = Predictor.from_run(run)
     assert predictor.references == {} and predictor.calibration.source == "default"
     assert all(c.reference is None for c in predictor.candidates())
     assert predictor.recognize(noise_scan(3), refuse=False).domain is None
@@ -446,14 +500,16 @@ THIRD_BOUND = 0.7  # measured: smallest third 0.835 (avx2, 2 threads), 0.894 (SS
 def test_sliding_window_beyond_the_maximum_view(trained_run, tmp_path):
     import shutil
 
-    from jointseg.config import load_config, save_config
     from jointseg.inference.predictor import Predictor
+    from jointseg.runs import RunFolder
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    config = load_config(run / "config.yaml")
-    save_config(config.model_copy(update={"inference": {"max_in_plane": 64}}), run / "config.yaml")
-    predictor = Predictor.from_run(run, calibrate=False)
+    folder = RunFolder(run)
+    config = folder.config()
+    config.inference.max_in_plane = 64
+    folder.save_config(config)
+    predictor = Predictor.from_run(run)
     # three scans side by side, 64 x 192 voxels: windows of 64 x 64
     scans = [make_scan("knee", seed) for seed in (11, 12, 13)]
     image = side_by_side(side_by_side(scans[0][0], scans[1][0]), scans[2][0])

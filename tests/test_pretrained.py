@@ -106,8 +106,8 @@ def test_changed_weights_fail_the_reference_check(packed, tmp_path: Path) -> Non
 def test_packed_and_original_predict_alike(packed) -> None:
     run, dest = packed
     scan = make_scan("shoulder", 11)[0]
-    original = Predictor.from_run(run, calibrate=False).predict(scan, "shoulder", True)
-    packed_one = Predictor.from_run(dest, calibrate=False).predict(scan, "shoulder", True)
+    original = Predictor.from_run(run).predict(scan, "shoulder", True)
+    packed_one = Predictor.from_run(dest).predict(scan, "shoulder", True)
     a = sitk.GetArrayFromImage(original.probabilities)
     b = sitk.GetArrayFromImage(packed_one.probabilities)
     assert np.max(np.abs(a - b)) < 0.02  # float16 weights
@@ -117,6 +117,19 @@ def test_packed_and_original_predict_alike(packed) -> None:
     assert agree > 0.99
 
 
+def test_packing_measures_a_missing_calibration_on_the_study(tmp_path: Path) -> None:
+    from jointseg.runs import RunFolder
+    from tests.tiny_model import write_study
+
+    run = train_run(tmp_path / "run", max_steps=0)
+    write_study(run, tmp_path / "study")
+    dest = RunFolder(pack_run(run, tmp_path / "pkg" / "model", TRAINING, make_scan("knee", 3)[0]))
+    stored = json.loads(dest.calibration_file.read_text(encoding="utf-8"))
+    assert {k: len(v) for k, v in stored["in_domain"].items()} == {"knee": 2, "shoulder": 2}
+    assert not RunFolder(run).calibration_file.exists()  # the packed model's, not the run's
+    assert Predictor.from_run(dest.path).calibration.source == "file"
+
+
 def test_predict_pretrained_uses_the_packed_folder(
     packed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -124,7 +137,7 @@ def test_predict_pretrained_uses_the_packed_folder(
     monkeypatch.setenv(PRETRAINED_ENV, str(dest))
     monkeypatch.chdir(tmp_path)
     assert resolve_run("pretrained") == dest and has_packaged_model()
-    assert Predictor.from_run("pretrained", calibrate=False).run_dir == dest
+    assert Predictor.from_run("pretrained").run_dir == dest
     before = sorted((str(p), p.stat().st_mtime_ns) for p in dest.rglob("*"))
     scan = tmp_path / "knee.nii.gz"
     sitk.WriteImage(make_scan("knee", 5)[0], str(scan))
@@ -203,13 +216,13 @@ def test_the_pretrained_config_trains_four_joints_on_mixed_data() -> None:
 def test_pack_carries_the_recognition_files_the_run_has(packed, tmp_path: Path) -> None:
     import shutil
 
-    from jointseg.recognition.anatomy import ANATOMY_FILE
+    from jointseg.runs import RunFolder
 
     run = shutil.copytree(packed[0], tmp_path / "run")
     text = '{"format_version": 1, "domains": {}}'  # no domain: auto decides by appearance
-    (run / ANATOMY_FILE).write_text(text, encoding="utf-8")
+    (run / RunFolder.ANATOMY_REFERENCE).write_text(text, encoding="utf-8")
     dest = pack_run(run, tmp_path / "pkg" / "model", TRAINING, make_scan("knee", 3)[0])
-    assert (dest / ANATOMY_FILE).read_text(encoding="utf-8") == text
+    assert (dest / RunFolder.ANATOMY_REFERENCE).read_text(encoding="utf-8") == text
     assert not (dest / "postprocessing.json").exists()  # the run has none
 
 

@@ -20,7 +20,6 @@ from jointseg.data.manifest import DatasetManifest, write_manifest
 from jointseg.data.preprocess import preprocess_case
 from jointseg.inference.predictor import Predictor
 from jointseg.recognition.anatomy import (
-    ANATOMY_FILE,
     LOG_VOLUME_FLOOR,
     Z_LIMIT,
     Z_LIMIT_MAX,
@@ -38,7 +37,7 @@ from jointseg.recognition.decision import (
     refusal_message,
 )
 from jointseg.recognition.fitting import fit_anatomy
-from jointseg.runs import RunError, load_run_info, save_run_info
+from jointseg.runs import RunError, RunFolder, load_run_info, save_run_info
 from jointseg.synth.nonjoint import abdomen_like, brain_like
 from jointseg.workflows.anatomy import fit_run_anatomy_from_study
 from tests.tiny_model import DOMAINS, PREPROCESSING, SHAPE, SPACING, make_scan, noise_scan
@@ -99,7 +98,7 @@ def reference() -> AnatomyReference:
 def test_anatomy_statistics_are_recorded_and_read_back(tmp_path: Path) -> None:
     maps = [(two_bones(size), STACK_SPACING) for size in (7, 9)]
     fit_anatomy(tmp_path, {"knee": ["femur", "tibia"]}, {"knee": maps})
-    assert (tmp_path / ANATOMY_FILE).is_file()
+    assert RunFolder(tmp_path).anatomy_reference_file.is_file()
     knee = load_anatomy(tmp_path)["knee"]
     volumes = np.array([8 * 7 * 20, 8 * 9 * 20]) * 1e-3  # ml: 8 slices x size rows x 20 columns
     np.testing.assert_allclose(knee.log_volume.mean, [np.log(volumes).mean()] * 2)
@@ -122,7 +121,7 @@ def test_fit_anatomy_leaves_out_label_maps_missing_a_structure(tmp_path: Path) -
 
 def test_load_anatomy_without_the_file_and_of_a_damaged_file(tmp_path: Path) -> None:
     assert load_anatomy(tmp_path) == {}
-    (tmp_path / ANATOMY_FILE).write_text("{", encoding="utf-8")
+    RunFolder(tmp_path).anatomy_reference_file.write_text("{", encoding="utf-8")
     with pytest.raises(ValueError, match="unreadable anatomy reference"):
         load_anatomy(tmp_path)
 

@@ -25,9 +25,8 @@ import yaml
 from jointseg import Predictor
 from jointseg.config import load_config, shipped_config_text
 from jointseg.data.manifest import list_cases
-from jointseg.recognition.anatomy import ANATOMY_FILE
 from jointseg.recognition.decision import DomainRecognitionError
-from jointseg.recognition.references import REFERENCE_FILE
+from jointseg.runs import RunFolder
 from jointseg.synth.generate import synthesize_study
 from jointseg.workflows.train import train_run
 
@@ -81,8 +80,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.slow
 def test_every_synthetic_test_scan_is_recognized_and_noise_refused(trained) -> None:
     study, run = trained
-    assert (run / REFERENCE_FILE).is_file()
-    assert (run / ANATOMY_FILE).is_file()
+    assert RunFolder(run).domain_reference_file.is_file()
+    assert RunFolder(run).anatomy_reference_file.is_file()
     predictor = Predictor.from_run(run)
     assert predictor.calibration.source == "file"
     assert predictor.recognizer.uses_anatomy

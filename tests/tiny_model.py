@@ -13,12 +13,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from jointseg.config import ExperimentConfig, ModelConfig, PreprocessingConfig, save_config
+from jointseg.config import ExperimentConfig, ModelConfig, PreprocessingConfig
 from jointseg.data.context import context_stack
 from jointseg.data.labels import DomainLabels
+from jointseg.data.manifest import DatasetManifest, write_manifest
 from jointseg.data.preprocess import preprocess_case
 from jointseg.models import build_model, save_model
-from jointseg.runs import DomainEntry, ModelEntry, RunInfo, save_run_info
+from jointseg.runs import DomainEntry, ModelEntry, RunFolder, RunInfo
 
 DOMAINS = {"knee": {"femur": 1, "tibia": 2}, "shoulder": {"humerus": 3, "scapula": 7}}
 SHAPE = (20, 64, 64)  # z, y, x
@@ -174,18 +175,40 @@ def _train_run(run_dir, max_steps: int, seed: int, k: int):
         model=model,
         augmentation={"flip_axes": [0, 1]},
     )
-    save_config(config, run_dir / "config.yaml")
-    save_model(net, run_dir / "models" / "main", {"steps": steps, "validation_dice": reached})
+    run = RunFolder(run_dir)
+    run.save_config(config)
+    save_model(net, run.model_dir("main"), {"steps": steps, "validation_dice": reached})
     info = RunInfo(
         scheme="mtmd",
         domains=[
             DomainEntry(name=d, folder=f"Dataset00{i + 1}_{d}", structures=s)
             for i, (d, s) in enumerate(DOMAINS.items())
         ],
-        models=[ModelEntry(name="main", path="models/main", domains=list(DOMAINS))],
+        models=[ModelEntry(name="main", path=run.model_path("main"), domains=list(DOMAINS))],
     )
-    save_run_info(run_dir, info)
+    run.save_info(info)
     return run_dir
+
+
+def write_study(run_dir, study) -> None:
+    """Two validation scans per domain of the run in a study folder, recorded as the run's
+    study and validation cases."""
+    run = RunFolder(run_dir)
+    info = run.info()
+    for entry in info.domains:
+        folder = study / entry.folder
+        (folder / "imagesTr").mkdir(parents=True)
+        labels = {"background": 0, **entry.structures}
+        manifest = DatasetManifest(
+            channel_names={"0": "MR"}, labels=labels, numTraining=2, file_ending=".nii.gz"
+        )
+        write_manifest(folder, manifest)
+        for seed in (20, 21):
+            image, _ = make_scan(entry.name, seed)
+            sitk.WriteImage(image, str(folder / "imagesTr" / f"{entry.name}{seed}_0000.nii.gz"))
+        info.validation_cases[entry.name] = [f"{entry.name}20", f"{entry.name}21"]
+    info.data_dir = str(study)
+    run.save_info(info)
 
 
 # ----------------------------------------------------------------------------------- helpers

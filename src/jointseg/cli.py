@@ -342,7 +342,7 @@ def postprocess(
 ) -> None:
     """Decide the run's postprocessing on its validation subjects (postprocessing.json)."""
     from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
-    from jointseg.inference.postprocess import POSTPROCESSING_FILE
+    from jointseg.runs import RunFolder
 
     if share is not None and not 0 < share <= 1:
         _fail(f"--share must be in (0, 1], got {share}")
@@ -350,7 +350,30 @@ def postprocess(
     if decision is None:
         _fail(f"{run}: the run has no validation subjects to decide postprocessing on", 1)
     typer.echo(decision_table(decision))
-    typer.echo(f"wrote {(out or run) / POSTPROCESSING_FILE}")
+    typer.echo(f"wrote {(out or run) / RunFolder.POSTPROCESSING}")
+
+
+@app.command()
+def calibrate(
+    run: RunArg,
+    data: StudyOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for domain_calibration.json (default: the run folder; "
+            "required for 'pretrained').",
+        ),
+    ] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Measure --domain auto's calibration (domain_calibration.json) of a run trained without
+    one, on a few of its validation scans in its study."""
+    from jointseg.workflows.calibration import calibrate_run
+
+    path = _run(calibrate_run, run, data, out=out, device=device)
+    typer.echo(f"wrote {path}")
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The run folder's index (``RUN/run.json``): what was trained, on which domains, where.
+"""The run folder: its layout (:class:`RunFolder`, the one place its names are spelled) and its
+index (``RUN/run.json``: what was trained, on which domains, where).
 
 Layout of a run folder written by ``jointseg train`` (:mod:`jointseg.workflows.train`)::
 
@@ -12,25 +13,28 @@ Layout of a run folder written by ``jointseg train`` (:mod:`jointseg.workflows.t
     RUN/curves.png                       losses and validation Dice per dataset
     RUN/domain_reference.json            per-domain recognition references (jointseg.recognition)
     RUN/domain_calibration.json          recognition's refusal threshold and temperature
+    RUN/anatomy_reference.json           each domain's anatomy statistics (recognition)
     RUN/postprocessing.json              per-structure postprocessing, decided on validation
 
-``jointseg evaluate RUN`` adds ``RUN/evaluation/`` (metrics, summary, report, figures,
-predictions). Readers (inference, evaluation) use config.yaml, run.json, models/ and, when
-present, the recognition files and postprocessing.json; a run without a calibration file may
-get one written on first use (measured on its study, :mod:`jointseg.recognition.study`).
+``jointseg adapt`` adds ``RUN/adaptation.json``, ``jointseg evaluate RUN`` adds
+``RUN/evaluation/`` (metrics, summary, report, figures, predictions) and ``jointseg export RUN``
+``RUN/onnx/``. Readers (inference, evaluation) use config.yaml, run.json, models/ and, when
+present, the recognition files and postprocessing.json. Loading a run writes nothing into it:
+the files are written by the commands that make a run (train, adapt, pack) or by the command
+that adds one to an older run (``jointseg calibrate``, ``jointseg postprocess``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jointseg.config import ExperimentConfig, load_config, save_config
 from jointseg.data.labels import DomainLabels, LabelSpace
 from jointseg.utils.atomic import atomic_write_text
-
-RUN_INDEX = "run.json"
 
 
 class RunError(ValueError):
@@ -88,14 +92,132 @@ class RunInfo(BaseModel):
         return LabelSpace([d.labels() for d in self.domains])
 
 
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder (module doc): where each of its files and folders is, and its config and
+    index read as typed models. Every reader and writer of a run folder goes through it."""
+
+    path: Path
+
+    CONFIG: ClassVar[str] = "config.yaml"
+    INDEX: ClassVar[str] = "run.json"
+    MODELS: ClassVar[str] = "models"
+    SHAPE_PRIOR: ClassVar[str] = "shape_prior"  # a folder of models/
+    CHECKPOINTS: ClassVar[str] = "checkpoints"
+    LOGS: ClassVar[str] = "logs"
+    CURVES: ClassVar[str] = "curves.png"
+    DOMAIN_REFERENCE: ClassVar[str] = "domain_reference.json"
+    CALIBRATION: ClassVar[str] = "domain_calibration.json"
+    ANATOMY_REFERENCE: ClassVar[str] = "anatomy_reference.json"
+    POSTPROCESSING: ClassVar[str] = "postprocessing.json"
+    ADAPTATION: ClassVar[str] = "adaptation.json"
+    EVALUATION: ClassVar[str] = "evaluation"
+    ONNX: ClassVar[str] = "onnx"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    # ------------------------------------------------------------------------- locations
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def index_file(self) -> Path:
+        return self.path / self.INDEX
+
+    @property
+    def models_dir(self) -> Path:
+        return self.path / self.MODELS
+
+    @classmethod
+    def model_path(cls, name: str) -> str:
+        """The folder of model ``name``, relative to the run (as ``ModelEntry.path``)."""
+        return f"{cls.MODELS}/{name}"
+
+    def model_dir(self, name: str) -> Path:
+        """The folder of model ``name`` (model.safetensors and model.json)."""
+        return self.path / self.model_path(name)
+
+    @property
+    def shape_prior_dir(self) -> Path:
+        return self.models_dir / self.SHAPE_PRIOR
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    def checkpoint_dir(self, name: str) -> Path:
+        """The trainer checkpoints of model ``name`` (or of adapt's training)."""
+        return self.checkpoints_dir / name
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / self.LOGS
+
+    @property
+    def curves_file(self) -> Path:
+        return self.path / self.CURVES
+
+    @property
+    def domain_reference_file(self) -> Path:
+        return self.path / self.DOMAIN_REFERENCE
+
+    @property
+    def calibration_file(self) -> Path:
+        return self.path / self.CALIBRATION
+
+    @property
+    def anatomy_reference_file(self) -> Path:
+        return self.path / self.ANATOMY_REFERENCE
+
+    @property
+    def postprocessing_file(self) -> Path:
+        return self.path / self.POSTPROCESSING
+
+    @property
+    def adaptation_file(self) -> Path:
+        return self.path / self.ADAPTATION
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.path / self.EVALUATION
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.path / self.ONNX
+
+    # ---------------------------------------------------------------------------- content
+    def is_run(self) -> bool:
+        """Whether the folder holds a run index."""
+        return self.index_file.is_file()
+
+    def info(self) -> RunInfo:
+        """The run's index; :class:`RunError` when the folder has none."""
+        if not self.is_run():
+            raise RunError(
+                f"{self.path}: not a run folder (no {self.INDEX}); train one with `jointseg train`"
+            )
+        return RunInfo.model_validate_json(self.index_file.read_text(encoding="utf-8"))
+
+    def save_info(self, info: RunInfo) -> None:
+        atomic_write_text(self.index_file, info.model_dump_json(indent=2) + "\n")
+
+    def config(self) -> ExperimentConfig:
+        """The run's experiment config; :class:`RunError` when the folder has none."""
+        if not self.config_file.is_file():
+            raise RunError(f"{self.path}: no {self.CONFIG}; not a complete run folder")
+        return load_config(self.config_file)
+
+    def save_config(self, config: ExperimentConfig) -> None:
+        save_config(config, self.config_file)
+
+
 def load_run_info(run_dir: str | Path) -> RunInfo:
-    path = Path(run_dir) / RUN_INDEX
-    if not path.is_file():
-        raise RunError(
-            f"{run_dir}: not a run folder (no {RUN_INDEX}); train one with `jointseg train`"
-        )
-    return RunInfo.model_validate_json(path.read_text(encoding="utf-8"))
+    """The index of the run folder ``run_dir`` (:meth:`RunFolder.info`)."""
+    return RunFolder(Path(run_dir)).info()
 
 
 def save_run_info(run_dir: str | Path, info: RunInfo) -> None:
-    atomic_write_text(Path(run_dir) / RUN_INDEX, info.model_dump_json(indent=2) + "\n")
+    """Write the index of the run folder ``run_dir`` (:meth:`RunFolder.save_info`)."""
+    RunFolder(Path(run_dir)).save_info(info)

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from jointseg.config import EvaluationConfig
-from jointseg.evaluation.evaluate import EVALUATION_DIR, METRICS_FILE
+from jointseg.evaluation.evaluate import METRICS_FILE, config_evaluation
 from jointseg.evaluation.metrics import METRIC_LABELS, METRICS
 from jointseg.evaluation.report import format_value, markdown_table, plot_grouped_boxes
 from jointseg.evaluation.statistics import describe, holm, paired_test
 from jointseg.inference.packaged import is_packaged, resolve_run
+from jointseg.runs import RunFolder
 from jointseg.utils.atomic import atomic_path, atomic_write_text
 
 KEYS = ["dataset", "case", "subset"]
@@ -44,7 +43,7 @@ def load_evaluation(run: Path) -> pd.DataFrame:
             "--data STUDY --out FOLDER` and compare FOLDER"
         )
     run = Path(run)
-    for path in (run / EVALUATION_DIR / METRICS_FILE, run / METRICS_FILE, run):
+    for path in (RunFolder(run).evaluation_dir / METRICS_FILE, run / METRICS_FILE, run):
         if path.is_file():
             frame = pd.read_csv(path, dtype={"case": str, "dataset": str, "subset": str})
             missing = {"scheme", *KEYS, "structure"} - set(frame.columns)
@@ -52,7 +51,7 @@ def load_evaluation(run: Path) -> pd.DataFrame:
                 raise ValueError(f"{path}: not a metrics file (missing columns {sorted(missing)})")
             return frame
     raise FileNotFoundError(
-        f"{run}: not evaluated yet (no {EVALUATION_DIR}/{METRICS_FILE}); "
+        f"{run}: not evaluated yet (no {RunFolder.EVALUATION}/{METRICS_FILE}); "
         f"run `jointseg evaluate {run}` first"
     )
 
@@ -115,13 +114,8 @@ def choose_reference(labels: list[str], runs: list[Path], reference: str | None)
             if reference in (label, folder):
                 return label
         raise ValueError(f"reference {reference!r} is none of the runs' schemes: {labels}")
-    wanted = EvaluationConfig().reference_scheme
-    for run in runs:
-        config = Path(run) / "config.yaml"
-        if config.is_file():
-            data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-            wanted = (data.get("evaluation") or {}).get("reference_scheme", wanted)
-            break
+    configured = [r for r in runs if RunFolder(Path(r)).config_file.is_file()]
+    wanted = config_evaluation(configured[0] if configured else Path(runs[0])).reference_scheme
     return wanted if wanted in labels else labels[0]
 
 

@@ -25,19 +25,18 @@ from typing import Any, Protocol
 
 import pandas as pd
 import SimpleITK as sitk
-import yaml
 from tqdm import tqdm
 
+from jointseg.config import EvaluationConfig
 from jointseg.data.io import read_image, verify_scans, write_image
 from jointseg.data.manifest import Case, DatasetError, list_cases, load_manifest
 from jointseg.evaluation.metrics import METRICS, score_case
 from jointseg.evaluation.report import summarize, write_report
-from jointseg.inference.packaged import PRETRAINED, is_packaged, output_folder, resolve_run
+from jointseg.inference.packaged import PRETRAINED, output_folder, resolve_run
 from jointseg.inference.postprocess import Postprocessing
-from jointseg.runs import RUN_INDEX, RunError, load_run_info
+from jointseg.runs import RunError, RunFolder
 from jointseg.utils.atomic import atomic_path, atomic_write_json
 
-EVALUATION_DIR = "evaluation"
 CV_INDEX = "cv.json"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
@@ -101,7 +100,7 @@ def plan_train_run(run_dir: Path, data: Path | None = None) -> EvalPlan:
     domains in a run ``jointseg adapt`` made of it) is left out, with a warning, when its
     dataset folder is not in the study; any other missing dataset is an error.
     """
-    info = load_run_info(run_dir)
+    info = RunFolder(Path(run_dir)).info()
     data_dir = _resolve_data_dir(info.data_dir, data, run_dir)
     plan = EvalPlan(info.scheme, "run", data_dir, {})
     for entry in info.domains:
@@ -168,9 +167,11 @@ def plan_evaluation(run_dir: Path, data: Path | None = None) -> EvalPlan:
     run_dir = Path(run_dir)
     if (run_dir / CV_INDEX).is_file():
         return plan_cv(run_dir, data)
-    if (run_dir / RUN_INDEX).is_file():
+    if RunFolder(run_dir).is_run():
         return plan_train_run(run_dir, data)
-    raise RunError(f"{run_dir}: neither a run folder ({RUN_INDEX}) nor a cv folder ({CV_INDEX})")
+    raise RunError(
+        f"{run_dir}: neither a run folder ({RunFolder.INDEX}) nor a cv folder ({CV_INDEX})"
+    )
 
 
 def prediction_path(out_dir: Path, domain: str, case_id: str) -> Path:
@@ -220,18 +221,16 @@ def score_plan(
     return frame, raw
 
 
-def config_evaluation(run_dir: Path) -> dict:
-    """The run config's ``evaluation`` section as written ({} when absent)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return dict(data.get("evaluation") or {})
+def config_evaluation(run_dir: Path) -> EvaluationConfig:
+    """The run config's ``evaluation`` section; its defaults for a folder without a config
+    (an evaluation or cv folder)."""
+    folder = RunFolder(Path(run_dir))
+    return folder.config().evaluation if folder.config_file.is_file() else EvaluationConfig()
 
 
 def config_tta(run_dir: Path) -> bool:
-    """The run config's ``evaluation.tta`` (False when absent)."""
-    return bool(config_evaluation(run_dir).get("tta", False))
+    """The run config's ``evaluation.tta``."""
+    return config_evaluation(run_dir).tta
 
 
 def evaluate_run(
@@ -255,7 +254,7 @@ def evaluate_run(
     the scores without postprocessing then go to ``metrics_without_postprocessing.csv`` and the
     report. Out-of-fold predictions of a cv folder are scored as they are.
     """
-    out_dir = output_folder(run_dir, out, EVALUATION_DIR, "evaluation")
+    out_dir = output_folder(run_dir, out, RunFolder.EVALUATION, "evaluation")
     title = PRETRAINED if str(run_dir) == PRETRAINED else Path(run_dir).name
     run_dir = resolve_run(run_dir)
     plan = plan_evaluation(run_dir, data)
@@ -275,9 +274,7 @@ def evaluate_run(
     if predictor is None and any(c.prediction is None for c in plan.cases):
         from jointseg.inference.predictor import Predictor
 
-        predictor = Predictor.from_run(
-            run_dir, device, tta=config_tta(run_dir), calibrate=not is_packaged(run_dir)
-        )
+        predictor = Predictor.from_run(run_dir, device, tta=config_tta(run_dir))
     frame, raw = score_plan(plan, out_dir, predictor, progress, postprocessing)
     with atomic_path(out_dir / METRICS_FILE) as tmp:
         frame.to_csv(tmp, index=False)

@@ -33,7 +33,6 @@ from jointseg.evaluation.metrics import GeometryMismatchError, dice
 from jointseg.inference.packaged import output_folder, resolve_run
 from jointseg.inference.postprocess import (
     DEFAULT_SHARE,
-    POSTPROCESSING_FILE,
     ComponentRule,
     Postprocessing,
     StructureSteps,
@@ -41,6 +40,7 @@ from jointseg.inference.postprocess import (
     keep_components,
     postprocess_labels,
 )
+from jointseg.runs import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ def _rounded(scores: dict[str, float]) -> dict[str, float]:
 
 
 def run_share(run_dir: Path) -> float:
-    """The run config's ``evaluation.postprocess_share`` (the default when absent)."""
-    return float(config_evaluation(run_dir).get("postprocess_share", DEFAULT_SHARE))
+    """The run config's ``evaluation.postprocess_share``."""
+    return config_evaluation(run_dir).postprocess_share
 
 
 def decide_postprocessing(
@@ -144,7 +144,7 @@ def decide_postprocessing(
         from jointseg.evaluation.evaluate import config_tta
         from jointseg.inference.predictor import Predictor
 
-        predictor = Predictor.from_run(run_dir, device, tta=config_tta(run_dir), calibrate=False)
+        predictor = Predictor.from_run(run_dir, device, tta=config_tta(run_dir))
     pairs: dict[str, Pairs] = {}
     for case in tqdm(cases, desc="postprocessing", unit="case", disable=not progress):
         reference = read_image(case.label)
@@ -169,7 +169,7 @@ def decide_postprocessing(
 
 def _keep_unmeasured(decision: Postprocessing, run_dir: Path) -> None:
     """Add the run's earlier decisions of the domains ``decision`` did not measure."""
-    if not (run_dir / POSTPROCESSING_FILE).is_file():
+    if not RunFolder(run_dir).postprocessing_file.is_file():
         return
     earlier = Postprocessing.load(run_dir)
     if earlier is None:

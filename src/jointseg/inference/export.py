@@ -20,7 +20,6 @@ from pathlib import Path
 
 from jointseg._version import __version__
 from jointseg.inference.onnx_manifest import (
-    EXPORT_FOLDER,
     FORMAT,
     MANIFEST_FILE,
     VERSION,
@@ -36,6 +35,7 @@ from jointseg.models.onnx_export import (
     DomainGraph,
     export_domain_graph,
 )
+from jointseg.runs import RunFolder
 from jointseg.utils.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -45,9 +45,9 @@ def export_run(run: str | Path, out: str | Path | None = None) -> Path:
     """Export every domain of ``run`` to ``out`` (default ``RUN/onnx``; required for the word
     ``pretrained``, the packaged model); returns the manifest's path. Each graph is checked with
     ``onnx.checker``."""
-    out = output_folder(run, out, EXPORT_FOLDER, "ONNX export")
+    out = output_folder(run, out, RunFolder.ONNX, "ONNX export")
     run = resolve_run(run)
-    predictor = Predictor.from_run(run, calibrate=False)
+    predictor = Predictor.from_run(run)
     info = predictor.info
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # the export is incomplete until rewritten
     digests = weights_digests(run, info)

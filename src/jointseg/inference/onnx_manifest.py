@@ -10,16 +10,16 @@ import json
 from pathlib import Path
 
 from jointseg.models.checkpoint import WEIGHTS_FILE
-from jointseg.runs import RunError, RunInfo
+from jointseg.runs import RunError, RunFolder, RunInfo
 
-EXPORT_FOLDER = "onnx"
 MANIFEST_FILE = "onnx.json"
 FORMAT = "jointseg-onnx"
 VERSION = 1
 
 
 def default_export_folder(run: str | Path) -> Path:
-    return Path(run) / EXPORT_FOLDER
+    """``RUN/onnx``: where ``jointseg export`` writes and ``--backend onnxruntime`` looks."""
+    return RunFolder(Path(run)).onnx_dir
 
 
 def weights_digests(run_dir: str | Path, info: RunInfo) -> dict[str, str]:
@@ -75,7 +75,6 @@ def check_manifest(manifest: dict, folder: Path, run_dir: str | Path, info: RunI
 
 
 __all__ = [
-    "EXPORT_FOLDER",
     "FORMAT",
     "MANIFEST_FILE",
     "VERSION",

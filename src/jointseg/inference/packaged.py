@@ -16,7 +16,7 @@ import os
 from importlib.resources import files
 from pathlib import Path
 
-from jointseg.runs import RUN_INDEX, RunError
+from jointseg.runs import RunError, RunFolder
 
 PRETRAINED = "pretrained"  # the word that names the packaged model where a run folder goes
 PRETRAINED_ENV = "JOINTSEG_PRETRAINED"
@@ -38,7 +38,7 @@ def packaged_run_dir() -> Path:
 
 def has_packaged_model(folder: Path | None = None) -> bool:
     """Whether ``folder`` (default: :func:`packaged_run_dir`) holds a packed run."""
-    return ((folder or packaged_run_dir()) / RUN_INDEX).is_file()
+    return RunFolder(folder or packaged_run_dir()).is_run()
 
 
 def resolve_run(run: str | Path) -> Path:
@@ -47,12 +47,12 @@ def resolve_run(run: str | Path) -> Path:
 
     Raises :class:`PretrainedModelMissing` when the word names a model the package lacks.
     """
-    if str(run) != PRETRAINED or (Path(run) / RUN_INDEX).is_file():
+    if str(run) != PRETRAINED or RunFolder(Path(run)).is_run():
         return Path(run)
     folder = packaged_run_dir()
     if not has_packaged_model(folder):
         raise PretrainedModelMissing(
-            f"no pretrained model in this installation ({folder} holds no {RUN_INDEX}): none "
+            f"no pretrained model in this installation ({folder} holds no {RunFolder.INDEX}): none "
             f"has been trained and packed yet. Train and pack it from a checkout of jointseg "
             f"with `{TRAIN_COMMAND}` (hours on a CPU; resumable: `python benchmarks/pretrained.py "
             f"--max-minutes 60` continues where it stopped), or give a run folder of your own "

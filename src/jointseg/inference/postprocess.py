@@ -28,11 +28,11 @@ import SimpleITK as sitk
 from scipy import ndimage
 from skimage import measure
 
+from jointseg.runs import RunFolder
 from jointseg.utils.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-POSTPROCESSING_FILE = "postprocessing.json"
 FORMAT = 1
 DEFAULT_SHARE = 0.1
 CONNECTIVITY = 26
@@ -250,18 +250,18 @@ class Postprocessing:
 
     def save(self, run_dir: str | Path) -> Path:
         """Write ``RUN/postprocessing.json`` atomically; returns its path."""
-        path = Path(run_dir) / POSTPROCESSING_FILE
+        path = RunFolder(Path(run_dir)).postprocessing_file
         atomic_write_json(path, self.to_dict())
         return path
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Postprocessing | None:
         """The run's postprocessing, or None (and a log line) when it has no file."""
-        path = Path(run_dir) / POSTPROCESSING_FILE
+        path = RunFolder(Path(run_dir)).postprocessing_file
         if not path.is_file():
             logger.warning(
                 "%s: no %s; label maps are not postprocessed (decide it with `jointseg "
-                "postprocess %s`)", run_dir, POSTPROCESSING_FILE, run_dir,
+                "postprocess %s`)", run_dir, RunFolder.POSTPROCESSING, run_dir,
             )  # fmt: skip
             return None
         try:
@@ -273,7 +273,6 @@ class Postprocessing:
 
 __all__ = [
     "DEFAULT_SHARE",
-    "POSTPROCESSING_FILE",
     "Postprocessing",
     "PostprocessingError",
     "StructureSteps",

@@ -5,7 +5,7 @@ It composes the prediction stages and holds no algorithm of its own::
     read + check        inference.slices.load_scan (refused from the header when possible)
     preprocess (once)   data.preprocess.preprocess_case: whole-view slices, as in training
     recognize (auto)    recognition.recognizer.DomainRecognizer on the same slices (the run's
-                        references and calibration; calibrated on its study when it has none;
+                        references and calibration, the default calibration when it has none;
                         with the run's anatomy statistics, every domain's head segments the
                         slices for the anatomy check)
     adapt (adapt_bn)    models.dsbn.adapted_domain_statistics: the domain's BN statistics
@@ -18,13 +18,13 @@ It composes the prediction stages and holds no algorithm of its own::
 
 Cleaning (postprocessing) and writing follow in ``inference.predict`` (``inference.writer``).
 A domain runs through its :class:`~jointseg.models.network.Route` (network, head, union
-channels).
+channels; :mod:`jointseg.models.run_networks`). Loading a run reads it and writes nothing.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from jointseg.config import ExperimentConfig, load_config
+from jointseg.config import ExperimentConfig
 from jointseg.data.labels import LabelSpace
 from jointseg.data.preprocess import PreprocessedCase, preprocess_case
 from jointseg.inference.backends import Backend, TorchBackend  # the network call
@@ -43,11 +43,12 @@ from jointseg.inference.slices import InputError, check_scan, load_scan, restore
 from jointseg.models.dsbn import adapted_domain_statistics
 from jointseg.models.inferer import WholeViewInferer, flip_sets, restoration_fits
 from jointseg.models.network import Route
+from jointseg.models.run_networks import domain_routes, load_run_networks
 from jointseg.recognition.calibration import CALIBRATION_FACTOR, Calibration
 from jointseg.recognition.decision import Candidate, DomainDecision
 from jointseg.recognition.recognizer import DomainRecognizer
 from jointseg.recognition.references import DomainReference
-from jointseg.runs import RunError, RunInfo, load_run_info
+from jointseg.runs import RunError, RunFolder, RunInfo
 from jointseg.utils.compute import resolve_precision, to_memory_format, torch_device
 
 __all__ = ["InputError", "Prediction", "Predictor", "check_adapt_bn", "check_scan"]
@@ -123,7 +124,7 @@ class Predictor:
         for net in networks.values():
             to_memory_format(net, self.channels_last)
         self.label_space: LabelSpace = info.label_space()
-        self.routes = {d.name: self._route(d.name) for d in info.domains}
+        self.routes = domain_routes(info, networks)
         self.inferer = WholeViewInferer.from_config(config.inference)
         # the network call, or OnnxRuntimeBackend (inference/backends.py)
         self.backend: Backend = TorchBackend(self.precision, device, self.channels_last)
@@ -139,49 +140,30 @@ class Predictor:
         device: str = "cpu",
         batch_size: int = 16,
         tta: bool = False,
-        calibrate: bool = True,
         precision: str = "auto",
         adapt_bn: bool = False,
     ) -> Predictor:
-        """Load a run folder's config, index and every model it ships.
+        """Load a run folder's config, index, every model it ships and its recognition files;
+        it writes nothing (a run without ``domain_calibration.json`` recognizes domains with the
+        default calibration: ``jointseg calibrate`` measures it).
 
-        With ``calibrate``, a run without ``domain_calibration.json`` whose study folder is
-        reachable is calibrated on a few of its held-out cases (once; the file is stored).
         ``run`` may be the word ``pretrained``: the model the package ships. ``precision``:
         auto, 32 or bf16 (:func:`~jointseg.utils.compute.resolve_precision`). ``adapt_bn``: see
         the class.
         """
-        from jointseg.models import load_model
-        from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE
-
         run = resolve_run(run)
         if not run.is_dir():
             raise RunError(f"{run}: no such run folder")
-        info = load_run_info(run)
-        if not (run / "config.yaml").is_file():
-            raise RunError(f"{run}: no config.yaml; not a complete run folder")
-        config = load_config(run / "config.yaml")
-        if not info.models:
-            raise RunError(f"{run}: the run lists no model; train one with `jointseg train`")
+        folder = RunFolder(run)
+        info = folder.info()
+        config = folder.config()
         where = torch_device(device)
-        networks: dict[str, nn.Module] = {}
-        for entry in info.models:
-            folder = run / entry.path
-            missing = [f for f in (INDEX_FILE, WEIGHTS_FILE) if not (folder / f).is_file()]
-            if missing:
-                raise RunError(
-                    f"{run}: model {entry.name!r} is missing {', '.join(missing)} in {folder}; "
-                    "the run is incomplete (still training, or copied without models/)"
-                )
-            net, _ = load_model(folder, map_location=where)
-            networks[entry.name] = net.eval()
+        networks = load_run_networks(folder, info, where)
         predictor = cls(
             run, config, info, networks, where, batch_size, tta, precision=precision,
             channels_last=config.training.channels_last, adapt_bn=adapt_bn,
         )  # fmt: skip
         predictor.recognizer.load_run(run)
-        if calibrate and not predictor.recognizer.calibrated:
-            predictor.recognizer.calibrate_from_study(info, run, predictor._scan_volume)
         return predictor
 
     @property
@@ -191,14 +173,6 @@ class Predictor:
     def structures(self, domain: str) -> dict[str, int]:
         """Structure name -> on-disk label value of ``domain``."""
         return dict(self.info.domain(domain).structures)
-
-    def _route(self, domain: str) -> Route:
-        """How ``domain`` runs: its model's network, the head/BN index there and, for a union
-        model, the union channels of its classes."""
-        entry = self.info.model_for(domain)
-        union = entry.label_space == "union"
-        channels = self.label_space.union_channels(domain) if union else None
-        return Route.for_domain(self.networks[entry.name], entry.domains, domain, channels)
 
     # ------------------------------------------------------------------------ prediction
     def predict(
@@ -327,9 +301,13 @@ class Predictor:
         return self.recognizer.recognize(case.image, refuse, case.inverse.slice_spacing)
 
     def calibrate_domains(
-        self, scans: dict[str, list[Scan]], factor: float = CALIBRATION_FACTOR
+        self,
+        scans: Mapping[str, Sequence[Scan]],
+        factor: float = CALIBRATION_FACTOR,
+        out: str | Path | None = None,
     ) -> Calibration:
-        """Measure in-domain distances on scans of known domain; save the run's calibration."""
+        """Measure in-domain distances on scans of known domain (domain -> scans), use the
+        calibration and store it in ``out`` (default: the run folder)."""
         calibration = self.recognizer.calibrate(scans, self._scan_volume, factor)
-        calibration.save(self.run_dir)
+        calibration.save(self.run_dir if out is None else out)
         return calibration

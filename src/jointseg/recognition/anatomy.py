@@ -54,9 +54,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from jointseg.runs import RunFolder
 from jointseg.utils.atomic import atomic_write_json
 
-ANATOMY_FILE = "anatomy_reference.json"
 FORMAT_VERSION = 1
 COMPONENT_SHARE = 0.05  # a component counts when it holds this share of its structure's volume
 PRESENCE_SHARE = 0.1  # present: at least this share of the smallest training volume
@@ -351,7 +351,7 @@ class AnatomyReference:
 
 def save_anatomy(run_dir: str | Path, references: dict[str, AnatomyReference]) -> Path:
     """Write the run's anatomy references (atomically)."""
-    path = Path(run_dir) / ANATOMY_FILE
+    path = RunFolder(Path(run_dir)).anatomy_reference_file
     payload = {
         "format_version": FORMAT_VERSION,
         "domains": {name: ref.to_dict() for name, ref in references.items()},
@@ -362,7 +362,7 @@ def save_anatomy(run_dir: str | Path, references: dict[str, AnatomyReference]) -
 
 def load_anatomy(run_dir: str | Path) -> dict[str, AnatomyReference]:
     """The run's anatomy references; empty when it has none (runs trained before them)."""
-    path = Path(run_dir) / ANATOMY_FILE
+    path = RunFolder(Path(run_dir)).anatomy_reference_file
     if not path.is_file():
         return {}
     try:

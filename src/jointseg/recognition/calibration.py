@@ -3,8 +3,10 @@
 Both come from the distances of scans of known domain to their own domain
 (:func:`calibration_from_scores`): the threshold is :data:`CALIBRATION_FACTOR` x the largest
 refusal (appearance) distance, the temperature the median ranking distance. Training measures
-them on held-out scans (:mod:`jointseg.recognition.fitting`); a run without the file is measured
-on its study (:mod:`jointseg.recognition.study`), else the documented defaults apply.
+them on held-out scans (:mod:`jointseg.recognition.fitting`), as do ``jointseg adapt`` and
+packing; ``jointseg calibrate`` measures them for a run trained without them
+(:mod:`jointseg.recognition.study`). Reading a run without the file gives the documented
+defaults; reading never writes it.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jointseg.runs import RunFolder
 from jointseg.utils.atomic import atomic_write_json
 
-CALIBRATION_FILE = "domain_calibration.json"
 # Without a calibration file (and without references: BN running-statistics distances, measured on
 # small trained networks: unseen scans of a training domain 0.02-0.05, scans of another domain
 # 0.2-1, pure noise about 0.5) the threshold sits at about four times the in-domain range.
@@ -40,7 +42,7 @@ class Calibration:
     @classmethod
     def load(cls, run_dir: str | Path) -> Calibration:
         """The run's calibration, or the documented defaults when it has none."""
-        path = Path(run_dir) / CALIBRATION_FILE
+        path = RunFolder(Path(run_dir)).calibration_file
         if not path.is_file():
             return cls()
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -69,12 +71,9 @@ class Calibration:
         threshold = max(factor * max(values), MIN_THRESHOLD)
         return cls(threshold=threshold, temperature=temperature, in_domain=in_domain)
 
-    @staticmethod
-    def exists(run_dir: str | Path) -> bool:
-        return (Path(run_dir) / CALIBRATION_FILE).is_file()
-
     def save(self, run_dir: str | Path) -> Path:
-        path = Path(run_dir) / CALIBRATION_FILE
+        """Write ``domain_calibration.json`` into ``run_dir`` (atomically); returns its path."""
+        path = RunFolder(Path(run_dir)).calibration_file
         atomic_write_json(
             path,
             {

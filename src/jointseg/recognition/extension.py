@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jointseg.models.network import Route
-from jointseg.recognition.calibration import CALIBRATION_FACTOR, CALIBRATION_FILE, Calibration
+from jointseg.recognition.calibration import CALIBRATION_FACTOR, Calibration
 from jointseg.recognition.decision import Candidate, candidate_distances
 from jointseg.recognition.features import (
     ScanFeatures,
@@ -27,12 +27,12 @@ from jointseg.recognition.features import (
     subsample_tensor,
 )
 from jointseg.recognition.references import (
-    REFERENCE_FILE,
     DomainReference,
     ReferenceStats,
     load_references,
     save_references,
 )
+from jointseg.runs import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ def extend_recognition(
     domains' training scans (may be empty when their study is gone). A run without references
     keeps none. When no reference can be fitted (one scan and no other domain's scans), the
     reference and calibration files are removed: recognition then uses the BN running
-    statistics for every domain, and a calibration on first use.
+    statistics for every domain (calibrated by the caller,
+    :func:`~jointseg.recognition.fitting.fit_calibration`).
     """
     run_dir = Path(run_dir)
     references = load_references(run_dir)
@@ -100,8 +101,9 @@ def extend_recognition(
     elif own and any(len(g) >= 2 for g in others):
         reference = _fit_single(own[0], others)
     else:
-        for stale in (REFERENCE_FILE, CALIBRATION_FILE):
-            (run_dir / stale).unlink(missing_ok=True)
+        folder = RunFolder(run_dir)
+        for stale in (folder.domain_reference_file, folder.calibration_file):
+            stale.unlink(missing_ok=True)
         logger.warning(
             "%s: too few scans to measure a recognition reference for %r; recognition falls "
             "back to the BN running statistics for every domain",

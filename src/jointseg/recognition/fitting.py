@@ -2,8 +2,10 @@
 
 Each domain's reference is fitted on its training scans as it runs every domain's training scans
 (:class:`~jointseg.recognition.references.DomainReference`); the calibration on the distances of
-its held-out scans (its training scans when it has none) to that reference. Each domain's anatomy
-statistics are measured on its training label maps (:func:`fit_anatomy`).
+its held-out scans (its training scans when it has none) to that reference. A run whose
+references cannot be fitted (a domain with one training scan) is calibrated on the BN running
+statistics distances instead (:func:`fit_calibration`). Each domain's anatomy statistics are
+measured on its training label maps (:func:`fit_anatomy`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from jointseg.recognition.calibration import (
     Calibration,
     calibration_from_scores,
 )
+from jointseg.recognition.decision import Candidate
 from jointseg.recognition.features import (
     scan_features,
     shared_context_slices,
     subsample_tensor,
 )
 from jointseg.recognition.references import DomainReference, save_references
+from jointseg.recognition.study import in_domain_distances
 
 
 def fit_recognition(
@@ -71,6 +75,33 @@ def fit_recognition(
             bar.update()
     calibration = calibration_from_scores(scores, factor, source="reference")
     save_references(run_dir, references)
+    calibration.save(run_dir)
+    return calibration
+
+
+def fit_calibration(
+    run_dir: str | Path,
+    paths: Mapping[str, Route],
+    volumes: Mapping[str, Sequence[np.ndarray]],
+    kept: Mapping[str, Sequence[float]] | None = None,
+    factor: float = CALIBRATION_FACTOR,
+    batch_size: int = 16,
+) -> Calibration:
+    """Calibrate a run without references on the BN running statistics and store it.
+
+    ``volumes[domain]``: preprocessed slice stacks [S, H, W] of that domain (held-out scans, else
+    training scans); ``kept[domain]``: in-domain distances measured before, for domains without
+    volumes here (a run's old domains, unchanged, when one is added and their study is gone).
+    """
+    scores = {
+        name: [in_domain_distances(Candidate(name, paths[name]), v, batch_size) for v in items]
+        for name, items in volumes.items()
+        if items
+    }
+    for name, distances in (kept or {}).items():
+        if name not in scores and distances:
+            scores[name] = [(d, d) for d in distances]  # BN distances rank as they refuse
+    calibration = calibration_from_scores(scores, factor, source="scans")
     calibration.save(run_dir)
     return calibration
 

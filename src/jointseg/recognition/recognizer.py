@@ -4,9 +4,11 @@
 :class:`~jointseg.models.network.Route`, the measured references, the calibration) and decides
 on a preprocessed slice stack: :func:`~jointseg.recognition.decision.recognize_domain`, then
 :func:`~jointseg.recognition.decision.break_ties` for domains sharing one union head, then the
-refusal. It loads the run's references and calibration (:meth:`DomainRecognizer.load_run`) and
-calibrates a run that has none (:meth:`calibrate_from_study`, :meth:`calibrate`). Reading and
-preprocessing a scan stay the caller's: ``volume_of(scan)`` gives the slice stack.
+refusal. It reads the run's references and calibration (:meth:`DomainRecognizer.load_run`;
+reading writes nothing: a run without a calibration decides with the default one, and says so
+once, naming ``jointseg calibrate``) and calibrates on scans of known domain when asked
+(:meth:`DomainRecognizer.calibrate`). Reading and preprocessing a scan stay the caller's:
+``volume_of(scan)`` gives the slice stack.
 
 With the run's anatomy statistics (``anatomy_reference.json``) and a ``segment`` function
 (whole-view inference of a slice stack through a route, the caller's), the anatomy rule decides
@@ -28,7 +30,6 @@ import torch
 
 from jointseg.models.network import Route
 from jointseg.recognition.anatomy import (
-    ANATOMY_FILE,
     AnatomyReference,
     AnatomyScore,
     load_anatomy,
@@ -44,9 +45,9 @@ from jointseg.recognition.decision import (
     recognize_domain,
     refusal_message,
 )
-from jointseg.recognition.references import REFERENCE_FILE, DomainReference, load_references
-from jointseg.recognition.study import calibrate_domains, calibrate_from_study
-from jointseg.runs import RunInfo
+from jointseg.recognition.references import DomainReference, load_references
+from jointseg.recognition.study import calibrate_domains
+from jointseg.runs import RunFolder
 
 Scan = TypeVar("Scan")
 Segment = Callable[[np.ndarray, Route], np.ndarray]  # (slice stack, route) -> local labels
@@ -67,21 +68,24 @@ class DomainRecognizer:
     calibration: Calibration = field(default_factory=Calibration)
     anatomy: dict[str, AnatomyReference] = field(default_factory=dict)
     segment: Segment | None = None
+    run_dir: Path | None = None  # the run whose files were read (:meth:`load_run`)
+    _warned: bool = field(default=False, init=False, repr=False)
 
     def load_run(self, run_dir: Path) -> None:
-        """Take the run's references, calibration and anatomy statistics. References of an
-        older format are ignored, and with them the calibration measured in their units:
-        recognition falls back to the BN statistics and the default calibration. Without
-        anatomy statistics (runs trained before them) it decides by appearance alone."""
+        """Take the run's references, calibration and anatomy statistics (reading only).
+        References of an older format are ignored, and with them the calibration measured in
+        their units: recognition falls back to the BN statistics and the default calibration.
+        Without anatomy statistics (runs trained before them) it decides by appearance alone."""
+        self.run_dir = Path(run_dir)
         self.references = load_references(run_dir)
-        stale = (Path(run_dir) / REFERENCE_FILE).is_file() and not self.references
+        stale = RunFolder(self.run_dir).domain_reference_file.is_file() and not self.references
         self.calibration = Calibration() if stale else Calibration.load(run_dir)
         self.anatomy = load_anatomy(run_dir)
         if not self.uses_anatomy:
             logger.info(
                 "%s: no anatomy statistics for every domain (%s; runs trained before them): "
                 "--domain auto decides by appearance alone",
-                run_dir, ANATOMY_FILE,
+                run_dir, RunFolder.ANATOMY_REFERENCE,
             )  # fmt: skip
 
     @property
@@ -116,6 +120,7 @@ class DomainRecognizer:
         unless ``refuse`` is False (then ``decision.domain`` is None). ``spacing``: the stack's
         voxel size (mm, along S, H, W), which the anatomy rule needs (with :attr:`segment` and
         the run's statistics)."""
+        self._warn_uncalibrated()
         anatomy = self.uses_anatomy and self.segment is not None and spacing is not None
         decision = recognize_domain(
             self.candidates(), volume, self.calibration, self.batch_size, complete=anatomy
@@ -131,6 +136,19 @@ class DomainRecognizer:
             logger.debug("domain recognition refused the scan: %s", decision.describe())
             raise DomainRecognitionError(refusal_message(decision), decision)
         return decision
+
+    def _warn_uncalibrated(self) -> None:
+        """Once: a run without a calibration refuses by the default threshold."""
+        if self.calibrated or self._warned or self.run_dir is None:
+            return
+        self._warned = True
+        logger.warning(
+            "%s: the run has no recognition calibration (%s); --domain auto uses the default "
+            "refusal threshold %.3g and temperature %.3g. Measure it with `jointseg calibrate "
+            "%s --data STUDY`",
+            self.run_dir, RunFolder.CALIBRATION, self.calibration.threshold,
+            self.calibration.temperature, self.run_dir,
+        )  # fmt: skip
 
     def anatomy_score(
         self, volume: np.ndarray, spacing: Sequence[float] | None, domain: str
@@ -159,13 +177,3 @@ class DomainRecognizer:
             self.candidate, volume_of, scans, factor, self.batch_size
         )
         return self.calibration
-
-    def calibrate_from_study(
-        self, info: RunInfo, run_dir: Path, volume_of: Callable[[Path], np.ndarray]
-    ) -> None:
-        """Calibrate on the run's study folder when it is reachable (stored in the run folder;
-        see :func:`jointseg.recognition.study.calibrate_from_study`); else keep the current."""
-        calibration = calibrate_from_study(
-            info, run_dir, self.candidate, volume_of, self.batch_size
-        )
-        self.calibration = calibration or self.calibration

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from jointseg.recognition.features import ScanFeatures
+from jointseg.runs import RunFolder
 from jointseg.utils.atomic import atomic_write_json
 
-REFERENCE_FILE = "domain_reference.json"
 FORMAT_VERSION = 2  # 2: appearance and content, spreads pooled over the domains
 CONTENT_WEIGHT = 0.5  # weight of the content distance in the ranking distance
 REFERENCE_FLOOR = 0.1  # floor of a reference's spread, x its median
@@ -113,7 +113,7 @@ class DomainReference:
 
 def save_references(run_dir: str | Path, references: dict[str, DomainReference]) -> Path:
     """Write the references into the run folder (atomically)."""
-    path = Path(run_dir) / REFERENCE_FILE
+    path = RunFolder(Path(run_dir)).domain_reference_file
 
     def stats(ref: ReferenceStats) -> dict:
         return {"mean": ref.mean.tolist(), "std": ref.std.tolist()}
@@ -135,7 +135,7 @@ def save_references(run_dir: str | Path, references: dict[str, DomainReference])
 
 def load_references(run_dir: str | Path) -> dict[str, DomainReference]:
     """The run's references (empty when it has none, or only an older format's)."""
-    path = Path(run_dir) / REFERENCE_FILE
+    path = RunFolder(Path(run_dir)).domain_reference_file
     if not path.is_file():
         return {}
     try:

@@ -1,10 +1,10 @@
-"""Calibrating domain recognition on scans of known domain, stored in the run folder.
+"""Calibrating domain recognition on scans of known domain.
 
 The distances of scans to their own domain give the calibration
-(:func:`~jointseg.recognition.calibration.calibration_from_scores`). When a run has no
-``domain_calibration.json`` yet and its study folder is still where it was trained,
-:func:`calibrate_from_study` measures a few of each domain's validation cases (training cases
-when it has none) and writes the file, once.
+(:func:`~jointseg.recognition.calibration.calibration_from_scores`): :func:`calibrate_domains`
+measures them; :func:`study_scans` picks a few of each domain's validation cases (training cases
+when it has none) from a run's study, for a run trained without a calibration
+(``jointseg calibrate``, :mod:`jointseg.workflows.calibration`).
 
 Reading a scan and preprocessing it as the training slices were is the caller's
 (:class:`~jointseg.inference.predictor.Predictor`): ``volume_of(scan)`` gives the slice stack.
@@ -18,7 +18,6 @@ from typing import TypeVar
 
 import numpy as np
 
-from jointseg.data.io import ScanReadError
 from jointseg.data.manifest import DatasetError, list_cases
 from jointseg.recognition.calibration import (
     CALIBRATION_FACTOR,
@@ -58,9 +57,13 @@ def calibrate_domains(
     return calibration_from_scores(scores, factor, source="scans")
 
 
-def study_scans(info: RunInfo, per_domain: int = CASES_PER_DOMAIN) -> dict[str, list[Path]]:
-    """Up to ``per_domain`` held-out (else training) scans per domain from the run's study."""
-    if not info.data_dir or not Path(info.data_dir).is_dir():
+def study_scans(
+    info: RunInfo, study: str | Path | None = None, per_domain: int = CASES_PER_DOMAIN
+) -> dict[str, list[Path]]:
+    """Up to ``per_domain`` held-out (else training) scans per domain of the run from its study
+    folder (``study``, else the run's ``data_dir``); {} when the folder is not there."""
+    study = study or info.data_dir
+    if not study or not Path(study).is_dir():
         return {}
     scans: dict[str, list[Path]] = {}
     for entry in info.domains:
@@ -68,34 +71,10 @@ def study_scans(info: RunInfo, per_domain: int = CASES_PER_DOMAIN) -> dict[str, 
         if not wanted:
             continue
         try:
-            cases = {c.case_id: c.image for c in list_cases(Path(info.data_dir) / entry.folder)}
+            cases = {c.case_id: c.image for c in list_cases(Path(study) / entry.folder)}
         except DatasetError:
             continue
         found = [cases[c] for c in wanted if c in cases][:per_domain]
         if found:
             scans[entry.name] = found
     return scans
-
-
-def calibrate_from_study(
-    info: RunInfo,
-    run_dir: Path,
-    candidate: Callable[[str], Candidate],
-    volume_of: Callable[[Path], np.ndarray],
-    batch_size: int = 16,
-) -> Calibration | None:
-    """Calibrate from the run's own study folder when it is reachable and store it (unless the
-    run folder is read-only); None when the study is not reachable or its scans unreadable."""
-    scans = study_scans(info)
-    if not scans:
-        return None
-    try:
-        calibration = calibrate_domains(candidate, volume_of, scans, batch_size=batch_size)
-    except (ScanReadError, ValueError):
-        return None
-    calibration.source = "study"
-    try:
-        calibration.save(run_dir)
-    except OSError:
-        pass  # a read-only run folder: use the calibration without storing it
-    return calibration

@@ -10,11 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from jointseg.runs import RunFolder  # noqa: E402
 from jointseg.utils.atomic import atomic_path  # noqa: E402
 
 
 def read_metrics(run_dir: Path, plan: str) -> pd.DataFrame | None:
-    path = Path(run_dir) / "logs" / plan / "metrics.csv"
+    path = RunFolder(Path(run_dir)).logs_dir / plan / "metrics.csv"
     if not path.is_file():
         return None
     return pd.read_csv(path)
@@ -44,7 +45,7 @@ def plot_curves(run_dir: Path, plans: list[str]) -> Path | None:
         if dice_columns:
             dice_ax.legend(fontsize=8)
     fig.tight_layout()
-    target = Path(run_dir) / "curves.png"
+    target = RunFolder(Path(run_dir)).curves_file
     with atomic_path(target) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)

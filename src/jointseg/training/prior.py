@@ -13,6 +13,7 @@ from jointseg.config import ExperimentConfig
 from jointseg.data.labels import LabelSpace
 from jointseg.data.patches import crop_patch, foreground_corner
 from jointseg.models.shape_autoencoder import LatentDiscriminator
+from jointseg.runs import RunFolder
 from jointseg.training.datamodule import DomainSplit
 from jointseg.training.schemes import ModelPlan
 from jointseg.training.shape_prior import obtain_shape_autoencoder, union_training_masks
@@ -20,7 +21,6 @@ from jointseg.utils.distributed import is_global_zero
 
 logger = logging.getLogger(__name__)
 
-PRIOR_DIR = "shape_prior"
 MAX_PRIOR_MASKS = 4000
 
 WEAK_PRIOR_DICE = 0.5
@@ -68,7 +68,7 @@ def shape_prior_for(
     if not plan.shape_prior:
         return None, None
     prior_cfg = cfg.regularization.shape_prior
-    directory = Path(out) / "models" / PRIOR_DIR
+    directory = RunFolder(Path(out)).shape_prior_dir
     patch = cfg.preprocessing.patch_size
 
     def masks() -> tuple[np.ndarray, np.ndarray | None]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from jointseg.runs import RunFolder
 from jointseg.utils.atomic import remove_temporaries
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def checkpoint_epoch(path: Path) -> int:
 
 def clean_run_folder(out: Path) -> None:
     """Remove the temporary files that a killed run left in its checkpoint and model folders."""
-    for folder in (out / "checkpoints", out / "models"):
+    run = RunFolder(out)
+    for folder in (run.checkpoints_dir, run.models_dir):
         for path in remove_temporaries(folder, recursive=True):
             log.info("removed %s, left by an interrupted write", path)

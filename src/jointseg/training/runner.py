@@ -14,14 +14,14 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from jointseg.config import SCHEMES, ExperimentConfig, save_config
+from jointseg.config import SCHEMES, ExperimentConfig
 from jointseg.data.cache import SliceCache, preprocess_randomized, preprocess_study
 from jointseg.data.labels import DomainLabels, LabelSpace
 from jointseg.data.manifest import load_manifest
 from jointseg.data.splits import split_subjects
 from jointseg.models import build_model, save_model
 from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE, load_weights
-from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, save_run_info
+from jointseg.runs import DomainEntry, ModelEntry, RunError, RunFolder, RunInfo
 from jointseg.training.checkpoint_io import AtomicCheckpointIO
 from jointseg.training.curves import plot_curves
 from jointseg.training.datamodule import DomainSplit, PlanDataModule
@@ -104,6 +104,7 @@ def train_networks(
     ``pretrained``). ``device``: where the networks train (``auto``: CUDA when available);
     ``devices``: in how many processes."""
     data_dir, out = Path(data_dir), Path(out)
+    run = RunFolder(out)
     where = torch_device(device)
     lightning_placement(where, devices)  # a device Lightning cannot use: refused before any work
     if initial_weights is None and cfg.training.initial_weights is not None:
@@ -120,10 +121,10 @@ def train_networks(
     out.mkdir(parents=True, exist_ok=True)
     if primary:
         clean_run_folder(out)
-        save_config(cfg, out / "config.yaml")
+        run.save_config(cfg)
     plans = plan_scheme(cfg.scheme, cfg.domain_names)
     for plan in plans:
-        if _model_saved(out / "models" / plan.name):
+        if _model_saved(run.model_dir(plan.name)):
             logger.info("[train] %s: already trained, skipped", plan.name)
             continue
         _train_plan(
@@ -150,7 +151,7 @@ def train_networks(
         models=[
             ModelEntry(
                 name=p.name,
-                path=f"models/{p.name}",
+                path=RunFolder.model_path(p.name),
                 domains=list(p.domains),
                 label_space=p.label_space,
             )
@@ -162,7 +163,7 @@ def train_networks(
         validation_cases={name: val for name, (_, val) in subjects.items()},
     )
     if primary:
-        save_run_info(out, info)
+        run.save_info(info)
         plot_curves(out, [p.name for p in plans])
     return TrainedRun(info, deliverable_plans(plans), label_space, caches, subjects, primary)
 
@@ -188,6 +189,7 @@ def _train_plan(
     device: torch.device | None = None,
 ) -> None:
     device = device or torch_device(AUTO_DEVICE)
+    run = RunFolder(out)
     L.seed_everything(cfg.training.seed, verbose=False)
     head_classes = (
         [label_space.num_classes]
@@ -196,16 +198,17 @@ def _train_plan(
     )
     net = build_model(cfg.model, head_classes, plan.domain_specific_bn)
     if initial_weights is not None:
-        source = Path(initial_weights) / "models" / plan.name
+        source = RunFolder(Path(initial_weights)).model_dir(plan.name)
         if not _model_saved(source):
             raise RunError(
-                f"{initial_weights}: no trained network {plan.name!r} (models/{plan.name}) to "
+                f"{initial_weights}: no trained network {plan.name!r} "
+                f"({RunFolder.model_path(plan.name)}) to "
                 "start from; training.initial_weights needs a run of the same scheme"
             )
         load_weights(net, source)
         logger.info("[train] %s: starts from the weights of %s", plan.name, source)
     elif plan.init_from is not None:
-        load_weights(net, out / "models" / plan.init_from, exclude=("heads.", "projectors."))
+        load_weights(net, run.model_dir(plan.init_from), exclude=("heads.", "projectors."))
     randomized = randomized or {}
     splits = [
         DomainSplit(
@@ -238,7 +241,7 @@ def _train_plan(
         "channels-last" if cfg.training.channels_last else "NCHW",
     )
     has_validation = any(s.validation_cases for s in splits)
-    checkpoint_dir = out / "checkpoints" / plan.name
+    checkpoint_dir = run.checkpoint_dir(plan.name)
     last = checkpoint_dir / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
     checkpoint = ModelCheckpoint(
@@ -279,9 +282,9 @@ def _train_plan(
         + ([TQDMProgressBar(refresh_rate=5)] if progress else []),
         logger=[
             ResumableCSVLogger(
-                out / "logs", plan.name, checkpoint_epoch(last) if ckpt_path else None
+                run.logs_dir, plan.name, checkpoint_epoch(last) if ckpt_path else None
             ),
-            TensorBoardLogger(out / "logs", name=plan.name, version="tensorboard"),
+            TensorBoardLogger(run.logs_dir, name=plan.name, version="tensorboard"),
         ],
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -449,7 +452,7 @@ def _export(
         "precision": precision,  # what the network computed in while it trained
         "channels_last": module.channels_last,
     }
-    save_model(module.net.cpu(), out / "models" / plan.name, metadata=metadata)
+    save_model(module.net.cpu(), RunFolder(out).model_dir(plan.name), metadata=metadata)
 
 
 __all__ = ["SCHEMES", "TrainedRun", "train_networks"]

@@ -9,7 +9,8 @@ nearest existing domain's, by the run's recognition distances (or from the pool 
 its head rows of structures that domain shares start from that domain's head. The new run folder
 holds what ``predict``, ``evaluate`` and ``compare`` read: config.yaml and run.json with the new
 domain appended, the adapted model, the old recognition references and anatomy statistics with
-the new domain's added, the postprocessing decision (the new domain's decided on its validation
+the new domain's added, the recognition calibration (on the BN running statistics when the run
+has no references), the postprocessing decision (the new domain's decided on its validation
 subjects, when it has some) and ``adaptation.json`` (what was done, from what, in how long). A
 run that records no study (the packaged model) gives the new run the new dataset's parent
 folder as its study.
@@ -28,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from jointseg.config import DatasetConfig, ExperimentConfig, load_config, save_config
+from jointseg.config import DatasetConfig, ExperimentConfig
 from jointseg.data.cache import SliceCache, build_slice_cache, preprocess_study
 from jointseg.data.io import read_image
 from jointseg.data.labels import DomainLabels, LabelSpace
@@ -39,12 +40,18 @@ from jointseg.inference.postprocess import Postprocessing
 from jointseg.models import load_model
 from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import Route
-from jointseg.recognition.anatomy import ANATOMY_FILE, load_anatomy
+from jointseg.recognition.anatomy import load_anatomy
+from jointseg.recognition.calibration import Calibration
 from jointseg.recognition.decision import Candidate
 from jointseg.recognition.extension import extend_recognition, nearest_domain
-from jointseg.recognition.fitting import fit_anatomy, fit_recognition, segment_whole_view
+from jointseg.recognition.fitting import (
+    fit_anatomy,
+    fit_calibration,
+    fit_recognition,
+    segment_whole_view,
+)
 from jointseg.recognition.references import load_references
-from jointseg.runs import DomainEntry, ModelEntry, RunError, RunInfo, load_run_info, save_run_info
+from jointseg.runs import DomainEntry, ModelEntry, RunError, RunFolder, RunInfo
 from jointseg.training.adaptation import (
     ADAPT_MODES,
     ADAPTABLE_SCHEMES,
@@ -65,10 +72,13 @@ from jointseg.utils.compute import AUTO_DEVICE, torch_device
 
 logger = logging.getLogger(__name__)
 
-ADAPTATION_FILE = "adaptation.json"
 DEFAULT_STEPS = 300
-COPIED = ("models/shape_prior", "postprocessing.json", "domain_reference.json",
-          "domain_calibration.json")  # fmt: skip
+COPIED = (  # from the source run, as they are (recognition's are then extended)
+    f"{RunFolder.MODELS}/{RunFolder.SHAPE_PRIOR}",
+    RunFolder.POSTPROCESSING,
+    RunFolder.DOMAIN_REFERENCE,
+    RunFolder.CALIBRATION,
+)
 
 
 def domain_name_of(folder: Path) -> str:
@@ -141,8 +151,8 @@ def _old_training_volumes(cfg: ExperimentConfig, info: RunInfo) -> dict[str, lis
     if not info.data_dir or not all(
         (Path(info.data_dir) / e.folder / "dataset.json").is_file() for e in info.domains
     ):
-        logger.warning("the run's study (%s) is not at hand: the new domain's recognition "
-                       "reference is fitted on its own scans only",
+        logger.warning("the run's study (%s) is not at hand: the new domain's recognition is "
+                       "measured on its own scans only",
                        info.data_dir or "none recorded")  # fmt: skip
         return {}
     caches = preprocess_study(cfg, Path(info.data_dir))
@@ -216,8 +226,9 @@ def nearest_domain_of(
     """The domain of ``run`` nearest to the training scans of ``dataset`` (what
     :func:`adapt_run` starts the new BN from) and every domain's mean distance."""
     run = resolve_run(run)
-    info = load_run_info(run)
-    new = _prepare(load_config(run / "config.yaml"), info, Path(dataset), name, None, 0)
+    folder = RunFolder(run)
+    info = folder.info()
+    new = _prepare(folder.config(), info, Path(dataset), name, None, 0)
     net, _ = load_model(run / info.models[0].path)
     return _nearest(run, net, list(info.models[0].domains), new)
 
@@ -261,8 +272,9 @@ def adapt_run(
             f"unknown --statistics {statistics!r}; choose one of {', '.join(BN_STATISTICS)}"
         )
     torch_device(device)  # an unusable device: refused before any work
-    info = load_run_info(run)
-    cfg = load_config(run / "config.yaml")
+    source_run = RunFolder(run)
+    info = source_run.info()
+    cfg = source_run.config()
     train_cfg = cfg
     if lr is not None:
         train_cfg = cfg.model_copy(deep=True)
@@ -296,6 +308,7 @@ def adapt_run(
     labels = [e.labels() for e in info.domains] + [new.labels]
     label_space = LabelSpace(labels)
     out.mkdir(parents=True, exist_ok=True)
+    target = RunFolder(out)
     split = DomainSplit(new.name, new.cache, new.training, new.validation)
     trained = train_new_domain(
         train_cfg,
@@ -305,7 +318,7 @@ def adapt_run(
         split,
         mode,
         steps,
-        out / "checkpoints" / "adapt",
+        target.checkpoint_dir("adapt"),
         progress,
         statistics,
         device,
@@ -314,7 +327,7 @@ def adapt_run(
     new_cfg = cfg.model_copy(
         update={"datasets": [*cfg.datasets, DatasetConfig(name=new.name, folder=new.folder)]}
     )
-    save_config(new_cfg, out / "config.yaml")
+    target.save_config(new_cfg)
     for item in COPIED:
         source_path = run / item
         if source_path.is_dir():
@@ -348,13 +361,13 @@ def adapt_run(
         },
         deep=True,
     )
-    save_run_info(out, new_info)
+    target.save_info(new_info)
     _recognition(out, cfg, info, new, trained.net, mode, old_domains, progress)
     _anatomy(out, run, cfg, new, trained.net, old_domains)
     _postprocessing(out, new, progress, device)
     seconds = time.perf_counter() - began
     atomic_write_json(
-        out / ADAPTATION_FILE,
+        target.adaptation_file,
         {
             "source_run": str(run.resolve()),
             "domain": new.name,
@@ -389,29 +402,40 @@ def _recognition(
     progress: bool,
 ) -> None:
     """The old references kept and the new domain's added (``head``, ``norm+head``); every
-    reference measured again with ``all`` (the old domains' paths changed)."""
-    if not (out / "domain_reference.json").is_file():
+    reference measured again with ``all`` (the old domains' paths changed). A run left without
+    references is calibrated on the BN running statistics: every adapted run has a
+    calibration."""
+    folder = RunFolder(out)
+    paths = {d: Route(net, i) for i, d in enumerate([*old_domains, new.name])}
+    training, held_out = _volumes(new.cache, new.training), _volumes(new.cache, new.validation)
+    old: dict[str, list[np.ndarray]] | None = None
+    if folder.domain_reference_file.is_file():
+        old = _old_training_volumes(cfg, info)
+        if mode == "all":
+            for stale in (folder.domain_reference_file, folder.calibration_file):
+                stale.unlink(missing_ok=True)
+            if old:
+                volumes = {d: (v, []) for d, v in old.items()}
+                volumes[new.name] = (training, held_out)
+                fit_recognition(out, paths, volumes, progress=progress)
+        else:
+            extend_recognition(out, new.name, paths[new.name], training, held_out, old)
+    if folder.domain_reference_file.is_file():
         return
-    old = _old_training_volumes(cfg, info)
-    if mode == "all":
-        for stale in ("domain_reference.json", "domain_calibration.json"):
-            (out / stale).unlink(missing_ok=True)
-        if not old:
-            return
-        domains = [*old_domains, new.name]
-        paths = {d: Route(net, i) for i, d in enumerate(domains)}
-        volumes = {d: (v, []) for d, v in old.items()}
-        volumes[new.name] = (_volumes(new.cache, new.training), _volumes(new.cache, new.validation))
-        fit_recognition(out, paths, volumes, progress=progress)
-        return
-    extend_recognition(
-        out,
-        new.name,
-        Route(net, len(old_domains)),
-        _volumes(new.cache, new.training),
-        _volumes(new.cache, new.validation),
-        old,
-    )
+    # BN running statistics: the old domains' distances stay valid unless ``all`` changed them
+    before = {} if mode == "all" else Calibration.load(out).in_domain
+    kept = {d: before[d] for d in old_domains if d in before}
+    if old is None and any(d not in kept for d in old_domains):
+        old = _old_training_volumes(cfg, info)
+    scans = {d: v for d, v in (old or {}).items() if d not in kept}
+    scans[new.name] = held_out or training
+    calibration = fit_calibration(out, paths, scans, kept)
+    unmeasured = [d for d in old_domains if d not in calibration.in_domain]
+    logger.info(
+        "[adapt] recognition calibrated on the BN running statistics: refusal threshold %.3g "
+        "(%s)%s", calibration.threshold, folder.calibration_file,
+        f"; no distances of {', '.join(unmeasured)}" if unmeasured else "",
+    )  # fmt: skip
 
 
 def _anatomy(
@@ -437,7 +461,8 @@ def _anatomy(
     structures = {new.name: list(new.labels.structures)}
     kept = {d: old[d] for d in old_domains}
     if fit_anatomy(out, structures, {new.name: label_maps}, {new.name: predictions}, kept):
-        logger.info("[adapt] anatomy statistics of %s added: %s", new.name, out / ANATOMY_FILE)
+        logger.info("[adapt] anatomy statistics of %s added: %s", new.name,
+                    RunFolder(out).anatomy_reference_file)  # fmt: skip
     else:
         logger.info("[adapt] anatomy statistics: no training label map of %s has every "
                     "structure; --domain auto decides by appearance alone", new.name)  # fmt: skip
@@ -450,8 +475,8 @@ def _postprocessing(out: Path, new: NewDomain, progress: bool, device: str) -> N
         return
     from jointseg.inference.predictor import Predictor
 
-    predictor = Predictor.from_run(out, device, calibrate=False)
-    dataset = Path(load_run_info(out).data_dir or "") / new.folder
+    predictor = Predictor.from_run(out, device)
+    dataset = Path(predictor.info.data_dir or "") / new.folder
     cases = {c.case_id: c for c in list_cases(dataset, "train")}
     pairs = []
     for case_id in new.validation:
@@ -460,7 +485,7 @@ def _postprocessing(out: Path, new: NewDomain, progress: bool, device: str) -> N
         reference = read_image(case.label)
         pairs.append((sitk.GetArrayFromImage(predicted), sitk.GetArrayFromImage(reference)))
     decision = decide_steps({new.name: pairs}, {new.name: new.labels.structures}, run_share(out))
-    old = Postprocessing.load(out) if (out / "postprocessing.json").is_file() else None
+    old = Postprocessing.load(out) if RunFolder(out).postprocessing_file.is_file() else None
     if old is not None:
         decision.steps = {**old.steps, **decision.steps}
         decision.measured = {**old.measured, **decision.measured}

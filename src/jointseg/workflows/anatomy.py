@@ -18,9 +18,9 @@ from jointseg.data.io import read_image
 from jointseg.data.manifest import list_cases
 from jointseg.data.preprocess import preprocess_case
 from jointseg.inference.predictor import Predictor
-from jointseg.recognition.anatomy import ANATOMY_FILE, AnatomyReference
+from jointseg.recognition.anatomy import AnatomyReference
 from jointseg.recognition.fitting import fit_anatomy
-from jointseg.runs import RunError
+from jointseg.runs import RunError, RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def fit_run_anatomy_from_study(
     run's ``data_dir``); returns them ({} and nothing written when a domain has no training
     label map with every structure). Overwrites an existing file."""
     run_dir = Path(run_dir)
-    predictor = Predictor.from_run(run_dir, calibrate=False)
+    predictor = Predictor.from_run(run_dir)
     info = predictor.info
     study = Path(study or info.data_dir or "")
     if not info.training_cases:
@@ -57,6 +57,7 @@ def fit_run_anatomy_from_study(
             predictions[domain.name].append((labels, done.inverse.slice_spacing))
     structures = {d.name: list(d.structures) for d in info.domains}
     references = fit_anatomy(run_dir, structures, label_maps, predictions)
-    logger.info("%s: anatomy statistics %s (reliable: %s)", run_dir, run_dir / ANATOMY_FILE,
+    logger.info("%s: anatomy statistics %s (reliable: %s)", run_dir,
+                RunFolder(run_dir).anatomy_reference_file,
                 [n for n, r in references.items() if r.reliable] or "none")  # fmt: skip
     return references

@@ -16,11 +16,11 @@ from jointseg.config import load_config
 from jointseg.data.checks import check_path, format_report
 from jointseg.data.manifest import list_cases
 from jointseg.evaluation.compare import compare_runs
-from jointseg.evaluation.evaluate import EVALUATION_DIR, SUMMARY_FILE, evaluate_run
+from jointseg.evaluation.evaluate import SUMMARY_FILE, evaluate_run
 from jointseg.evaluation.report import postprocessing_section
 from jointseg.inference.predict import PredictionError, predict_path
 from jointseg.recognition.decision import DomainRecognitionError
-from jointseg.runs import load_run_info
+from jointseg.runs import RunFolder
 from jointseg.synth.generate import synthesize_study
 from jointseg.utils.atomic import atomic_write_text
 from jointseg.utils.compute import AUTO_DEVICE
@@ -95,8 +95,9 @@ def _step(text: str) -> None:
 
 
 def _budget(scheme: str, run_dir: Path) -> str:
-    info = load_run_info(run_dir)
-    training = load_config(run_dir / "config.yaml").training
+    run = RunFolder(run_dir)
+    info = run.info()
+    training = run.config().training
     steps = {training.epochs * training.iterations(len(m.domains)) for m in info.models}
     networks = len(info.models)
     return (
@@ -106,7 +107,7 @@ def _budget(scheme: str, run_dir: Path) -> str:
 
 
 def _budget_note(run_dir: Path) -> str:
-    if load_config(run_dir / "config.yaml").training.iterations_per_dataset:
+    if RunFolder(run_dir).config().training.iterations_per_dataset:
         return (
             "Every network takes the same number of steps per dataset it trains on "
             "(`training.iterations_per_dataset`): the single multi-domain network as many in "
@@ -139,7 +140,7 @@ def _write_report(
         + _budget_note(next(iter(runs.values()))),
         "",
     ]
-    summary = runs["full"] / EVALUATION_DIR / SUMMARY_FILE
+    summary = RunFolder(runs["full"]).evaluation_dir / SUMMARY_FILE
     if summary.is_file():
         document = json.loads(summary.read_text(encoding="utf-8"))
         lines += postprocessing_section(document, 2, "Postprocessing of the full model's labels")
@@ -152,11 +153,9 @@ def _write_report(
         ]
     lines += ["## Runs", ""]
     for scheme, run_dir in runs.items():
-        rel = run_dir.relative_to(out)
-        lines.append(
-            f"- `{scheme}`: [{rel}/evaluation/report.md]({rel}/evaluation/report.md), "
-            f"curves [{rel}/curves.png]({rel}/curves.png)"
-        )
+        run = RunFolder(run_dir.relative_to(out))
+        report, curves = run.evaluation_dir / "report.md", run.curves_file
+        lines.append(f"- `{scheme}`: [{report}]({report}), curves [{curves}]({curves})")
     lines += [
         "",
         f"Data previews: {', '.join(sorted(p.name for p in (out / 'data').glob('preview_*.png')))}",

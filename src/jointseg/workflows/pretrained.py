@@ -7,8 +7,10 @@ A packed run is the least a prediction reads, plus how it was made and what it m
     models/<model>/model.safetensors weights, floating point ones as float16 (BN statistics
                                      float32); safetensors: loading runs no code
     models/<model>/model.json        architecture and metadata (+ "packed": dtype, source)
-    domain_reference.json            recognition references and calibration (``--domain
-    domain_calibration.json          auto``), when the run has them
+    domain_reference.json            recognition references (``--domain auto``), when the run
+                                     has them
+    domain_calibration.json          their calibration: the run's, else measured on its study
+                                     with the packed weights (when the study is at hand)
     anatomy_reference.json           each domain's anatomy statistics (``--domain auto``)
     postprocessing.json              the postprocessing decision, when the run has one
     training.json                    how it was trained: config, commands, steps, time, data
@@ -43,11 +45,10 @@ from jointseg.data.io import read_image, write_image
 from jointseg.inference.packaged import packaged_run_dir
 from jointseg.inference.predictor import Predictor
 from jointseg.models.checkpoint import INDEX_FILE, WEIGHTS_FILE, read_index
-from jointseg.recognition.anatomy import ANATOMY_FILE
-from jointseg.recognition.calibration import CALIBRATION_FILE
-from jointseg.recognition.references import REFERENCE_FILE
-from jointseg.runs import RunError, load_run_info, save_run_info
+from jointseg.recognition.study import study_scans
+from jointseg.runs import RunError, RunFolder, RunInfo
 from jointseg.utils.atomic import atomic_write_json
+from jointseg.workflows.calibration import calibrate_on_study
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,12 @@ TRAINING_RECORD = "training.json"
 REFERENCE_RECORD = "reference_output.json"
 REFERENCE_SCAN = "reference_scan.nii.gz"
 REFERENCE_LABELS = "reference_labels.nii.gz"
-POSTPROCESSING_FILE = "postprocessing.json"
-OPTIONAL_FILES = (REFERENCE_FILE, CALIBRATION_FILE, ANATOMY_FILE, POSTPROCESSING_FILE)
+OPTIONAL_FILES = (  # copied when the run has them
+    RunFolder.DOMAIN_REFERENCE,
+    RunFolder.CALIBRATION,
+    RunFolder.ANATOMY_REFERENCE,
+    RunFolder.POSTPROCESSING,
+)
 KEEP_FLOAT32 = ("running_mean", "running_var")  # BN statistics: small, and range-sensitive
 # The reference scan: a held-out knee of the synthetic generator, small (tests run in seconds)
 REFERENCE_JOINT, REFERENCE_SEED, REFERENCE_SCALE = "knee", 20260, 0.3
@@ -80,14 +85,18 @@ def pack_run(
     has one); ``reference_scan`` defaults to a small synthetic knee (:func:`reference_scan`).
     """
     run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     dest = Path(dest) if dest is not None else packaged_run_dir()
-    info = load_run_info(run_dir)
-    if not (run_dir / "config.yaml").is_file() or not info.models:
-        raise RunError(f"{run_dir}: not a complete trained run (config.yaml and models needed)")
+    info = run.info()
+    if not run.config_file.is_file() or not info.models:
+        raise RunError(
+            f"{run_dir}: not a complete trained run ({RunFolder.CONFIG} and models needed)"
+        )
     work = dest.with_name(dest.name + ".packing")
+    packed = RunFolder(work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    shutil.copy2(run_dir / "config.yaml", work / "config.yaml")
+    shutil.copy2(run.config_file, packed.config_file)
     for name in OPTIONAL_FILES:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, work / name)
@@ -95,14 +104,16 @@ def pack_run(
     for entry in info.models:
         parameters += pack_model(run_dir / entry.path, work / entry.path, f"{entry.path}")
     unbound = {"data_dir": None, "training_cases": {}, "validation_cases": {}}
-    save_run_info(work, info.model_copy(update=unbound))  # no paths of the training machine
+    packed.save_info(info.model_copy(update=unbound))  # no paths of the training machine
+    if not packed.calibration_file.is_file():
+        _calibrate_packed(packed, info)
     record = {
         **(training or {}),
         "packed": {"source_run": run_dir.resolve().name, "jointseg_version": __version__,
                    "parameters": parameters, "weights_dtype": "float16",
                    "weights_bytes": weights_bytes(work)},
     }  # fmt: skip
-    summary = run_dir / "evaluation" / "summary.json"
+    summary = run.evaluation_dir / "summary.json"
     if summary.is_file() and "evaluation" not in record:
         evaluation = json.loads(summary.read_text(encoding="utf-8"))
         record["evaluation"] = {k: v for k, v in evaluation.items() if k != "data_dir"}
@@ -112,6 +123,19 @@ def pack_run(
     logger.info("packed %s into %s (%d parameters, %.1f MB of weights)", run_dir, dest,
                 parameters, record["packed"]["weights_bytes"] / 1e6)  # fmt: skip
     return dest
+
+
+def _calibrate_packed(packed: RunFolder, info: RunInfo) -> None:
+    """Measure the packed model's recognition calibration on the run's study (``info``: the
+    run's index, with its study and case lists); a warning when the study is not at hand."""
+    if not study_scans(info):
+        logger.warning(
+            "%s: the run has no %s and its study (%s) is not at hand: the packed model's "
+            "--domain auto uses the default calibration",
+            packed.path, RunFolder.CALIBRATION, info.data_dir or "none recorded",
+        )  # fmt: skip
+        return
+    calibrate_on_study(Predictor.from_run(packed.path), info, packed.path)
 
 
 def pack_model(source: Path, target: Path, name: str = "") -> int:
@@ -168,13 +192,13 @@ def reference_scan() -> sitk.Image:
 
 
 def _reference_domain(folder: Path) -> str:
-    names = [d.name for d in load_run_info(folder).domains]
+    names = [d.name for d in RunFolder(folder).info().domains]
     return REFERENCE_JOINT if REFERENCE_JOINT in names else names[0]
 
 
 def _outputs(folder: Path, scan: sitk.Image, domain: str) -> tuple[np.ndarray, np.ndarray, Any]:
     """(label map, probabilities [z, y, x, classes], auto decision) of the packed model."""
-    predictor = Predictor.from_run(folder, calibrate=False)
+    predictor = Predictor.from_run(folder)
     prediction = predictor.predict(scan, domain, return_probabilities=True)
     labels = sitk.GetArrayFromImage(prediction.label_map)
     probabilities = sitk.GetArrayFromImage(prediction.probabilities)

@@ -1,7 +1,9 @@
 """``jointseg train`` and ``jointseg ablate``: a config and a study folder to finished run folders.
 
 A run is trained (:func:`jointseg.training.runner.train_networks`), then, by rank 0, its domain
-recognition is measured (:func:`jointseg.recognition.fitting.fit_recognition`, and the anatomy
+recognition is measured (:func:`jointseg.recognition.fitting.fit_recognition`; on the BN running
+statistics, :func:`jointseg.recognition.fitting.fit_calibration`, when a domain has too few
+training scans for references: every trained run has its calibration; and the anatomy
 statistics of the training labels, :func:`jointseg.recognition.fitting.fit_anatomy`) and its
 postprocessing decided on the validation subjects
 (:func:`jointseg.evaluation.postprocessing.decide_postprocessing`). Recognition and training
@@ -15,18 +17,24 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from jointseg.config import ExperimentConfig, load_config
+from jointseg.data.cache import SliceCache
 from jointseg.evaluation.postprocessing import decide_postprocessing, decision_table
 from jointseg.inference.packaged import resolve_run
-from jointseg.models import load_model
+from jointseg.models.checkpoint import INDEX_FILE
 from jointseg.models.inferer import WholeViewInferer
 from jointseg.models.network import Route
-from jointseg.recognition.anatomy import ANATOMY_FILE
-from jointseg.recognition.fitting import fit_anatomy, fit_recognition, segment_whole_view
-from jointseg.recognition.references import REFERENCE_FILE
-from jointseg.runs import RunInfo
+from jointseg.models.run_networks import domain_routes, load_run_networks
+from jointseg.recognition.fitting import (
+    fit_anatomy,
+    fit_calibration,
+    fit_recognition,
+    segment_whole_view,
+)
+from jointseg.runs import RunFolder, RunInfo
 from jointseg.training.runner import TrainedRun, train_networks
 from jointseg.utils.compute import AUTO_DEVICE
 
@@ -66,7 +74,7 @@ def ablate_from_cli(
     for scheme in cfg.schemes:
         run_dir = Path(out) / scheme.replace("+", "_")
         scheme_cfg = cfg.model_copy(update={"scheme": scheme})
-        done = (run_dir / "run.json").is_file()
+        done = RunFolder(run_dir).is_run()
         state = "done, skipped" if done else "training"
         logger.info("[ablate] %s: %s -> %s", scheme, state, run_dir)
         runs[scheme] = train_run(scheme_cfg, data, run_dir, resume=run_dir.exists(), device=device)
@@ -95,51 +103,50 @@ def train_run(
         resolve_run(initial) if initial is not None else None, device,
     )  # fmt: skip
     if trained.primary:
-        fit_run_recognition(out, trained, progress)
-        fit_run_anatomy(out, trained, cfg)
+        run = RunFolder(out)
+        routes = domain_routes(trained.info, load_run_networks(run, trained.info))
+        fit_run_recognition(run, trained, routes, progress)
+        fit_run_anatomy(run, trained, routes, cfg)
         _decide_postprocessing(out, data_dir, progress, device)
-        _log_summary(out, trained)
+        _log_summary(run, trained)
     return trained.info
 
 
-def run_routes(out: Path, trained: TrainedRun) -> dict[str, Route]:
-    """Every domain's route through the run's saved networks."""
-    paths = {}
-    for plan in trained.plans:
-        net, _ = load_model(out / "models" / plan.name)
-        for domain in plan.domains:
-            union = plan.label_space == "union"
-            select = trained.label_space.union_channels(domain) if union else None
-            paths[domain] = Route.for_domain(net, plan.domains, domain, select)
-    return paths
-
-
-def fit_run_recognition(out: Path, trained: TrainedRun, progress: bool = True) -> None:
-    """Measure the run's domain references and calibration from its training slice cache."""
-    paths = run_routes(out, trained)
-    caches = trained.caches
+def fit_run_recognition(
+    run: RunFolder, trained: TrainedRun, routes: dict[str, Route], progress: bool = True
+) -> None:
+    """Measure the run's domain references and calibration from its training slice cache (the
+    calibration alone, on the BN running statistics, when a domain has too few scans)."""
     volumes = {  # read-only memory-mapped views: only the recognition subsample is read
-        name: tuple(
-            [caches[name].images[slice(*caches[name].case_slices[case])] for case in cases]
-            for cases in split
+        name: (
+            _case_volumes(trained.caches[name], train),
+            _case_volumes(trained.caches[name], held),
         )
-        for name, split in trained.subjects.items()
+        for name, (train, held) in trained.subjects.items()
     }
-    calibration = fit_recognition(out, paths, volumes, progress=progress)  # type: ignore[arg-type]
-    if calibration is None:
-        logger.info("[train] domain recognition: fewer than two training scans in a domain; it "
-                    "will use the BN running statistics")  # fmt: skip
-    else:
+    calibration = fit_recognition(run.path, routes, volumes, progress=progress)
+    if calibration is not None:
         logger.info("[train] domain recognition: references measured, refusal threshold %.3g (%s)",
-                    calibration.threshold, out / REFERENCE_FILE)  # fmt: skip
+                    calibration.threshold, run.domain_reference_file)  # fmt: skip
+        return
+    held_out = {name: held or train for name, (train, held) in volumes.items()}
+    calibration = fit_calibration(run.path, routes, held_out)
+    logger.info("[train] domain recognition: fewer than two training scans in a domain; it uses "
+                "the BN running statistics, refusal threshold %.3g (%s)",
+                calibration.threshold, run.calibration_file)  # fmt: skip
 
 
-def fit_run_anatomy(out: Path, trained: TrainedRun, cfg: ExperimentConfig) -> None:
+def _case_volumes(cache: SliceCache, cases: list[str]) -> list[np.ndarray]:
+    return [cache.images[slice(*cache.case_slices[case])] for case in cases]
+
+
+def fit_run_anatomy(
+    run: RunFolder, trained: TrainedRun, routes: dict[str, Route], cfg: ExperimentConfig
+) -> None:
     """Measure every domain's anatomy statistics from its training label maps (slice cache),
     calibrated on its own predictions of its held-out scans."""
     caches = trained.caches
     structures = {d.name: list(d.structures) for d in trained.info.domains}
-    paths = run_routes(out, trained)
     inferer = WholeViewInferer.from_config(cfg.inference)
     label_maps, predictions = {}, {}
     for name in structures:
@@ -150,11 +157,12 @@ def fit_run_anatomy(out: Path, trained: TrainedRun, cfg: ExperimentConfig) -> No
         label_maps[name] = [(cache.labels[rows[c]], spacing[c]) for c in training]
         with torch.no_grad():
             predictions[name] = [
-                (segment_whole_view(inferer, cache.images[rows[c]], paths[name]), spacing[c])
+                (segment_whole_view(inferer, cache.images[rows[c]], routes[name]), spacing[c])
                 for c in held_out
             ]
-    if fit_anatomy(out, structures, label_maps, predictions):
-        logger.info("[train] anatomy statistics of the training labels: %s", out / ANATOMY_FILE)
+    if fit_anatomy(run.path, structures, label_maps, predictions):
+        logger.info("[train] anatomy statistics of the training labels: %s",
+                    run.anatomy_reference_file)  # fmt: skip
     else:
         logger.info("[train] anatomy statistics: a domain has no training label map with every "
                     "structure; --domain auto decides by appearance alone")  # fmt: skip
@@ -170,12 +178,12 @@ def _decide_postprocessing(
                     decision_table(decision))  # fmt: skip
 
 
-def _log_summary(out: Path, trained: TrainedRun) -> None:
+def _log_summary(run: RunFolder, trained: TrainedRun) -> None:
     for plan in trained.plans:
-        index = out / "models" / plan.name / "model.json"
+        index = run.model_dir(plan.name) / INDEX_FILE
         if index.is_file():
             meta = json.loads(index.read_text(encoding="utf-8")).get("metadata", {})
             dice = meta.get("best_validation_dice")
             text = f"{dice:.3f}" if isinstance(dice, float) else "n/a"
             logger.info("[train] %s: best validation Dice %s", plan.name, text)
-    logger.info("[train] run folder: %s", out)
+    logger.info("[train] run folder: %s", run.path)
