@@ -303,6 +303,11 @@ def test_the_anatomy_rule_vetoes_only_reliable_domains() -> None:
     no_shoulder = {**scores, "shoulder": fails}
     assert rule(appearance, no_shoulder, ("ankle", "knee", "shoulder")).domain is None
     assert rule(appearance, no_shoulder, ("knee",)).domain == "ankle"
+    # an unreliable domain nearer in appearance does not win over a reliable plausible one
+    near = decide({"elbow": 0.5, "knee": 0.8, "ankle": 0.9}, calibration)
+    plausible_knee = {"elbow": fails, "knee": fits, "ankle": fails}
+    assert rule(near, plausible_knee, ("knee", "ankle")).domain == "knee"
+    assert rule(near, {**plausible_knee, "knee": fails}, ("knee", "ankle")).domain == "elbow"
 
 
 # ------------------------------------------------------------------ through the predictor

@@ -226,14 +226,16 @@ def decide_by_anatomy(
     anatomy: Callable[[str], AnatomyScore],
     reliable: Collection[str],
 ) -> DomainDecision:
-    """The anatomy rule (``appearance``: every candidate's ranking distance complete). In the
-    appearance ranking order, the first domain accepted wins:
+    """The anatomy rule (``appearance``: every candidate's ranking distance complete). The first
+    domain accepted wins, the ``reliable`` ones first, each group in the appearance ranking
+    order:
 
     - a ``reliable`` domain (its own held-out predictions pass the anatomy check) when its
       predicted anatomy (``anatomy(name)``, called only when needed) is plausible, within the
       appearance threshold or not;
-    - any other domain as by appearance alone (refusal distance within the threshold): its
-      check would refuse its own scans too.
+    - then any other domain as by appearance alone (refusal distance within the threshold): its
+      check would refuse its own scans too. A plausible anatomy is stronger evidence than
+      appearance alone, so such a domain never wins over a reliable one whose anatomy fits.
 
     Ties (domains sharing one model and BN without references) go to the smaller anatomy
     distance; none accepted: refused. ``confidence`` is the appearance softmax renormalized over
@@ -247,7 +249,9 @@ def decide_by_anatomy(
             checked[score.name] = anatomy(score.name)
         return checked[score.name].plausible
 
-    best = next((s for s in appearance.scores if accepted(s)), None)
+    order = [s for s in appearance.scores if s.name in reliable]
+    order += [s for s in appearance.scores if s.name not in reliable]
+    best = next((s for s in order if accepted(s)), None)
     if best is not None:
         tied = [
             s

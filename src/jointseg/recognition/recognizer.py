@@ -12,9 +12,9 @@ once, naming ``jointseg calibrate``) and calibrates on scans of known domain whe
 
 With the run's anatomy statistics (``anatomy_reference.json``) and a ``segment`` function
 (whole-view inference of a slice stack through a route, the caller's), the anatomy rule decides
-(:func:`~jointseg.recognition.decision.decide_by_anatomy`): candidates in appearance order, the
-reliable ones segmented until one is accepted (usually the first, one inference). Runs without
-the statistics decide by appearance alone.
+(:func:`~jointseg.recognition.decision.decide_by_anatomy`): the reliable candidates first, in
+appearance order, segmented until one is accepted (usually the first, one inference), then the
+others by appearance. Runs without the statistics decide by appearance alone.
 """
 
 from __future__ import annotations
