@@ -196,6 +196,38 @@ def joint_spec(name: str) -> JointSpec:
         raise ValueError(f"unknown joint {name!r}; choose from {', '.join(JOINTS)}") from None
 
 
+#: The packages the generator's anatomy comes from: ``pip install 'jointseg[synth]'``.
+GENERATOR_PACKAGES = {
+    "mujoco": "mujoco",
+    "myo_sim": "myo-sim",
+    "musculoskeletal": "musculoskeletal-models",
+}
+
+
+class GeneratorUnavailable(ValueError):
+    """The generator's packages (the ``synth`` extra) are not installed."""
+
+
+def require_generator_packages() -> None:
+    """Raise :class:`GeneratorUnavailable`, naming what is missing and the install command, when
+    a package of the ``synth`` extra cannot be imported. Predicting never needs them."""
+    import importlib.util
+
+    missing = []
+    for module, distribution in GENERATOR_PACKAGES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a module set to None in sys.modules, a broken one
+            found = False
+        if not found:
+            missing.append(distribution)
+    if missing:
+        raise GeneratorUnavailable(
+            f"the synthetic MR generator needs {', '.join(missing)}, not installed here: "
+            "pip install 'jointseg[synth]' (predicting, training and evaluating do not)"
+        )
+
+
 @cache
 def kinematic_model(name: str):
     """The compiled MuJoCo model and a data buffer (cached per process).

@@ -17,7 +17,7 @@ import numpy as np
 
 from jointseg.data.io import array_to_image, write_image
 from jointseg.data.manifest import DatasetManifest, write_manifest
-from jointseg.synth.anatomy import JOINTS, joint_spec
+from jointseg.synth.anatomy import JOINTS, joint_spec, require_generator_packages
 from jointseg.synth.subject import PROTOCOLS, SubjectParams, sample_subject
 from jointseg.utils.atomic import atomic_write_json, remove_temporaries
 from jointseg.utils.faults import fault_point
@@ -191,6 +191,7 @@ def synthesize_study(
     from jointseg.synth.randomize import RECORD, randomized_folder
 
     joints = _validate(subjects, test_subjects, list(joints), seed, jobs, scale)
+    require_generator_packages()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")

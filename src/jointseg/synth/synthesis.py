@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from jointseg.synth import phantom as ph
-from jointseg.synth.anatomy import Posture, geom_mesh, joint_spec, posture
+from jointseg.synth.anatomy import (
+    Posture,
+    geom_mesh,
+    joint_spec,
+    posture,
+    require_generator_packages,
+)
 from jointseg.synth.bones import Deformation, evaluate_bones, posed_bones
 from jointseg.synth.geometry import (
     SUB_SLICE_MM,
@@ -98,6 +104,7 @@ def build_phantom(
     ``geometry`` replaces the protocol's scan grid (randomized rendering, synth/randomize.py);
     else the grid is ``protocol``'s (default: the joint's own).
     """
+    require_generator_packages()
     spec = joint_spec(params.joint)
     rng = np.random.default_rng(params.texture_seed)
     pose = posture(spec.model, params.angles)
