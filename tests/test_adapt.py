@@ -8,6 +8,7 @@ structure names.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from jointseg.config import load_config
 from jointseg.data.cache import preprocess_study
 from jointseg.data.io import write_image
-from jointseg.data.manifest import DatasetManifest, write_manifest
+from jointseg.data.manifest import DatasetManifest, load_manifest, write_manifest
 from jointseg.models import build_model, load_model
 from jointseg.models.network import Route
 from jointseg.recognition.fitting import fit_recognition
@@ -31,7 +32,7 @@ from jointseg.training.adaptation import (
     matching_rows,
     pooled_batchnorm,
 )
-from jointseg.workflows.adapt import adapt_run, domain_name_of
+from jointseg.workflows.adapt import adapt_run, check_new_dataset
 from tests.tiny_model import DOMAINS, MODEL, make_scan, train_run
 
 TRAIN_SEEDS = range(100, 106)
@@ -133,11 +134,6 @@ def packed_source(source_run: Path, tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------ fast unit tests
-def test_domain_name_from_folder() -> None:
-    assert domain_name_of(Path("Dataset005_KneeT1")) == "knee_t1"
-    assert domain_name_of(Path("/x/Dataset004_Elbow")) == "elbow"
-
-
 def test_pooled_batchnorm_is_the_mixture_of_the_domains() -> None:
     a, b, target = (torch.nn.BatchNorm2d(2) for _ in range(3))
     a.running_mean.copy_(torch.tensor([0.0, 1.0]))
@@ -209,6 +205,22 @@ def test_refuses_a_folder_that_is_already_a_domain(trained_run_with_study, tmp_p
     run, study = trained_run_with_study
     with pytest.raises(AdaptationError, match="already the run's domain 'knee'"):
         adapt_run(run, study / "Dataset001_knee", tmp_path / "out", steps=1, progress=False)
+
+
+def test_a_run_without_a_study_takes_a_folder_named_like_its_own(
+    trained_run_with_study, tmp_path
+) -> None:
+    """A packed model keeps no study: a user's Dataset002_shoulder is new data, refused only
+    for its default domain name, which the run has."""
+    run, study = trained_run_with_study
+    save_run_info(run, load_run_info(run).model_copy(update={"data_dir": None}))
+    mine = tmp_path / "mine"
+    shutil.copytree(study / "Dataset002_shoulder", mine / "Dataset002_shoulder")
+    with pytest.raises(AdaptationError, match="already has a domain named 'shoulder'; pass "):
+        adapt_run(run, mine / "Dataset002_shoulder", tmp_path / "out", steps=1, progress=False)
+    info = load_run_info(run)
+    structures = load_manifest(mine / "Dataset002_shoulder").structures
+    check_new_dataset(info, mine / "Dataset002_shoulder", "shoulder_site", structures)
 
 
 def test_refuses_clashing_structure_names(trained_run_with_study, tmp_path) -> None:

@@ -60,7 +60,7 @@ def test_a_multi_echo_series_without_a_choice_is_refused_with_its_echoes(tmp_pat
     write_echo_series(folder, list(two_echoes()))
     with pytest.raises(ScanReadError, match=r"mese: a multi-echo series: 2 echoes of 5") as e:
         read_image(folder)
-    assert "echo 1 TE 6.25 ms" in str(e.value) and "echo=1" in str(e.value)
+    assert "echo 1 TE 6.25 ms" in str(e.value) and "--echo 1" in str(e.value)
     with pytest.raises(ScanReadError, match="no echo 3: the series holds 2 echoes"):
         read_image(folder, echo=3)
 

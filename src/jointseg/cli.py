@@ -66,7 +66,7 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     from jointseg.config import ConfigError
     from jointseg.runs import RunError
 
-    return (ConfigError, RunError, FileNotFoundError, ValueError)
+    return (ConfigError, RunError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def _run(func, *args, **kwargs):
@@ -149,6 +149,67 @@ def check(
     typer.echo(format_report(report))
     if report.errors:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="A DICOM folder or a scan file.")],
+    out: Annotated[
+        Path | None,
+        typer.Argument(help="The scan to write (.nii.gz, .nii, .nrrd, .mha); not with --list."),
+    ] = None,
+    series: Annotated[
+        str | None,
+        typer.Option(help="Series Instance UID of the series to read (default: the largest)."),
+    ] = None,
+    echo: Annotated[
+        int | None, typer.Option(help="The echo of a multi-echo series (1: the first).")
+    ] = None,
+    list_series: Annotated[
+        bool, typer.Option("--list", help="List the folder's DICOM series and write nothing.")
+    ] = False,
+) -> None:
+    """Convert a DICOM series (or any scan) to a NIfTI/NRRD/MHA scan for a dataset, keeping its
+    geometry, so that labels drawn on it fit voxel for voxel."""
+    from jointseg.data.io import convert_scan, dicom_echoes, dicom_series
+
+    if list_series:
+        for found in _run(dicom_series, source):
+            echoes = len(_run(dicom_echoes, list(found.files)))
+            typer.echo(f"{found.summary()}{f', {echoes} echoes' if echoes > 1 else ''}")
+        return
+    if out is None:
+        _fail("give the scan to write (OUT), or --list")
+    image = _run(convert_scan, source, out, echo, series)
+    size = "x".join(map(str, image.GetSize()))
+    spacing = "x".join(f"{v:.3g}" for v in image.GetSpacing())
+    typer.echo(f"wrote {out} ({size} voxels of {spacing} mm)")
+
+
+@app.command()
+def init(
+    data: Annotated[Path, typer.Argument(help="The study folder (Dataset*/dataset.json).")],
+    out: Annotated[
+        Path | None, typer.Option(help="The config to write (default: DATA/jointseg.yaml).")
+    ] = None,
+    base: Annotated[
+        str,
+        typer.Option(
+            help="The shipped config to start from: demo (minutes on a CPU), paper (the "
+            "paper's scale, a GPU), pretrained (the shipped model's recipe), robust."
+        ),
+    ] = "demo",
+    force: Annotated[bool, typer.Option(help="Replace an existing config.")] = False,
+) -> None:
+    """Write a commented training config for the datasets a study folder holds, with the
+    scheme that suits their number."""
+    from jointseg.workflows.init_config import write_init_config
+
+    path, datasets, scheme = _run(write_init_config, data, out, base, force)
+    for found in datasets:
+        typer.echo(found.line())
+    typer.echo(f"wrote {path} (scheme {scheme}); next: jointseg check {data}, then "
+               f"jointseg train --config {path} --data {data} --out runs/{scheme}")  # fmt: skip
 
 
 @app.command()

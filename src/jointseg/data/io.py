@@ -9,13 +9,16 @@ DICOM series is checked for missing and duplicated slices. Every failure is a
 
 A multi-echo DICOM series (one series holding every slice once per echo: T2 mapping, multi-echo
 spin echo) is read one echo at a time: ``echo=1`` is the first (the lowest Echo Numbers, then
-Echo Time); without ``echo`` such a series is refused with the echoes it holds.
+Echo Time); without ``echo`` such a series is refused with the echoes it holds. A folder holding
+several series is read one series at a time: ``series=UID`` picks one, else the largest is read
+and a warning lists the others (``jointseg convert FOLDER OUT --series UID`` reads another).
 """
 
 from __future__ import annotations
 
 import errno
 import gzip
+import logging
 import math
 import os
 import re
@@ -40,6 +43,8 @@ _POSITION_TAG = "0020|0032"  # DICOM Image Position (Patient)
 _ORIENTATION_TAG = "0020|0037"  # DICOM Image Orientation (Patient)
 _PARALLEL_TOLERANCE = 1e-3  # direction cosines of one series' slices agree to this
 _ECHO_TAGS = ("EchoNumbers", "EchoTime")  # (0018,0086), (0018,0081)
+
+logger = logging.getLogger(__name__)
 
 
 class ScanReadError(OSError):
@@ -90,21 +95,28 @@ def is_dicom_dir(path: str | os.PathLike[str]) -> bool:
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_image(path: str | os.PathLike[str], echo: int | None = None) -> sitk.Image:
+def read_image(
+    path: str | os.PathLike[str], echo: int | None = None, series: str | None = None
+) -> sitk.Image:
     """Read a scan file or a DICOM series folder, keeping spacing, origin and direction.
 
     The file is verified first (:func:`verify_scan`). Raises :class:`ScanReadError` naming the
     path for a missing, empty, cut short, corrupt, multi-channel or unsupported scan. ``echo``
-    (1-based) picks one echo of a multi-echo DICOM series, which is refused without it.
+    (1-based) picks one echo of a multi-echo DICOM series, which is refused without it;
+    ``series`` (a Series Instance UID) one series of a folder holding several (default: the
+    largest, with a warning listing the others: :func:`dicom_series_files`).
     """
     path = Path(path)
-    if echo is not None and path.is_file():
-        raise ScanReadError(f"{path}: echo {echo} asked of a file; echoes are chosen in a DICOM "
-                            "series folder")  # fmt: skip
-    verify_scan(path, echo)
+    for asked, value, where in (
+        ("echo", echo, "echoes are chosen in a DICOM series folder"),
+        ("series", series, "series are chosen in a folder of DICOM series"),
+    ):
+        if value is not None and path.is_file():
+            raise ScanReadError(f"{path}: {asked} {value} asked of a file; {where}")
+    verify_scan(path, echo, series)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(dicom_series_files(path, echo))
+        reader.SetFileNames(dicom_series_files(path, echo, series))
         try:
             return reader.Execute()
         except RuntimeError as error:
@@ -121,9 +133,11 @@ def read_image(path: str | os.PathLike[str], echo: int | None = None) -> sitk.Im
     return image
 
 
-def read_header(path: str | os.PathLike[str], echo: int | None = None) -> ScanHeader:
+def read_header(
+    path: str | os.PathLike[str], echo: int | None = None, series: str | None = None
+) -> ScanHeader:
     """The header of a scan file or DICOM series folder (of one ``echo`` of a multi-echo
-    series), without reading its voxels.
+    series, of one ``series`` of the folder), without reading its voxels.
 
     Cheap checks only (an empty file, a NIfTI header promising more voxels than an uncompressed
     file holds); :func:`verify_scan` checks a compressed stream through.
@@ -131,7 +145,7 @@ def read_header(path: str | os.PathLike[str], echo: int | None = None) -> ScanHe
     path = Path(path)
     _check_exists(path)
     if path.is_dir():
-        files = dicom_series_files(path, echo)
+        files = dicom_series_files(path, echo, series)
         header = _file_header(Path(files[0]), what="DICOM file")
         return ScanHeader(
             path, (*header.size[:2], len(files)), header.spacing, header.origin,
@@ -144,7 +158,9 @@ def read_header(path: str | os.PathLike[str], echo: int | None = None) -> ScanHe
     return header
 
 
-def verify_scan(path: str | os.PathLike[str], echo: int | None = None) -> ScanHeader:
+def verify_scan(
+    path: str | os.PathLike[str], echo: int | None = None, series: str | None = None
+) -> ScanHeader:
     """Check that a scan's data is whole, without decoding it into an image; its header.
 
     A gzip stream is read through (CRC and length), a NIfTI header's voxel count is compared
@@ -152,9 +168,9 @@ def verify_scan(path: str | os.PathLike[str], echo: int | None = None) -> ScanHe
     for missing or duplicated slices.
     """
     path = Path(path)
-    header = read_header(path, echo)
+    header = read_header(path, echo, series)
     if path.is_dir():
-        _check_slice_positions(path, dicom_series_files(path, echo))
+        _check_slice_positions(path, dicom_series_files(path, echo, series))
     elif _is_gzip(path):
         head, length = _gzip_contents(path)
         _check_nifti_length(path, head, length)
@@ -327,24 +343,78 @@ def _check_nifti_length(path: Path, head: bytes, available: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- DICOM
-def dicom_series_files(folder: Path, echo: int | None = None) -> list[str]:
-    """The files of a folder's DICOM series (the largest series when there are several); of a
-    multi-echo series, those of ``echo`` (1-based, :func:`dicom_echoes` order), which it needs.
-    """
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series:
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a DICOM folder: its Series Instance UID, files, and what its first file
+    calls it (Series Number and Series Description; "" when absent)."""
+
+    uid: str
+    files: tuple[str, ...]
+    description: str
+
+    def summary(self) -> str:
+        named = f", {self.description}" if self.description else ""
+        return f"{self.uid} ({len(self.files)} files{named})"
+
+
+def dicom_series(folder: Path) -> list[DicomSeries]:
+    """Every series of a DICOM folder, the largest first; :class:`ScanReadError` for none."""
+    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not uids:
         raise ScanReadError(f"{folder}: a folder without any DICOM series")
-    files = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series]
-    # Take the largest series; multi-series folders are common.
-    chosen = list(max(files, key=len))
+    found = []
+    for uid in uids:
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        found.append(DicomSeries(uid, files, _series_description(files[0]) if files else ""))
+    return sorted(found, key=lambda s: -len(s.files))
+
+
+def _series_description(name: str) -> str:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(name, stop_before_pixels=True,
+                             specific_tags=["SeriesNumber", "SeriesDescription"])  # fmt: skip
+    except Exception:  # an unreadable header is named when the series is read
+        return ""
+    parts = [str(ds.get(tag, "") or "").strip() for tag in ("SeriesNumber", "SeriesDescription")]
+    return " ".join(p for p in parts if p)
+
+
+_WARNED_FOLDERS: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def dicom_series_files(
+    folder: Path, echo: int | None = None, series: str | None = None
+) -> list[str]:
+    """The files of one series of a DICOM folder: ``series`` (a Series Instance UID), else the
+    largest, with a warning (once per folder) listing every series and how to pick another. Of
+    a multi-echo series, those of ``echo`` (1-based, :func:`dicom_echoes` order), which it needs.
+    """
+    found = dicom_series(folder)
+    listed = "; ".join(s.summary() for s in found)
+    if series is not None:
+        picked = next((s for s in found if s.uid == series), None)
+        if picked is None:
+            raise ScanReadError(f"{folder}: no series {series} here; it holds {listed}")
+    else:
+        picked = found[0]
+        key = (str(Path(folder).resolve()), tuple(s.uid for s in found))
+        if len(found) > 1 and key not in _WARNED_FOLDERS:
+            _WARNED_FOLDERS.add(key)
+            logger.warning(
+                "%s: %d DICOM series; reading the largest, %s. The others: %s. Read another "
+                "with `jointseg convert %s OUT.nii.gz --series UID`", folder, len(found),
+                picked.summary(), "; ".join(s.summary() for s in found[1:]), folder,
+            )  # fmt: skip
+    chosen = list(picked.files)
     echoes = dicom_echoes(chosen)
     if echo is None and len(echoes) > 1:
         listed = ", ".join(_echo_name(k, key) for k, key in enumerate(echoes, 1))
         raise ScanReadError(
             f"{folder}: a multi-echo series: {len(echoes)} echoes of "
             f"{len(chosen) // len(echoes)} slices each in one series ({listed}); read one echo "
-            "(jointseg.data.io.read_image(folder, echo=1) reads the first) and save it as a "
-            "NIfTI scan"
+            "(`jointseg convert FOLDER OUT.nii.gz --echo 1` saves the first as a NIfTI scan)"
         )
     if echo is None:
         return chosen
@@ -462,6 +532,23 @@ def _numbers(text: str) -> np.ndarray:
 
 
 _LOW_SPACE = 1 << 20  # bytes free after a write below which the file is read back
+
+
+def convert_scan(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    echo: int | None = None,
+    series: str | None = None,
+) -> sitk.Image:
+    """Read ``source`` (a scan file or DICOM folder; ``echo``, ``series`` as in
+    :func:`read_image`) and write it to ``out`` (the format follows the extension, atomically);
+    the image written. Spacing, origin and direction are kept: labels drawn on ``out`` fit the
+    scan voxel for voxel."""
+    image = read_image(source, echo, series)
+    if Path(out).resolve() == Path(source).resolve():
+        raise ValueError(f"{out}: the output would replace the scan it is read from")
+    write_image(image, out)
+    return image
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike[str], compress: bool = True) -> None:

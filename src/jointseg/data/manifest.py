@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -56,6 +57,15 @@ class Case:
     image: Path
     label: Path | None
     split: Split
+
+
+def domain_name_of(folder: str | Path) -> str:
+    """The domain name a dataset folder gets by default: ``Dataset005_KneeT1`` -> ``knee_t1``
+    (the folder name without its prefix, snake case; characters other than letters, digits and
+    ``_`` become ``_``)."""
+    title = re.sub(r"^Dataset\d+_", "", Path(folder).name) or Path(folder).name
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", title).lower()
+    return re.sub(r"[^a-z0-9_]+", "_", snake).strip("_") or "dataset"
 
 
 def load_manifest(dataset_dir: str | Path) -> DatasetManifest:

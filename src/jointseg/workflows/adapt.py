@@ -33,7 +33,7 @@ from jointseg.config import DatasetConfig, ExperimentConfig
 from jointseg.data.cache import SliceCache, build_slice_cache, preprocess_study
 from jointseg.data.io import read_image
 from jointseg.data.labels import DomainLabels, LabelSpace
-from jointseg.data.manifest import list_cases, load_manifest
+from jointseg.data.manifest import domain_name_of, list_cases, load_manifest
 from jointseg.evaluation.postprocessing import decide_steps, run_share
 from jointseg.inference.packaged import resolve_run
 from jointseg.inference.postprocess import Postprocessing
@@ -81,12 +81,6 @@ COPIED = (  # from the source run, as they are (recognition's are then extended)
 )
 
 
-def domain_name_of(folder: Path) -> str:
-    """``Dataset005_KneeT1`` -> ``knee_t1``: the folder name without its prefix, snake case."""
-    title = re.sub(r"^Dataset\d+_", "", folder.name)
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", title).lower().replace("-", "_")
-
-
 def _normalized(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name).lower()
 
@@ -94,13 +88,14 @@ def _normalized(name: str) -> str:
 def check_new_dataset(info: RunInfo, dataset: Path, name: str, structures: dict[str, int]) -> None:
     """Refuse a dataset that is already one of the run's domains, or whose structure names
     clash with the run's label space (the same structure spelled differently: two channels
-    for one bone in the union space)."""
+    for one bone in the union space).
+
+    A run that records no study (a packed model: its training data is not on this disk) cannot
+    hold the dataset, whatever its folder is called; only its domain ``name`` must be new.
+    """
     where = f"{dataset}:"
     for entry in info.domains:
-        known = Path(info.data_dir) / entry.folder if info.data_dir else Path(entry.folder)
-        if known.resolve() == dataset.resolve() or (
-            not info.data_dir and known.name == dataset.name
-        ):
+        if info.data_dir and (Path(info.data_dir) / entry.folder).resolve() == dataset.resolve():
             raise AdaptationError(
                 f"{where} this dataset is already the run's domain {entry.name!r} "
                 f"({entry.folder}); adapt adds a new dataset"
