@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from compute import cpu_description  # noqa: E402
 from protocol_swap import by_name, protocol_title, render_all, scan_paths  # noqa: E402
 
 from jointseg.synth.protocol_swap import imaging_protocol  # noqa: E402
 from jointseg.utils.atomic import atomic_write_json  # noqa: E402
+from jointseg.utils.environment import cpu_description  # noqa: E402
 
 PAIRS = "knee:ankle,knee:elbow,knee:shoulder,elbow:knee,knee:knee,elbow:elbow"
 MODES = {"plain": False, "adapted": True}

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -53,6 +52,8 @@ sys.path.insert(0, str(HERE))
 
 from _child import run_json_child  # noqa: E402
 
+from jointseg.utils.environment import cpu_description  # noqa: E402
+
 SCHEMES = ("shared", "mtmd", "mtmd+con", "full")
 # name -> (training.precision, training.channels_last); the first is the baseline
 VARIANTS = {
@@ -64,30 +65,6 @@ VARIANTS = {
 EMULATED_STEPS = 3  # timed steps of an emulated bfloat16 variant (single-threaded, slow)
 SIZE = (256, 256, 100)
 HEAVY = ("monai", "lightning", "pandas", "matplotlib", "trimesh", "skimage", "tensorboard")
-
-
-def cpu_description() -> dict:
-    """The CPU's name, kernels and bfloat16 support, as the figures' caption."""
-    import torch
-
-    from jointseg.utils.compute import cpu_computes_bf16
-
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": name,
-        "kernels": torch.backends.cpu.get_cpu_capability(),
-        "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
-        "amx": bool(torch.cpu._is_amx_tile_supported()),
-        "native_bf16": cpu_computes_bf16(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
 
 
 # --------------------------------------------------------------------------- training

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ def test_demo_runs_every_step(tmp_path: Path) -> None:
     # iterations_per_dataset (demo config): the 3-joint network takes 3 x 3 steps per epoch
     assert "`full` 1 network x 9 steps" in text and "`individual` 3 networks x 3 steps" in text
     assert "## Postprocessing of the full model's labels" in text and "| Dice with |" in text
+    record = json.loads((tmp_path / "out" / "data" / "synth.json").read_text(encoding="utf-8"))
+    assert record["variation"] == "typical"  # the demo's study: DEMO_VARIATION
     prediction = tmp_path / "out" / "prediction"
     assert len(list(prediction.glob("*_seg.nii.gz"))) == 1
     assert len(list(prediction.glob("*_preview.png"))) == 1

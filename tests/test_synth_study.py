@@ -173,3 +173,23 @@ def test_output_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["synth", "--out", str(target), "--subjects", "1"])
     assert result.exit_code == 2
     assert "exists and is not a folder" in result.output
+
+
+def test_typical_variation_is_the_same_subjects_at_their_protocol_view(tmp_path: Path) -> None:
+    from jointseg.synth.generate import subject_params
+    from jointseg.synth.variants import typical
+
+    wide = subject_params("knee", "train", 3, 7)
+    same = subject_params("knee", "train", 3, 7, "typical")
+    assert same == typical(wide) and same.fov_factor == 1.0 and same.bone_age_offset == 0.0
+    assert (same.age, same.angles, same.snr) == (wide.age, wide.angles, wide.snr)
+    with pytest.raises(ValueError, match="unknown variation 'narrow'; choose from wide, typical"):
+        subject_params("knee", "train", 3, 7, "narrow")
+    out = synthesize_study(tmp_path / "s", 1, 0, ["knee"], 7, 1, False, scale=0.2,
+                           progress=False, variation="typical")  # fmt: skip
+    record = json.loads((out / "synth.json").read_text())
+    assert record["variation"] == "typical"
+    assert record["cases"][0]["fov_factor"] == 1.0
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--variation", "odd"])
+    assert result.exit_code == 2 and "unknown variation 'odd'" in result.output
+    assert not (tmp_path / "x").exists()

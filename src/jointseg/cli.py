@@ -119,6 +119,14 @@ def synth(
             "artefacts into Dataset1XX_<Joint>Randomized folders (domain randomization)."
         ),
     ] = False,
+    variation: Annotated[
+        str,
+        typer.Option(
+            help="How far subjects vary in view and maturity: wide (fields of view up to 1.8x "
+            "the protocol's, moved along the limb; skeletal age off calendar age) or typical "
+            "(the same subjects at the protocol's own view and maturity)."
+        ),
+    ] = "wide",
 ) -> None:
     """Synthesize pediatric joint MR datasets (ankle, knee, shoulder, elbow; the knee at a second
     site as knee_t1) with exact bone labels."""
@@ -135,6 +143,7 @@ def synth(
         jobs,
         preview,
         randomize=randomize,
+        variation=variation,
     )
 
 

@@ -19,6 +19,7 @@ from jointseg.data.io import array_to_image, write_image
 from jointseg.data.manifest import DatasetManifest, write_manifest
 from jointseg.synth.anatomy import JOINTS, joint_spec, require_generator_packages
 from jointseg.synth.subject import PROTOCOLS, SubjectParams, sample_subject
+from jointseg.synth.variants import typical
 from jointseg.utils.atomic import atomic_write_json, remove_temporaries
 from jointseg.utils.faults import fault_point
 
@@ -33,12 +34,25 @@ def case_id(joint: str, split: str, index: int) -> str:
     return f"{joint}_{index:03d}" if split == "train" else f"{joint}_test_{index:03d}"
 
 
-def subject_params(joint: str, split: str, index: int, seed: int) -> SubjectParams:
-    """The parameters of one subject; depends only on (seed, joint, split, index)."""
+#: How far subjects vary in view and maturity: ``wide`` (generator 3: fields of view 0.85-1.8x
+#: the protocol's, moved along the limb; skeletal age off calendar age; scars, fat pads, marrow
+#: changes) or ``typical`` (the same subjects at the protocol's own view and maturity:
+#: :func:`jointseg.synth.variants.typical`).
+VARIATIONS = ("wide", "typical")
+
+
+def subject_params(
+    joint: str, split: str, index: int, seed: int, variation: str = "wide"
+) -> SubjectParams:
+    """The parameters of one subject; depends only on (seed, joint, split, index) and the
+    ``variation`` (:data:`VARIATIONS`), which changes nothing but the view and maturity."""
+    if variation not in VARIATIONS:
+        raise ValueError(f"unknown variation {variation!r}; choose from {', '.join(VARIATIONS)}")
     key = (list(JOINTS).index(joint), 0 if split == "train" else 1, index)
     sequence = np.random.SeedSequence(seed, spawn_key=key)
     rng = np.random.default_rng(sequence)
-    return sample_subject(joint, case_id(joint, split, index), split, rng, [seed, *key])
+    params = sample_subject(joint, case_id(joint, split, index), split, rng, [seed, *key])
+    return typical(params) if variation == "typical" else params
 
 
 def _validate(
@@ -177,8 +191,11 @@ def synthesize_study(
     scale: float = 1.0,
     progress: bool = True,
     randomize: bool = False,
+    variation: str = "wide",
 ) -> Path:
     """Write one dataset per joint under ``out`` and ``out/synth.json``; returns ``out``.
+
+    ``variation``: how far subjects vary in view and maturity (:data:`VARIATIONS`).
 
     ``scale`` < 1 shrinks every volume's matrix and slice count (fast tests); ``progress``
     shows a tqdm bar. ``randomize`` renders the same subjects with random contrasts and
@@ -191,6 +208,8 @@ def synthesize_study(
     from jointseg.synth.randomize import RECORD, randomized_folder
 
     joints = _validate(subjects, test_subjects, list(joints), seed, jobs, scale)
+    if variation not in VARIATIONS:
+        raise ValueError(f"unknown variation {variation!r}; choose from {', '.join(VARIATIONS)}")
     require_generator_packages()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -203,7 +222,7 @@ def synthesize_study(
         keep: set[str] = set()
         for split, count in (("train", subjects), ("test", test_subjects)):
             for index in range(count):
-                params = subject_params(joint, split, index, seed)
+                params = subject_params(joint, split, index, seed, variation)
                 tasks.append((params, str(dataset_dir), scale, randomize))
                 keep |= {f"{params.case_id}_0000{FILE_ENDING}", f"{params.case_id}{FILE_ENDING}"}
         _remove_stale(dataset_dir, joint, keep)
@@ -231,6 +250,7 @@ def synthesize_study(
         "jointseg_version": __version__,
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
+        "variation": variation,
         "scale": scale,
         "joints": {j: randomized_folder(j) if randomize else joint_spec(j).folder for j in joints},
         "subjects": subjects,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 
 def environment_report() -> str:
@@ -31,3 +32,27 @@ def environment_report() -> str:
     else:
         lines.append("device     cpu (no CUDA device found)")
     return "\n".join(lines)
+
+
+def cpu_description() -> dict:
+    """The CPU's name, kernels and bfloat16 support, as the figures' caption."""
+    import torch
+
+    from jointseg.utils.compute import cpu_computes_bf16
+
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": name,
+        "kernels": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+        "amx": bool(torch.cpu._is_amx_tile_supported()),
+        "native_bf16": cpu_computes_bf16(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
