@@ -3,7 +3,8 @@
 For each new dataset (default: the elbow and the knee's second site, ``knee_t1``, synthesized
 when ``--data`` holds none) and each number of labelled training subjects (1, 2, 4, 8), trains:
 
-- ``adapt-head``, ``adapt-norm+head``, ``adapt-all``: ``jointseg adapt`` of the trained run;
+- ``adapt-head``, ``adapt-norm+head``, ``adapt-all``, ``adapt-branch``: ``jointseg adapt`` of
+  the trained run;
 - ``individual``: one network from scratch on the new dataset alone (plain BN, one head);
 - ``transfer``: the trained run's network (the nearest domain's BN as plain BN) fine-tuned as a
   whole on the new dataset, at the full learning rate;
@@ -45,12 +46,14 @@ from jointseg.config import DatasetConfig, load_config, save_config  # noqa: E40
 from jointseg.data.io import read_image  # noqa: E402
 from jointseg.data.manifest import list_cases, load_manifest, write_manifest  # noqa: E402
 from jointseg.evaluation.metrics import dice  # noqa: E402
-from jointseg.models import build_model, load_model, save_model  # noqa: E402
+from jointseg.models import load_model, save_model  # noqa: E402
 from jointseg.runs import load_run_info  # noqa: E402
 from jointseg.synth.anatomy import joint_spec  # noqa: E402
 from jointseg.utils.atomic import atomic_write_json  # noqa: E402
 
-METHODS = ("adapt-head", "adapt-norm+head", "adapt-all", "individual", "transfer", "full")
+METHODS = (
+    "adapt-head", "adapt-norm+head", "adapt-all", "adapt-branch", "individual", "transfer", "full"
+)  # fmt: skip
 SIZES = (1, 2, 4, 8)
 RESULTS = "results.json"
 
@@ -142,28 +145,16 @@ def step_config(cfg, steps: int):
 
 
 def transfer_model(run: Path, nearest: str, out: Path, classes: int) -> None:
-    """The run's network as a plain-BN, one-head network: the nearest domain's BN, no head."""
+    """The run's network as a plain-BN, one-head network: the nearest domain's BN, a head
+    started as ``jointseg adapt`` starts a new domain's (:func:`branch_network`)."""
+    from jointseg.training.adaptation import branch_network
+
     net, _ = load_model(run / "models" / "main")
     index = load_run_info(run).models[0].domains.index(nearest)
-    plain = build_model(net.cfg, [classes], domain_specific_bn=False, pretrained=False)
-    state = {}
-    for key, value in net.state_dict().items():
-        if key.startswith("heads."):
-            continue
-        if ".bns." in key:
-            head, rest = key.split(".bns.", 1)
-            domain, tail = rest.split(".", 1)
-            if int(domain) != index:
-                continue
-            key = f"{head}.{tail}"
-        state[key] = value
-    missing = (
-        set(plain.state_dict()) - set(state) - {k for k in plain.state_dict() if "heads." in k}
+    branch = branch_network(
+        net, classes, source=index, seed=load_config(run / "config.yaml").training.seed
     )
-    if missing:
-        raise SystemExit(f"transfer: layers not found in the run's network: {sorted(missing)[:5]}")
-    plain.load_state_dict(state, strict=False)
-    save_model(plain, out / "models" / "source")
+    save_model(branch, out / "models" / "source")
 
 
 def run_cell(

@@ -27,6 +27,7 @@ from jointseg.runs import load_run_info, save_run_info
 from jointseg.training.adaptation import (
     AdaptationError,
     adapted_parameters,
+    branch_network,
     domain_batchnorms,
     extend_network,
     matching_rows,
@@ -105,7 +106,7 @@ def adapted(source_run: Path, tmp_path_factory) -> dict[str, Path]:
     """The run adapted to the elbow with each frozen mode (few steps)."""
     data = Path(load_run_info(source_run).data_dir) / "Dataset004_Elbow"
     runs = {}
-    for mode in ("head", "norm+head", "all"):
+    for mode in ("head", "norm+head", "all", "branch"):
         out = tmp_path_factory.mktemp(mode.replace("+", "_")) / "run"
         statistics = "reestimated" if mode == "head" else "fixed"
         adapt_run(source_run, data, out, mode=mode, steps=STEPS, validation=1, lr=5e-3,
@@ -188,6 +189,31 @@ def test_modes_train_only_their_parameters() -> None:
     )
 
 
+def test_a_branch_is_the_source_domain_as_a_one_domain_network() -> None:
+    """Before training, the branch computes what the extended network computes for its new
+    domain (the source domain's BN, the copied head rows): the same shared weights, plain BN."""
+    torch.manual_seed(1)
+    net = build_model(MODEL, [3, 3], domain_specific_bn=True, pretrained=False).eval()
+    for layer in domain_batchnorms(net):
+        layer.bns[1].running_mean.add_(0.5)
+        layer.bns[1].running_var.mul_(2.0)
+    rows = {0: 0, 1: 1, 2: 2}
+    branch = branch_network(net, 3, source=1, head_source=1, head_rows=rows).eval()
+    assert branch.num_heads == 1 and not branch.domain_specific_bn and not domain_batchnorms(branch)
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = net(x, torch.full((2,), 1)).logits[1]
+        got = branch(x).logits[0]
+    assert torch.allclose(got, want, atol=1e-5)
+    groups = adapted_parameters(branch, "branch", 0, lr=1e-3)
+    trainable = {id(p) for p in branch.parameters() if p.requires_grad}
+    assert trainable == {id(p) for g in groups for p in g["params"]}
+    assert not any(p.requires_grad for p in branch.projectors.parameters())
+    assert [g["lr"] for g in groups] == pytest.approx([3e-3, 1e-3])
+    with pytest.raises(AdaptationError, match="mode 'branch' trains a one-domain copy"):
+        adapted_parameters(net, "branch", 1, lr=1e-3)
+
+
 def test_unknown_statistics_are_refused_before_reading(tmp_path: Path) -> None:
     with pytest.raises(AdaptationError, match="unknown --statistics 'moving'; choose one of "
                                               "fixed, reestimated"):  # fmt: skip
@@ -262,7 +288,7 @@ def test_frozen_modes_keep_old_domains_bit_identical(source_run, adapted) -> Non
     before = _old_logits(source_run, x)
     old_state, _ = load_model(source_run / "models" / "main")
     for mode, run in adapted.items():
-        if mode == "all":
+        if mode in ("all", "branch"):
             continue
         after = _old_logits(run, x)
         for d in before:
@@ -344,6 +370,44 @@ def test_adapted_run_learns_the_new_domain_and_round_trips(source_run, adapted) 
     assert report.is_file()
     summary = (run / "evaluation").iterdir()
     assert any(p.name.startswith("metrics") for p in summary)
+
+
+@pytest.mark.slow
+@pytest.mark.trains
+def test_a_branch_keeps_the_old_network_byte_for_byte_and_learns_the_new_domain(
+    source_run, adapted
+) -> None:
+    from jointseg.inference.predictor import Predictor
+
+    run = adapted["branch"]
+    old_files = sorted(
+        p.relative_to(source_run) for p in (source_run / "models" / "main").iterdir()
+    )
+    for rel in old_files:
+        assert (run / rel).read_bytes() == (source_run / rel).read_bytes(), rel
+    info = load_run_info(run)
+    assert [(m.name, m.path, m.domains) for m in info.models] == [
+        ("main", "models/main", list(DOMAINS)), ("elbow", "models/elbow", ["elbow"])
+    ]  # fmt: skip
+    branch, metadata = load_model(run / "models" / "elbow")
+    assert branch.num_heads == 1 and metadata["adapt_mode"] == "branch"
+    old_refs = json.loads((source_run / "domain_reference.json").read_text(encoding="utf-8"))
+    new_refs = json.loads((run / "domain_reference.json").read_text(encoding="utf-8"))
+    for d in DOMAINS:
+        assert new_refs["domains"][d] == old_refs["domains"][d]
+    predictor = Predictor.from_run(run, batch_size=8)
+    dices = []
+    for seed in NEW_TEST:
+        image, label = elbow_scan(seed)
+        prediction = predictor.predict(image, "auto")
+        assert prediction.domain == "elbow"
+        got, want = (sitk.GetArrayFromImage(i) for i in (prediction.label_map, label))
+        for value in ELBOW.values():
+            overlap = 2 * ((got == value) & (want == value)).sum()
+            dices.append(overlap / ((got == value).sum() + (want == value).sum()))
+    assert min(dices) > 0.7, dices
+    for seed in TEST_SEEDS:
+        assert predictor.predict(make_scan("knee", seed)[0], "auto").domain == "knee"
 
 
 @pytest.mark.slow

@@ -279,7 +279,7 @@ def adapt(
         typer.Option(help="Required: the new dataset's folder (one dataset, nnU-Net layout)."),
     ] = None,
     mode: Annotated[
-        str, typer.Option(help="What trains: head, norm+head or all (docs/adapt.md).")
+        str, typer.Option(help="What trains: head, norm+head, all or branch (docs/adapt.md).")
     ] = "norm+head",
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
     init: Annotated[str, typer.Option(help="New BN from the 'nearest' domain or 'pooled'.")] = (

@@ -9,7 +9,13 @@ The network of an ``mtmd``/``mtmd+con``/``full`` run gets one more domain: a BN 
 head        the new head only
 norm+head   the new head and the new BN's affine parameters
 all         as norm+head, plus the shared convolutions at ``SHARED_LR_FACTOR`` x the learning rate
+branch      a copy of the network for the new domain alone (:func:`branch_network`), every layer
+            fine-tuned, the shared convolutions at the full learning rate (as ``transfer``);
+            the old domains keep the run's network untouched
 ==========  ====================================================================================
+
+``branch`` learns like ``transfer`` and forgets nothing: the adapted run holds two networks, the
+run's (its old domains, bit for bit) and the new domain's own, which started from it.
 
 The new BN's running statistics stay those it started from (``statistics="fixed"``, the
 default: training and inference normalize alike) or are re-estimated on the new scans during
@@ -55,7 +61,7 @@ from jointseg.utils.compute import AUTO_DEVICE, lightning_placement, torch_devic
 
 logger = logging.getLogger(__name__)
 
-ADAPT_MODES = ("head", "norm+head", "all")
+ADAPT_MODES = ("head", "norm+head", "all", "branch")
 BN_INITS = ("nearest", "pooled")
 DEFAULT_BN_INIT = "nearest"
 #: Learning rate of the new head and BN, x the base (the run's). Measured on 2 labelled scans,
@@ -63,6 +69,7 @@ DEFAULT_BN_INIT = "nearest"
 #: elbow 0.30 / 0.47 / 0.44 at 1x / 3.3x / 10x, of the knee's T1 site 0.58 / 0.69 at 1x / 3.3x.
 NEW_LAYERS_LR_FACTOR = 3.0
 SHARED_LR_FACTOR = 0.1  # learning rate of the shared convolutions in mode "all", x the base
+BRANCH_SHARED_LR_FACTOR = 1.0  # ... in mode "branch": the whole copy fine-tuned, as transfer
 ADAPTABLE_SCHEMES = ("mtmd", "mtmd+con", "full")
 BN_STATISTICS = ("fixed", "reestimated")
 DEFAULT_STATISTICS = "fixed"
@@ -140,6 +147,36 @@ def extend_network(
     return extended.train(net.training)
 
 
+def branch_network(
+    net: JointSegNet,
+    new_classes: int,
+    source: int | None,
+    head_source: int | None = None,
+    head_rows: dict[int, int] | None = None,
+    seed: int = 0,
+) -> JointSegNet:
+    """A one-domain network (plain BN, one head of ``new_classes``) for the new domain: the
+    shared convolutions of ``net``, the BN of domain ``source`` (None: the pool of all), head
+    rows as :func:`extend_network` starts them. ``net`` is left as it is."""
+    extended = extend_network(net, new_classes, source, head_source, head_rows, seed)
+    new = extended.num_domains - 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        branch = JointSegNet(net.cfg, [new_classes], False)
+    weights = extended.state_dict()
+    state = {}
+    for key in branch.state_dict():
+        if key.startswith("heads.0."):
+            state[key] = weights[f"heads.{new}.{key[len('heads.0.') :]}"]
+        elif key in weights:
+            state[key] = weights[key]
+        else:  # a BN of the plain network: the new domain's BN of the extended one
+            parent, leaf = key.rsplit(".", 1)
+            state[key] = weights[f"{parent}.bns.{new}.{leaf}"]
+    branch.load_state_dict(state)
+    return branch.train(net.training)
+
+
 def matching_rows(
     new_structures: Sequence[str], source_structures: Sequence[str]
 ) -> dict[int, int]:
@@ -160,6 +197,8 @@ def adapted_parameters(net: JointSegNet, mode: str, new_index: int, lr: float) -
     domains' BN and heads, the projectors, and the shared convolutions unless ``all``)."""
     if mode not in ADAPT_MODES:
         raise AdaptationError(f"unknown mode {mode!r}; choose one of {', '.join(ADAPT_MODES)}")
+    if mode == "branch":
+        return _branch_parameters(net, lr)
     net.requires_grad_(False)
     head = list(net.heads[new_index].parameters())
     norm = [p for layer in domain_batchnorms(net) for p in layer.bns[new_index].parameters()]
@@ -175,6 +214,29 @@ def adapted_parameters(net: JointSegNet, mode: str, new_index: int, lr: float) -
             if id(p) not in domain_specific
         ]
         groups.append({"params": shared, "lr": lr * SHARED_LR_FACTOR})
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    return groups
+
+
+def _branch_parameters(net: JointSegNet, lr: float) -> list[dict]:
+    """A branch's groups: its head and BN at ``NEW_LAYERS_LR_FACTOR`` x ``lr``, its
+    convolutions at ``BRANCH_SHARED_LR_FACTOR`` x ``lr``; the projectors stay as they are."""
+    if net.domain_specific_bn or net.num_heads != 1:
+        raise AdaptationError("mode 'branch' trains a one-domain copy (branch_network)")
+    net.requires_grad_(False)
+    norm = [p for m in net.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
+    head = list(net.heads[0].parameters())
+    special = {id(p) for p in norm + head}
+    convolutions = [
+        p for module in (net.encoder, net.decoder) for p in module.parameters()
+        if id(p) not in special
+    ]  # fmt: skip
+    groups = [
+        {"params": head + norm, "lr": lr * NEW_LAYERS_LR_FACTOR},
+        {"params": convolutions, "lr": lr * BRANCH_SHARED_LR_FACTOR},
+    ]
     for group in groups:
         for p in group["params"]:
             p.requires_grad_(True)
@@ -216,6 +278,10 @@ class AdaptationModule(SegmentationModule):
                 for index, bn in enumerate(layer.bns):
                     if index != self.new_index or self.statistics == "fixed":
                         bn.eval()
+            if not self.net.domain_specific_bn and self.statistics == "fixed":  # a branch
+                for module in self.net.modules():
+                    if isinstance(module, nn.BatchNorm2d):
+                        module.eval()
         return self
 
     def training_step(self, batch: dict, batch_idx: int):
@@ -297,7 +363,7 @@ def train_new_domain(
     cfg = adaptation_config(cfg, steps)
     L.seed_everything(cfg.training.seed, verbose=False)
     new_index = len(domains) - 1
-    plan = ModelPlan(name="main", domains=tuple(domains), domain_specific_bn=True)
+    plan = ModelPlan(name="main", domains=tuple(domains), domain_specific_bn=net.domain_specific_bn)
     module = AdaptationModule(net, cfg, plan, label_space, steps, mode, new_index, statistics)
     datamodule = PlanDataModule(cfg, [split], contrastive=False)
     has_validation = bool(split.validation_cases)

@@ -61,6 +61,7 @@ from jointseg.training.adaptation import (
     DEFAULT_STATISTICS,
     NEW_LAYERS_LR_FACTOR,
     AdaptationError,
+    branch_network,
     extend_network,
     matching_rows,
     save_adapted,
@@ -125,6 +126,11 @@ def study_of(info: RunInfo, dataset: Path) -> str:
     """The new run's study folder: the run's, else (the packaged model records none) the new
     dataset's parent folder."""
     return info.data_dir or str(dataset.resolve().parent)
+
+
+def _safe(name: str) -> str:
+    """A domain name as a folder name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "domain"
 
 
 def _relative_folder(dataset: Path, data_dir: str | None) -> str:
@@ -291,7 +297,8 @@ def adapt_run(
                 {k: round(v, 4) for k, v in distances.items()})  # fmt: skip
     source = old_domains.index(nearest)
     source_structures = info.domain(nearest).structures
-    extended = extend_network(
+    branch = mode == "branch"
+    started = (branch_network if branch else extend_network)(
         net,
         new.labels.num_classes,
         source if init == "nearest" else None,
@@ -307,9 +314,9 @@ def adapt_run(
     split = DomainSplit(new.name, new.cache, new.training, new.validation)
     trained = train_new_domain(
         train_cfg,
-        extended,
-        [*old_domains, new.name],
-        label_space,
+        started,
+        [new.name] if branch else [*old_domains, new.name],
+        LabelSpace([new.labels]) if branch else label_space,
         split,
         mode,
         steps,
@@ -329,27 +336,35 @@ def adapt_run(
             shutil.copytree(source_path, out / item)
         elif source_path.is_file():
             shutil.copy2(source_path, out / item)
-    save_adapted(
-        trained.net,
-        out / old_model.path,
-        label_space,
-        {"adapted_from": str(run.resolve()), "adapt_mode": mode,
-         "best_validation_dice": trained.best_validation_dice},
-    )  # fmt: skip
+    provenance = {"adapted_from": str(run.resolve()), "adapt_mode": mode,
+                  "best_validation_dice": trained.best_validation_dice}  # fmt: skip
+    if branch:
+        shutil.copytree(run / old_model.path, out / old_model.path)  # the old domains, as they were
+        entry = ModelEntry(name=new.name, path=f"{RunFolder.MODELS}/{_safe(new.name)}",
+                           domains=[new.name], label_space="local")  # fmt: skip
+        save_adapted(trained.net, out / entry.path, LabelSpace([new.labels]),
+                     {**provenance, "plan": entry.name})  # fmt: skip
+        models = [old_model, entry]
+        routes = {d: Route(net, i) for i, d in enumerate(old_domains)}
+        routes[new.name] = Route(trained.net, 0)
+    else:
+        save_adapted(trained.net, out / old_model.path, label_space, provenance)
+        models = [
+            ModelEntry(
+                name=old_model.name,
+                path=old_model.path,
+                domains=[*old_domains, new.name],
+                label_space="local",
+            )
+        ]
+        routes = {d: Route(trained.net, i) for i, d in enumerate([*old_domains, new.name])}
     new_info = info.model_copy(
         update={
             "domains": [
                 *info.domains,
                 DomainEntry(name=new.name, folder=new.folder, structures=new.labels.structures),
             ],
-            "models": [
-                ModelEntry(
-                    name=old_model.name,
-                    path=old_model.path,
-                    domains=[*old_domains, new.name],
-                    label_space="local",
-                )
-            ],
+            "models": models,
             "training_cases": {**info.training_cases, new.name: new.training},
             "validation_cases": {**info.validation_cases, new.name: new.validation},
             "data_dir": study_of(info, dataset),
@@ -357,8 +372,8 @@ def adapt_run(
         deep=True,
     )
     target.save_info(new_info)
-    _recognition(out, cfg, info, new, trained.net, mode, old_domains, progress)
-    _anatomy(out, run, cfg, new, trained.net, old_domains)
+    _recognition(out, cfg, info, new, routes, mode, old_domains, progress)
+    _anatomy(out, run, cfg, new, routes[new.name], old_domains)
     _postprocessing(out, new, progress, device)
     seconds = time.perf_counter() - began
     atomic_write_json(
@@ -391,17 +406,16 @@ def _recognition(
     cfg: ExperimentConfig,
     info: RunInfo,
     new: NewDomain,
-    net,
+    paths: dict[str, Route],
     mode: str,
     old_domains: list[str],
     progress: bool,
 ) -> None:
-    """The old references kept and the new domain's added (``head``, ``norm+head``); every
-    reference measured again with ``all`` (the old domains' paths changed). A run left without
-    references is calibrated on the BN running statistics: every adapted run has a
-    calibration."""
+    """The old references kept and the new domain's added (``head``, ``norm+head``,
+    ``branch``); every reference measured again with ``all`` (the old domains' paths changed).
+    A run left without references is calibrated on the BN running statistics: every adapted
+    run has a calibration. ``paths``: every domain's route through the adapted networks."""
     folder = RunFolder(out)
-    paths = {d: Route(net, i) for i, d in enumerate([*old_domains, new.name])}
     training, held_out = _volumes(new.cache, new.training), _volumes(new.cache, new.validation)
     old: dict[str, list[np.ndarray]] | None = None
     if folder.domain_reference_file.is_file():
@@ -434,7 +448,12 @@ def _recognition(
 
 
 def _anatomy(
-    out: Path, source: Path, cfg: ExperimentConfig, new: NewDomain, net, old_domains: list[str]
+    out: Path,
+    source: Path,
+    cfg: ExperimentConfig,
+    new: NewDomain,
+    route: Route,
+    old_domains: list[str],
 ) -> None:
     """The old domains' anatomy statistics kept, the new domain's measured on its training
     label maps and calibrated on its validation predictions (as training does); none when the
@@ -444,7 +463,6 @@ def _anatomy(
         return
     cache = new.cache
     rows = {case: slice(*cache.case_slices[case]) for case in cache.case_slices}
-    route = Route(net, len(old_domains))
     inferer = WholeViewInferer.from_config(cfg.inference)
     label_maps = [(cache.labels[rows[c]], cache.inverse[c].slice_spacing) for c in new.training]
     with torch.no_grad():

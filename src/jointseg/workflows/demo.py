@@ -237,6 +237,16 @@ def _budget_note(run_dir: Path) -> str:
     )
 
 
+def results_block(results_file: Path, page: Path) -> str:
+    """The demo's figures as a section of ``page`` (README.md, BENCHMARKS.md): a link to the
+    results file a demo wrote, then its :func:`headline`. A test checks the pages against it."""
+    import os
+
+    link = Path(os.path.relpath(Path(results_file).resolve(), Path(page).resolve().parent))
+    results = json.loads(Path(results_file).read_text(encoding="utf-8"))
+    return f"From [`{link.as_posix()}`]({link.as_posix()}):\n\n{headline(results)}"
+
+
 def _write_report(
     out: Path, compare_md: Path, prediction_dir: Path, runs: dict[str, Path], results: dict
 ) -> Path:
