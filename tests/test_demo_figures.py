@@ -42,12 +42,13 @@ def test_the_headline_states_each_bone_and_marks_empty_predictions():
         "test": {
             "full": {"knee": {"femur": {"dice": 0.9512, "hd95": 2.04, "empty": 0},
                               "fibula": {"dice": 0.5, "hd95": 3.0, "empty": 1}}},
-            "individual": {"knee": {"femur": {"dice": 0.9, "hd95": 2.5, "empty": 0}}},
+            "individual": {"knee": {"femur": {"dice": 0.9, "hd95": 2.5, "empty": 0},
+                                    "fibula": {"dice": 0.0, "hd95": None, "empty": 4}}},
         },
     }  # fmt: skip
     text = headline(results)
     assert "Measured 2026-01-02 on CPU X (2 threads, AVX2 kernels)" in text
     assert "the demo took 600 s (10.0 min) without the install" in text
     assert "| knee: femur | 0.951 (2.0) | 0.900 (2.5) |" in text
-    assert "| knee: fibula | 0.500 (3.0, 1 empty*) | - |" in text
+    assert "| knee: fibula | 0.500 (3.0, 1 empty*) | 0.000 (-, 4 empty*) |" in text
     assert "no prediction of the bone" in text

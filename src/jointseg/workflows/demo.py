@@ -121,8 +121,8 @@ def demo_results(out: Path, runs: dict[str, Path], phases: dict[str, float]) -> 
         scores[scheme] = {
             joint: {
                 bone: {
-                    "dice": round(values["dice"]["mean"], 4),
-                    "hd95": round(values["hd95"]["mean"], 4),
+                    "dice": _rounded(values["dice"]["mean"]),
+                    "hd95": _rounded(values["hd95"]["mean"]),  # None: no subject predicted
                     "empty": values["hd95"]["missing"],  # no prediction: no HD95
                 }
                 for bone, values in bones.items()
@@ -141,6 +141,10 @@ def demo_results(out: Path, runs: dict[str, Path], phases: dict[str, float]) -> 
         "phases": phases,
         "test": scores,
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def headline(results: dict) -> str:
@@ -171,7 +175,8 @@ def headline(results: dict) -> str:
                     continue
                 empty = value.get("empty", 0)
                 mark = f", {empty} empty*" if empty else ""
-                cells.append(f"{value['dice']:.3f} ({value['hd95']:.1f}{mark})")
+                hd95 = "-" if value["hd95"] is None else f"{value['hd95']:.1f}"
+                cells.append(f"{value['dice']:.3f} ({hd95}{mark})")
             lines.append(f"| {joint}: {bone} | " + " | ".join(cells) + " |")
     if any(
         value.get("empty", 0)
