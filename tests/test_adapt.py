@@ -342,6 +342,21 @@ def test_adaptation_is_deterministic_whatever_ran_before(source_run, adapted, tm
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+def _recognized_elbow_dices(predictor) -> list[float]:
+    """Dice of each elbow bone of each held-out elbow, predicted with ``--domain auto`` (which
+    must recognize the elbow)."""
+    dices = []
+    for seed in NEW_TEST:
+        image, label = elbow_scan(seed)
+        prediction = predictor.predict(image, "auto")
+        assert prediction.domain == "elbow"
+        got, want = (sitk.GetArrayFromImage(i) for i in (prediction.label_map, label))
+        for value in ELBOW.values():
+            overlap = 2 * ((got == value) & (want == value)).sum()
+            dices.append(overlap / ((got == value).sum() + (want == value).sum()))
+    return dices
+
+
 @pytest.mark.slow
 @pytest.mark.trains
 def test_adapted_run_learns_the_new_domain_and_round_trips(source_run, adapted) -> None:
@@ -354,15 +369,7 @@ def test_adapted_run_learns_the_new_domain_and_round_trips(source_run, adapted) 
     record = json.loads((run / "adaptation.json").read_text(encoding="utf-8"))
     assert record["nearest_domain"] in DOMAINS and record["steps"] == STEPS
     predictor = Predictor.from_run(run, batch_size=8)
-    dices = []
-    for seed in NEW_TEST:
-        image, label = elbow_scan(seed)
-        prediction = predictor.predict(image, "auto")
-        assert prediction.domain == "elbow"
-        got, want = (sitk.GetArrayFromImage(i) for i in (prediction.label_map, label))
-        for value in ELBOW.values():
-            overlap = 2 * ((got == value) & (want == value)).sum()
-            dices.append(overlap / ((got == value).sum() + (want == value).sum()))
+    dices = _recognized_elbow_dices(predictor)
     assert min(dices) > 0.7, dices
     for seed in TEST_SEEDS:  # the old domains are still recognized
         assert predictor.predict(make_scan("shoulder", seed)[0], "auto").domain == "shoulder"
@@ -396,15 +403,7 @@ def test_a_branch_keeps_the_old_network_byte_for_byte_and_learns_the_new_domain(
     for d in DOMAINS:
         assert new_refs["domains"][d] == old_refs["domains"][d]
     predictor = Predictor.from_run(run, batch_size=8)
-    dices = []
-    for seed in NEW_TEST:
-        image, label = elbow_scan(seed)
-        prediction = predictor.predict(image, "auto")
-        assert prediction.domain == "elbow"
-        got, want = (sitk.GetArrayFromImage(i) for i in (prediction.label_map, label))
-        for value in ELBOW.values():
-            overlap = 2 * ((got == value) & (want == value)).sum()
-            dices.append(overlap / ((got == value).sum() + (want == value).sum()))
+    dices = _recognized_elbow_dices(predictor)
     assert min(dices) > 0.7, dices
     for seed in TEST_SEEDS:
         assert predictor.predict(make_scan("knee", seed)[0], "auto").domain == "knee"
