@@ -1,7 +1,7 @@
 """How long a profile of ``benchmarks/paper.py`` trains at its cap, from measured step times.
 
 On a small study at the profile's scale (2 training subjects per joint, same generator), with
-the profile's config (network, patch, batch), it times optimizer steps (``train.StepTimer``,
+the profile's config (network, patch, batch), it times optimizer steps (``StepTimer``,
 after warm-up steps) of a one-dataset network (``individual``), a three-dataset one
 (``mtmd+con``) and ``full``, and the shape prior's pre-training (the wall clock of ``full``
 minus that of ``mtmd+con`` with the same steps, per pre-training step). Each step is timed
@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from paper import step_counts
-from train import StepTimer  # benchmarks/train.py
+
+from jointseg.training.timing import StepTimer
 
 WARMUP = 3
 TIMED = 10
@@ -30,7 +31,7 @@ PRIOR_STEPS = 40
 
 
 class CpuStepTimer(StepTimer):
-    """``train.StepTimer`` that also records each timed step's CPU seconds (all threads)."""
+    """``StepTimer`` that also records each timed step's CPU seconds (all threads)."""
 
     def __init__(self, warmup: int) -> None:
         super().__init__(warmup)

@@ -70,9 +70,8 @@ HEAVY = ("monai", "lightning", "pandas", "matplotlib", "trimesh", "skimage", "te
 # --------------------------------------------------------------------------- training
 def train_child(spec: dict) -> dict:
     """Train one scheme under one variant for a few steps; the step times after warm-up."""
-    from train import StepTimer
-
     from jointseg.config import ExperimentConfig
+    from jointseg.training.timing import StepTimer
     from jointseg.workflows.train import train_run
 
     cfg = ExperimentConfig.model_validate(spec["config"])

@@ -201,8 +201,7 @@ def time_steps(config: str, steps: int, warmup: int = 2) -> float:
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from train import StepTimer  # benchmarks/train.py
-
+    from jointseg.training.timing import StepTimer
     from jointseg.workflows.train import train_run
     from tests.conftest import write_dataset
 

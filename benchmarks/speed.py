@@ -175,7 +175,9 @@ def training_speed(iterations: int) -> dict:
 import json, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, {str(HERE)!r})
-from train import StepTimer, make_study
+from train import make_study
+
+from jointseg.training.timing import StepTimer
 from jointseg.config import load_config
 from jointseg.workflows.train import train_run
 iterations, warmup = {iterations}, 3

@@ -26,10 +26,8 @@ import json
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import yaml
@@ -44,32 +42,11 @@ from jointseg.config import ExperimentConfig, load_config  # noqa: E402
 from jointseg.data.cache import CaseRows, SliceCache, class_locations  # noqa: E402
 from jointseg.data.patches import centred_corner, crop_patch  # noqa: E402
 from jointseg.training import runner  # noqa: E402
+from jointseg.training.timing import StepTimer  # noqa: E402
 from jointseg.workflows.train import train_run  # noqa: E402
 from tests.conftest import write_dataset  # noqa: E402
 
 SCHEMES = ("shared", "mtmd", "mtmd+con", "full")
-
-
-class StepTimer(L.Callback):
-    """Wall time of each training step, and the gap before it (data loading + loop)."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
-        self.steps: list[float] = []
-        self.waits: list[float] = []
-        self._end: float | None = None
-        self._start = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self._end is not None and batch_idx >= self.warmup:
-            self.waits.append(now - self._end)
-        self._start = now
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._end = time.perf_counter()
-        if batch_idx >= self.warmup:
-            self.steps.append(self._end - self._start)
 
 
 def make_study(root: Path, shape: tuple[int, int, int]) -> None:
