@@ -139,3 +139,51 @@ def test_stale_or_missing_export_is_refused(trained_run: Path, exported: Path, t
     (stale / "onnx.json").write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(RunError, match=r"stale: exported from other weights"):
         load(stale)
+
+
+def test_auto_takes_a_current_export_and_torch_otherwise(
+    trained_run: Path, exported: Path, tmp_path: Path, monkeypatch
+):
+    import importlib.util
+    import shutil
+
+    from jointseg.inference.backends import choose_backend, load_backend
+    from jointseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_run(trained_run)
+    assert choose_backend(predictor, exported) == (
+        "onnxruntime", f"the ONNX export in {exported}"
+    )  # fmt: skip
+    assert load_backend("auto", predictor, exported, threads=1).name == "onnxruntime"
+    name, why = choose_backend(predictor, tmp_path / "nowhere")
+    assert name == "torch" and why.startswith("no current ONNX export (") and "nowhere" in why
+    stale = tmp_path / "stale"
+    shutil.copytree(exported, stale)
+    manifest = json.loads((stale / "onnx.json").read_text(encoding="utf-8"))
+    manifest["weights_sha256"]["main"] = "0" * 64
+    (stale / "onnx.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert choose_backend(predictor, stale)[0] == "torch"
+    assert choose_backend(predictor, exported, torch_only="--adapt-bn") == (
+        "torch", "--adapt-bn needs the torch backend"
+    )  # fmt: skip
+    assert load_backend("auto", predictor, exported, torch_only="--precision").name == "torch"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name)
+    )
+    assert choose_backend(predictor, exported) == (
+        "torch", "ONNX Runtime is not installed (pip install 'jointseg[onnx]')"
+    )  # fmt: skip
+
+
+def test_predict_records_what_auto_chose(trained_run: Path, exported: Path, tmp_path: Path):
+    from jointseg.data.io import write_image
+    from jointseg.inference.predict import predict_path
+
+    scan = tmp_path / "knee.nii.gz"
+    write_image(make_scan("knee", 3)[0], scan)
+    for onnx, chosen in ((exported, "onnxruntime"), (tmp_path / "none", "torch")):
+        out = tmp_path / chosen
+        predict_path(trained_run, scan, out, domain="knee", meshes=False, onnx=onnx)
+        record = json.loads((out / "knee_outputs.json").read_text(encoding="utf-8"))
+        assert record["settings"]["backend"] == chosen

@@ -485,8 +485,12 @@ def predict(
         ),
     ] = None,
     backend: Annotated[
-        str, typer.Option(help="torch, or onnxruntime (`jointseg export` first).")
-    ] = "torch",
+        str,
+        typer.Option(
+            help="auto (ONNX Runtime where installed and the run has a current export: "
+            "`jointseg export`; else torch), torch, or onnxruntime."
+        ),
+    ] = "auto",
     onnx: Annotated[
         Path | None,
         typer.Option(

@@ -6,6 +6,9 @@
 :class:`TorchBackend` runs the PyTorch network; :class:`OnnxRuntimeBackend` runs the domain's
 graph exported by ``jointseg export`` (:mod:`jointseg.inference.export`). Test-time flips,
 padding and sliding windows stay with the caller, so both backends feed the same pipeline.
+
+``auto`` (:func:`choose_backend`) takes ONNX Runtime on the CPU where it is installed and the
+run has a current export, unless a torch-only feature is asked for; else torch.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from jointseg.utils.compute import as_memory_format, computing_in, torch_device
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 class Backend(Protocol):
@@ -129,16 +132,46 @@ class RoutedRun(Protocol):
     channels_last: bool
 
 
+def choose_backend(
+    run: RoutedRun,
+    folder: str | Path | None = None,
+    device: str = "cpu",
+    torch_only: str | None = None,
+) -> tuple[str, str]:
+    """What ``auto`` runs for ``run`` on ``device``, and why: ``onnxruntime`` on the CPU where
+    ONNX Runtime is installed and ``folder`` (default RUN/onnx) holds an export of this run's
+    weights, else ``torch``. ``torch_only``: a torch-only setting asked for (its name), which
+    keeps torch."""
+    import importlib.util
+
+    folder = Path(folder) if folder is not None else default_export_folder(run.run_dir)
+    if torch_only:
+        return "torch", f"{torch_only} needs the torch backend"
+    if torch_device(device).type != "cpu":
+        return "torch", f"the device is {device}"
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "torch", "ONNX Runtime is not installed (pip install 'jointseg[onnx]')"
+    try:
+        check_manifest(read_manifest(folder), folder, run.run_dir, run.info)
+    except RunError as error:
+        return "torch", f"no current ONNX export ({str(error).split(';')[0]})"
+    return "onnxruntime", f"the ONNX export in {folder}"
+
+
 def load_backend(
     name: str,
     run: RoutedRun,
     folder: str | Path | None = None,
     threads: int | None = None,
     device: str = "cpu",
+    torch_only: str | None = None,
 ) -> Backend:
     """The backend called ``name`` for ``run`` on ``device`` (``auto``: CUDA when available);
-    ``folder``: the ONNX export (default RUN/onnx)."""
+    ``folder``: the ONNX export (default RUN/onnx). ``auto``: :func:`choose_backend`."""
     where = torch_device(device)
+    if name == "auto":
+        name, why = choose_backend(run, folder, device, torch_only)
+        logger.info("backend auto -> %s (%s)", name, why)
     if name == "torch":
         return TorchBackend(run.precision, where, run.channels_last)
     if name == "onnxruntime":
@@ -155,5 +188,6 @@ __all__ = [
     "OnnxRuntimeBackend",
     "RoutedRun",
     "TorchBackend",
+    "choose_backend",
     "load_backend",
 ]

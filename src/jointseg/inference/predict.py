@@ -142,7 +142,7 @@ def predict_path(
     overwrite: bool = False,
     postprocess: bool = True,
     formats: list[str] | None = None,  # output formats: inference/formats.py
-    backend: str = "torch",  # or "onnxruntime": inference/backends.py
+    backend: str = "auto",  # auto | torch | onnxruntime: inference/backends.py
     onnx: Path | None = None,  # the ONNX export folder (default RUN/onnx)
     precision: str = "auto",  # auto | 32 | bf16: utils/compute.py (the torch backend)
     adapt_bn: bool = False,  # BN statistics re-estimated per scan: Predictor (torch backend)
@@ -169,7 +169,9 @@ def predict_path(
     predictor = Predictor.from_run(
         run, device=device, batch_size=batch_size, tta=tta, precision=precision, adapt_bn=adapt_bn
     )
-    predictor.backend = load_backend(backend, predictor, onnx, threads, device)
+    torch_only = "--adapt-bn" if adapt_bn else "--precision" if precision != "auto" else None
+    predictor.backend = load_backend(backend, predictor, onnx, threads, device, torch_only)
+    backend = predictor.backend.name  # what "auto" chose
     algorithm = run_algorithm(predictor.run_dir, predictor.info)  # named in DICOM-SEG
     postprocessing = Postprocessing.load(run) if postprocess else None
     if not postprocess:

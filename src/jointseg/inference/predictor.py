@@ -79,7 +79,7 @@ class Prediction:
 def check_adapt_bn(adapt_bn: bool, backend: str) -> None:
     """Raise ``ValueError`` when BN adaptation is asked of a backend other than torch (an
     exported graph's batch-norm statistics are fixed)."""
-    if adapt_bn and backend != "torch":
+    if adapt_bn and backend not in ("torch", "auto"):
         raise ValueError(
             f"BN adaptation (--adapt-bn) needs the torch backend; the {backend} backend runs "
             "exported graphs whose batch-norm statistics are fixed"
