@@ -3,6 +3,7 @@
 For each new dataset (default: the elbow and the knee's second site, ``knee_t1``, synthesized
 when ``--data`` holds none) and each number of labelled training subjects (1, 2, 4, 8), trains:
 
+- ``source``: no training, the run's nearest domain on the new scans as it is;
 - ``adapt-head``, ``adapt-norm+head``, ``adapt-all``, ``adapt-branch``: ``jointseg adapt`` of
   the trained run;
 - ``individual``: one network from scratch on the new dataset alone (plain BN, one head);
@@ -16,10 +17,13 @@ are re-estimated on the new scans instead of kept) and scores Dice per bone on t
 held-out subjects (imagesTs/labelsTs, the domain given), with each cell's wall time (training
 and prediction). Every finished cell is kept in
 ``OUT/results.json`` (atomically): a rerun continues where it stopped. ``--quick``: 1 and 2
-subjects, 20 steps, one test subject, the first dataset only.
+subjects, 20 steps, one test subject, the first dataset only. ``--old-domains N`` (after the
+cells) scores the run's own domains on N synthesized held-out subjects each, by the run and by
+every adapted run: what adaptation cost them.
 
     python benchmarks/adapt.py --run RUN --out OUT [--data STUDY] [--quick]
         [--sizes 1,2,4,8] [--methods ...] [--steps 300] [--datasets elbow,knee_t1]
+    python benchmarks/adapt.py --run RUN --out OUT --old-domains 4
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ from jointseg.synth.anatomy import joint_spec  # noqa: E402
 from jointseg.utils.atomic import atomic_write_json  # noqa: E402
 
 METHODS = (
-    "adapt-head", "adapt-norm+head", "adapt-all", "adapt-branch", "individual", "transfer", "full"
+    "source", "adapt-head", "adapt-norm+head", "adapt-all", "adapt-branch", "individual",
+    "transfer", "full",
 )  # fmt: skip
 SIZES = (1, 2, 4, 8)
 RESULTS = "results.json"
@@ -198,6 +203,13 @@ def run_cell(
             }
         )
         _train_from(step_config(single, steps), study, out)
+    elif method == "source":  # no training: the run's nearest domain as it is
+        nearest, _ = nearest_domain_of(run, dataset, name)
+        predict = run_predictor(run)
+        dice_per_bone = score(lambda image, _: predict(image, nearest), dataset, name)
+        seconds = round(time.perf_counter() - began, 1)
+        return {"dice": dice_per_bone, "mean_dice": float(np.mean(list(dice_per_bone.values()))),
+                "train_seconds": 0.0, "seconds": seconds, "nearest_domain": nearest}  # fmt: skip
     elif method == "full":
         info = load_run_info(run)
         for entry in info.domains:  # the run's datasets beside the subset, as links
@@ -271,7 +283,7 @@ def aim(cells: dict[int, dict[str, dict]], few: int = 2, many: int = 8) -> str |
     )
 
 
-def report(results: dict, figure: str | None = None) -> str:
+def report(results: dict, figure: str | None = None, old_domains: dict | None = None) -> str:
     """Markdown: per dataset, mean Dice and wall time per method and number of subjects, Dice
     per bone, and the aim (adapting with 2 subjects against an individual network with 8)."""
     lines = []
@@ -319,6 +331,8 @@ def report(results: dict, figure: str | None = None) -> str:
         if verdict:
             lines += ["", f"Aim: {verdict}."]
         lines.append("")
+    if old_domains:
+        lines += old_domains_report(old_domains)
     if figure:
         lines.append(f"![Learning curves of the new datasets]({figure})")
     return "\n".join(lines)
@@ -379,6 +393,67 @@ def run_cells(args, datasets, sizes, methods, steps, test, data) -> None:
                       flush=True)  # fmt: skip
 
 
+OLD_DOMAINS = "old_domains.json"
+
+
+def score_old_domains(run: Path, out: Path, test: int, seed: int) -> dict:
+    """What adaptation did to the run's own domains: each domain that is a generator joint,
+    scored (mean Dice over bones and subjects) on ``test`` held-out subjects synthesized into
+    ``OUT/old_data`` (seed ``seed + 1``), by the source run and by every finished ``adapt-*``
+    cell's run; kept in ``OUT/old_domains.json`` ({"source": ..., cell key: ...})."""
+    from jointseg.synth.anatomy import JOINTS
+
+    domains = [d.name for d in load_run_info(run).domains if d.name in JOINTS]
+    data = out / "old_data"
+    with locked(data):
+        ensure_study(data, domains, 1, test, seed + 1)
+    path = out / OLD_DOMAINS
+    scores = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    runs = {"source": run}
+    for key in read_results(out / RESULTS):
+        joint, size, method = key.split("|")
+        folder = out / "cells" / f"{joint}_n{size}" / method / "run"
+        if method.startswith("adapt-") and (folder / "run.json").is_file():
+            runs[key] = folder
+    for key, folder in runs.items():
+        if key in scores:
+            continue
+        predict = run_predictor(folder)
+        scores[key] = {
+            d: float(np.mean(list(score(predict, data / joint_spec(d).folder, d).values())))
+            for d in domains
+        }
+        atomic_write_json(path, scores)
+        print(f"old domains, {key}: " + ", ".join(f"{d} {v:.3f}" for d, v in scores[key].items()),
+              flush=True)  # fmt: skip
+    return scores
+
+
+def old_domains_report(scores: dict) -> list[str]:
+    """Markdown lines: each adapt cell's mean Dice on the run's own domains, against the source
+    run's (the forgetting)."""
+    source = scores.get("source")
+    cells = {k: v for k, v in scores.items() if k != "source"}
+    if not source or not cells:
+        return []
+    domains = list(source)
+    lines = [
+        "#### The run's own domains after adaptation",
+        "",
+        "Mean Dice on held-out subjects of each of the run's domains (`--old-domains`): the "
+        "source run, then each adapted run and its change.",
+        "",
+        "| run | " + " | ".join(domains) + " | largest change |",
+        "|---" * (len(domains) + 2) + "|",
+        "| source | " + " | ".join(f"{source[d]:.3f}" for d in domains) + " | |",
+    ]
+    for key, values in sorted(cells.items()):
+        worst = min(values[d] - source[d] for d in domains)
+        row = " | ".join(f"{values[d]:.3f} ({values[d] - source[d]:+.3f})" for d in domains)
+        lines.append(f"| {key.replace('|', ' ')} | {row} | {worst:+.3f} |")
+    return [*lines, ""]
+
+
 def read_results(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -399,6 +474,13 @@ def main() -> None:
         "--report", action="store_true", help="no training: OUT/adapt.md, OUT/adapt_curves.png"
     )
     parser.add_argument(
+        "--old-domains",
+        type=int,
+        default=0,
+        help="no training: score the run's own domains on N synthesized held-out subjects "
+        "each, by the run and by every finished adapt cell (the forgetting)",
+    )
+    parser.add_argument(
         "--update-page", action="store_true", help="with --report: also into BENCHMARKS.md"
     )
     args = parser.parse_args()
@@ -407,6 +489,9 @@ def main() -> None:
         return
     if args.run is None:
         parser.error("--run is needed to train (or pass --report)")
+    if args.old_domains:
+        score_old_domains(args.run, args.out, args.old_domains, args.seed)
+        return
     datasets = args.datasets.split(",")[:1] if args.quick else args.datasets.split(",")
     sizes = [int(s) for s in (args.sizes or ("1,2" if args.quick else "1,2,4,8")).split(",")]
     steps = args.steps or (20 if args.quick else 300)
@@ -428,14 +513,16 @@ def write_report(out: Path, update_page: bool) -> None:
     if not results:
         raise SystemExit(f"{out / RESULTS}: no finished cell to report")
     figure = curves_figure(results, out / "adapt_curves.png")
-    (out / "adapt.md").write_text(report(results, figure.name) + "\n", encoding="utf-8")
-    print(report(results, figure.name))
+    old_path = out / OLD_DOMAINS
+    old = json.loads(old_path.read_text(encoding="utf-8")) if old_path.is_file() else None
+    (out / "adapt.md").write_text(report(results, figure.name, old) + "\n", encoding="utf-8")
+    print(report(results, figure.name, old))
     if update_page:
         kept = ROOT / "benchmarks" / "results" / "adapt" / figure.name
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(figure, kept)
         update_section(ROOT / "BENCHMARKS.md", "adapt",
-                       report(results, kept.relative_to(ROOT).as_posix()))  # fmt: skip
+                       report(results, kept.relative_to(ROOT).as_posix(), old))  # fmt: skip
 
 
 if __name__ == "__main__":

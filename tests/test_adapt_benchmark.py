@@ -64,6 +64,19 @@ def test_report_tables_hold_every_cell_in_method_order() -> None:
     assert "![Learning curves of the new datasets](curves.png)" in text
 
 
+def test_the_old_domains_table_shows_each_change_and_the_largest() -> None:
+    scores = {
+        "source": {"ankle": 0.90, "knee": 0.80},
+        "knee_t1|2|adapt-all": {"ankle": 0.88, "knee": 0.815},
+        "knee_t1|2|adapt-branch": {"ankle": 0.90, "knee": 0.80},
+    }
+    text = adapt.report(_results(), None, scores)
+    assert "| source | 0.900 | 0.800 | |" in text
+    assert "| knee_t1 2 adapt-all | 0.880 (-0.020) | 0.815 (+0.015) | -0.020 |" in text
+    assert "| knee_t1 2 adapt-branch | 0.900 (+0.000) | 0.800 (+0.000) | +0.000 |" in text
+    assert adapt.old_domains_report({"source": {"knee": 0.8}}) == []
+
+
 def test_curves_figure_is_written(tmp_path: Path) -> None:
     target = adapt.curves_figure(_results(), tmp_path / "curves.png")
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
