@@ -483,9 +483,10 @@ def main() -> None:
     parser.add_argument(
         "--update-page", action="store_true", help="with --report: also into BENCHMARKS.md"
     )
+    parser.add_argument("--section", default="adapt", help="BENCHMARKS.md's section to fill")
     args = parser.parse_args()
     if args.report:
-        write_report(args.out, args.update_page)
+        write_report(args.out, args.update_page, args.section)
         return
     if args.run is None:
         parser.error("--run is needed to train (or pass --report)")
@@ -506,9 +507,9 @@ def main() -> None:
     print(json.dumps(read_results(args.out / RESULTS), indent=1))
 
 
-def write_report(out: Path, update_page: bool) -> None:
-    """OUT/adapt.md and OUT/adapt_curves.png; with ``update_page`` also BENCHMARKS.md's adapt
-    section, its figure copied to benchmarks/results/adapt/."""
+def write_report(out: Path, update_page: bool, section: str = "adapt") -> None:
+    """OUT/adapt.md and OUT/adapt_curves.png; with ``update_page`` also BENCHMARKS.md's
+    ``section``, its figure copied to benchmarks/results/adapt/ (named after the section)."""
     results = read_results(out / RESULTS)
     if not results:
         raise SystemExit(f"{out / RESULTS}: no finished cell to report")
@@ -518,10 +519,11 @@ def write_report(out: Path, update_page: bool) -> None:
     (out / "adapt.md").write_text(report(results, figure.name, old) + "\n", encoding="utf-8")
     print(report(results, figure.name, old))
     if update_page:
-        kept = ROOT / "benchmarks" / "results" / "adapt" / figure.name
+        name = figure.name if section == "adapt" else f"{section}_curves.png"
+        kept = ROOT / "benchmarks" / "results" / "adapt" / name
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(figure, kept)
-        update_section(ROOT / "BENCHMARKS.md", "adapt",
+        update_section(ROOT / "BENCHMARKS.md", section,
                        report(results, kept.relative_to(ROOT).as_posix(), old))  # fmt: skip
 
 

@@ -63,13 +63,15 @@ class TorchBackend:
 
 
 class OnnxRuntimeBackend:
-    """ONNX Runtime sessions of the exported domain graphs, one per route."""
+    """ONNX Runtime sessions of the exported domain graphs, one per route, each created when its
+    domain is first run (a scan of one joint loads one graph)."""
 
     name = "onnxruntime"
 
-    def __init__(self, sessions: dict[Route, object], folder: Path | None = None):
+    def __init__(self, sessions: dict[Route, object], folder: Path | None = None, loader=None):
         self.sessions = sessions
         self.folder = folder
+        self._loader = loader  # route -> session, for the routes not yet in ``sessions``
 
     @classmethod
     def load(
@@ -81,10 +83,11 @@ class OnnxRuntimeBackend:
         threads: int | None = None,
         device: str = "cpu",
     ) -> OnnxRuntimeBackend:
-        """Sessions for every domain of ``routes`` from an export folder of this run's weights.
+        """The backend for every domain of ``routes`` from an export folder of this run's
+        weights; each graph loads on first use.
 
         Raises :class:`RunError` naming the folder when it is missing, incomplete, or exported
-        from other weights.
+        from other weights (and, on first use, naming a graph ONNX Runtime cannot load).
         """
         try:
             import onnxruntime as ort
@@ -101,20 +104,22 @@ class OnnxRuntimeBackend:
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        sessions = {}
-        for domain, route in routes.items():
-            path = folder / manifest["domains"][domain]["file"]
+        files = {route: folder / manifest["domains"][d]["file"] for d, route in routes.items()}
+
+        def session(route: Route):
+            path = files[route]
             try:
-                sessions[route] = ort.InferenceSession(
-                    str(path), sess_options=options, providers=providers
-                )
+                return ort.InferenceSession(str(path), sess_options=options, providers=providers)
             except Exception as error:  # onnxruntime raises its own exception types
                 raise RunError(f"{path}: ONNX Runtime cannot load the graph: {error}") from None
+
         logger.info("ONNX Runtime backend: %s (%s)", folder, ", ".join(providers))
-        return cls(sessions, folder)
+        return cls({}, folder, lambda route: session(route) if route in files else None)
 
     def __call__(self, x: Tensor, route: Route) -> Tensor:
         session = self.sessions.get(route)
+        if session is None and self._loader is not None:
+            session = self.sessions[route] = self._loader(route)
         if session is None:
             raise RunError(f"{self.folder}: no exported graph for this domain")
         batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
