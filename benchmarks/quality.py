@@ -75,21 +75,15 @@ QUICK_OVERRIDES = {
 
 # -- data ------------------------------------------------------------------------------------
 def make_study(folder: Path, subjects: int, test_subjects: int, seed: int, jobs: int) -> Path:
-    """The synthetic study (reused when synth.json records the same counts and seed)."""
-    from jointseg.synth.generate import synthesize_study
+    """The synthetic study, reused when ``folder`` holds that very study
+    (:func:`jointseg.synth.generate.ensure_study`)."""
+    from jointseg.synth.generate import ensure_study
 
-    record = folder / "synth.json"
-    if record.is_file():
-        data = json.loads(record.read_text())
-        if (data.get("subjects"), data.get("test_subjects"), data.get("seed")) == (
-            subjects,
-            test_subjects,
-            seed,
-        ):
-            print(f"[quality] reusing the study in {folder}")
-            return folder
-    print(f"[quality] synthesizing {subjects}+{test_subjects} subjects per joint into {folder}")
-    return synthesize_study(folder, subjects, test_subjects, list(JOINTS), seed, jobs, False)
+    if ensure_study(folder, subjects, test_subjects, list(JOINTS), seed, jobs, False):
+        print(f"[quality] synthesized {subjects}+{test_subjects} subjects per joint into {folder}")
+    else:
+        print(f"[quality] reusing the study in {folder}")
+    return folder
 
 
 def make_view(study: Path, view: Path, subjects: int) -> Path:

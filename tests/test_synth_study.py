@@ -193,3 +193,21 @@ def test_typical_variation_is_the_same_subjects_at_their_protocol_view(tmp_path:
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--variation", "odd"])
     assert result.exit_code == 2 and "unknown variation 'odd'" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_study_is_reused_only_when_it_is_the_same_study(tmp_path: Path) -> None:
+    from jointseg.synth.generate import ensure_study, same_study
+
+    out = tmp_path / "s"
+    args = (out, 1, 0, ["knee"], 4, 1, False)
+    assert ensure_study(*args, scale=0.2, progress=False) is True
+    stamp = (out / "synth.json").stat().st_mtime_ns
+    assert ensure_study(*args, scale=0.2, progress=False) is False  # the same study: kept
+    assert (out / "synth.json").stat().st_mtime_ns == stamp
+    assert same_study(out, 1, 0, ["knee"], 4, scale=0.2)
+    assert not same_study(out, 1, 0, ["knee"], 5, scale=0.2)  # another seed
+    assert not same_study(out, 1, 0, ["knee"], 4, scale=0.2, variation="typical")
+    record = json.loads((out / "synth.json").read_text())
+    (out / "synth.json").write_text(json.dumps({**record, "generator_version": 2}))
+    assert not same_study(out, 1, 0, ["knee"], 4, scale=0.2)  # an older generator's study
+    assert ensure_study(*args, scale=0.2, progress=False) is True

@@ -8,6 +8,7 @@ output is the same, byte for byte, whatever ``jobs`` is and whatever the other c
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -177,6 +178,61 @@ def _manifest(
             "matrix": protocol.matrix,
         },
     )
+
+
+def same_study(
+    out: Path,
+    subjects: int,
+    test_subjects: int,
+    joints: list[str],
+    seed: int,
+    *,
+    scale: float = 1.0,
+    randomize: bool = False,
+    variation: str = "wide",
+) -> bool:
+    """Whether ``out`` holds the study these arguments synthesize: its record
+    (``synth.json``, or the randomized one) names this generator version, the same joints,
+    counts, seed, scale and variation."""
+    from jointseg.synth.randomize import RECORD
+
+    record = Path(out) / (RECORD if randomize else "synth.json")
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        data.get("generator_version") == GENERATOR_VERSION
+        and set(data.get("joints", {})) == set(joints)
+        and (data.get("subjects"), data.get("test_subjects")) == (subjects, test_subjects)
+        and (data.get("seed"), data.get("scale")) == (seed, scale)
+        and data.get("variation", "wide") == variation
+    )
+
+
+def ensure_study(
+    out: Path,
+    subjects: int,
+    test_subjects: int,
+    joints: list[str],
+    seed: int,
+    jobs: int,
+    preview: bool,
+    *,
+    scale: float = 1.0,
+    progress: bool = True,
+    randomize: bool = False,
+    variation: str = "wide",
+) -> bool:
+    """:func:`synthesize_study` unless ``out`` already holds that study (:func:`same_study`: a
+    study of another generator version, counts, seed, scale or variation is synthesized again);
+    True when it synthesized."""
+    if same_study(out, subjects, test_subjects, joints, seed, scale=scale, randomize=randomize,
+                  variation=variation):  # fmt: skip
+        return False
+    synthesize_study(out, subjects, test_subjects, joints, seed, jobs, preview, scale=scale,
+                     progress=progress, randomize=randomize, variation=variation)  # fmt: skip
+    return True
 
 
 def synthesize_study(

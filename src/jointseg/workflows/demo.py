@@ -23,7 +23,7 @@ from jointseg.evaluation.report import postprocessing_section
 from jointseg.inference.predict import PredictionError, predict_path
 from jointseg.recognition.decision import DomainRecognitionError
 from jointseg.runs import RunFolder
-from jointseg.synth.generate import synthesize_study
+from jointseg.synth.generate import same_study, synthesize_study
 from jointseg.utils.atomic import atomic_write_json, atomic_write_text
 from jointseg.utils.compute import AUTO_DEVICE
 from jointseg.workflows.train import train_run
@@ -54,9 +54,10 @@ def run_demo(
     clock = _PhaseClock()
     cfg = load_config(config)
     data = out / "data"
-    if _study_variation(data) != DEMO_VARIATION:
+    joints = ["ankle", "knee", "shoulder"]
+    if not same_study(data, subjects, test_subjects, joints, seed, scale=synth_scale,
+                      variation=DEMO_VARIATION):  # fmt: skip
         _step("synthesize a pediatric ankle/knee/shoulder study")
-        joints = ["ankle", "knee", "shoulder"]
         synthesize_study(data, subjects, test_subjects, joints, seed, jobs, True,
                          scale=synth_scale, variation=DEMO_VARIATION)  # fmt: skip
     _step("check the datasets")
@@ -190,15 +191,6 @@ def headline(results: dict) -> str:
             "over the others).",
         ]
     return "\n".join(lines)
-
-
-def _study_variation(data: Path) -> str | None:
-    """The variation of the study synthesized in ``data`` (None: none yet; a study of the
-    generator before variations counts as ``wide``)."""
-    record = data / "synth.json"
-    if not record.is_file():
-        return None
-    return json.loads(record.read_text(encoding="utf-8")).get("variation", "wide")
 
 
 def predict_known_joint(
