@@ -234,7 +234,9 @@ def read_scores(out: Path) -> dict[str, pd.DataFrame]:
             if (out / f"scores-{label}.csv").is_file()}  # fmt: skip
 
 
-def write_report(out: Path, update_page: bool) -> str:
+def write_report(out: Path, update_page: bool, section: str = "protocol-swap") -> str:
+    """OUT/protocol_swap.md and its heat maps; with ``update_page`` also BENCHMARKS.md's
+    ``section``, the figure copied to benchmarks/results/protocol_swap/ (named after it)."""
     runs = read_scores(out)
     if not runs:
         raise SystemExit(f"{out}: no scored run to report")
@@ -242,10 +244,11 @@ def write_report(out: Path, update_page: bool) -> str:
     text = report(runs, figure.name)
     atomic_write_text(out / "protocol_swap.md", text + "\n")
     if update_page:
-        kept = ROOT / "benchmarks" / "results" / "protocol_swap" / figure.name
+        name = figure.name if section == "protocol-swap" else f"{section}.png"
+        kept = ROOT / "benchmarks" / "results" / "protocol_swap" / name
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(figure, kept)
-        update_section(ROOT / "BENCHMARKS.md", "protocol-swap",
+        update_section(ROOT / "BENCHMARKS.md", section,
                        report(runs, kept.relative_to(ROOT).as_posix()))  # fmt: skip
     return text
 
@@ -290,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="rendering processes")
     parser.add_argument("--report", action="store_true", help="no scoring: the tables only")
     parser.add_argument("--update-page", action="store_true", help="also into BENCHMARKS.md")
+    parser.add_argument("--section", default="protocol-swap", help="BENCHMARKS.md's section")
     args = parser.parse_args(argv)
     if not args.report:
         runs = parse_runs(args.runs)
@@ -317,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
                 atomic_write_text(path, scores.to_csv(index=False))
             done = [*[d for d in done if d != label], label]
             atomic_write_text(order, json.dumps(done) + "\n")
-    print(write_report(args.out, args.update_page))
+    print(write_report(args.out, args.update_page, args.section))
 
 
 if __name__ == "__main__":
