@@ -37,6 +37,7 @@ from jointseg.models.onnx_export import (
 )
 from jointseg.runs import RunFolder
 from jointseg.utils.atomic import atomic_write_json
+from jointseg.utils.names import safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def export_run(run: str | Path, out: str | Path | None = None) -> Path:
     digests = weights_digests(run, info)
     domains = {}
     for domain, route in predictor.routes.items():
-        file = f"{_safe(domain)}.onnx"
+        file = f"{safe_name(domain, 'domain')}.onnx"
         metadata = {
             "jointseg_version": __version__,
             "run": run.resolve().name,
@@ -85,10 +86,6 @@ def export_run(run: str | Path, out: str | Path | None = None) -> Path:
     atomic_write_json(out / MANIFEST_FILE, manifest)
     logger.info("%s: %d domain graphs exported to %s", run, len(domains), out)
     return out / MANIFEST_FILE
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "domain"
 
 
 __all__ = ["export_run"]

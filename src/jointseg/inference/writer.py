@@ -31,6 +31,7 @@ from jointseg.inference.predictor import Prediction
 from jointseg.inference.preview import render_preview
 from jointseg.recognition.decision import DomainRecognitionError
 from jointseg.utils.atomic import atomic_write_bytes, atomic_write_json
+from jointseg.utils.names import safe_name
 
 MEASUREMENTS_CSV = "measurements.csv"
 OUTPUTS_SUFFIX = "_outputs.json"
@@ -140,7 +141,9 @@ def write_case(
         written += write_label_tables(out, case, structures, prediction.domain)
         for name, mesh in surfaces.items():
             for kind in MESH_FORMATS:
-                written.append(write_mesh(mesh, mesh_dir / f"{_safe(name)}.{kind}"))
+                written.append(
+                    write_mesh(mesh, mesh_dir / f"{safe_name(name, 'structure')}.{kind}")
+                )
         path = out / f"{case}_measurements.json"
         atomic_write_json(path, document)
         written.append(path)
@@ -155,10 +158,6 @@ def write_case(
         raise
     _remove_stale_meshes(mesh_dir, written)
     return written
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "structure"
 
 
 def remove_outputs(paths: list[Path], mesh_dir: Path) -> None:

@@ -70,6 +70,7 @@ from jointseg.training.adaptation import (
 from jointseg.training.datamodule import DomainSplit
 from jointseg.utils.atomic import atomic_write_json
 from jointseg.utils.compute import AUTO_DEVICE, torch_device
+from jointseg.utils.names import safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +127,6 @@ def study_of(info: RunInfo, dataset: Path) -> str:
     """The new run's study folder: the run's, else (the packaged model records none) the new
     dataset's parent folder."""
     return info.data_dir or str(dataset.resolve().parent)
-
-
-def _safe(name: str) -> str:
-    """A domain name as a folder name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "domain"
 
 
 def _relative_folder(dataset: Path, data_dir: str | None) -> str:
@@ -340,8 +336,8 @@ def adapt_run(
                   "best_validation_dice": trained.best_validation_dice}  # fmt: skip
     if branch:
         shutil.copytree(run / old_model.path, out / old_model.path)  # the old domains, as they were
-        entry = ModelEntry(name=new.name, path=f"{RunFolder.MODELS}/{_safe(new.name)}",
-                           domains=[new.name], label_space="local")  # fmt: skip
+        folder = f"{RunFolder.MODELS}/{safe_name(new.name, 'domain')}"
+        entry = ModelEntry(name=new.name, path=folder, domains=[new.name], label_space="local")
         save_adapted(trained.net, out / entry.path, LabelSpace([new.labels]),
                      {**provenance, "plan": entry.name})  # fmt: skip
         models = [old_model, entry]
