@@ -42,13 +42,17 @@ def case_id(joint: str, split: str, index: int) -> str:
 VARIATIONS = ("wide", "typical")
 
 
+def _check_variation(variation: str) -> None:
+    if variation not in VARIATIONS:
+        raise ValueError(f"unknown variation {variation!r}; choose from {', '.join(VARIATIONS)}")
+
+
 def subject_params(
     joint: str, split: str, index: int, seed: int, variation: str = "wide"
 ) -> SubjectParams:
     """The parameters of one subject; depends only on (seed, joint, split, index) and the
     ``variation`` (:data:`VARIATIONS`), which changes nothing but the view and maturity."""
-    if variation not in VARIATIONS:
-        raise ValueError(f"unknown variation {variation!r}; choose from {', '.join(VARIATIONS)}")
+    _check_variation(variation)
     key = (list(JOINTS).index(joint), 0 if split == "train" else 1, index)
     sequence = np.random.SeedSequence(seed, spawn_key=key)
     rng = np.random.default_rng(sequence)
@@ -218,20 +222,15 @@ def ensure_study(
     seed: int,
     jobs: int,
     preview: bool,
-    *,
-    scale: float = 1.0,
-    progress: bool = True,
-    randomize: bool = False,
-    variation: str = "wide",
+    **options,
 ) -> bool:
-    """:func:`synthesize_study` unless ``out`` already holds that study (:func:`same_study`: a
-    study of another generator version, counts, seed, scale or variation is synthesized again);
-    True when it synthesized."""
-    if same_study(out, subjects, test_subjects, joints, seed, scale=scale, randomize=randomize,
-                  variation=variation):  # fmt: skip
+    """:func:`synthesize_study` (``options``: its keyword arguments) unless ``out`` already
+    holds that study (:func:`same_study`: a study of another generator version, counts, seed,
+    scale or variation is synthesized again); True when it synthesized."""
+    kept = {k: options[k] for k in ("scale", "randomize", "variation") if k in options}
+    if same_study(out, subjects, test_subjects, joints, seed, **kept):
         return False
-    synthesize_study(out, subjects, test_subjects, joints, seed, jobs, preview, scale=scale,
-                     progress=progress, randomize=randomize, variation=variation)  # fmt: skip
+    synthesize_study(out, subjects, test_subjects, joints, seed, jobs, preview, **options)
     return True
 
 
@@ -264,8 +263,7 @@ def synthesize_study(
     from jointseg.synth.randomize import RECORD, randomized_folder
 
     joints = _validate(subjects, test_subjects, list(joints), seed, jobs, scale)
-    if variation not in VARIATIONS:
-        raise ValueError(f"unknown variation {variation!r}; choose from {', '.join(VARIATIONS)}")
+    _check_variation(variation)
     require_generator_packages()
     out = Path(out)
     if out.exists() and not out.is_dir():
